@@ -1,0 +1,233 @@
+"""Profiles, device and precision: the one place that decides how big and how fast everything is.
+
+A *profile* is a frozen dataclass of sizes (how many training images, batch size, model width, training and
+sampling steps, ...). Three presets exist:
+
+- ``test``: seconds per lesson, on one CPU thread. What pytest and nbval run, so CI executes every lesson.
+- ``cpu``:  a 2-core laptop, minutes per model; must still produce good digits (``bench/`` proves it).
+- ``gpu``:  a Colab or data-centre GPU, the full-size models.
+
+The profile is chosen automatically (CUDA -> ``gpu``, otherwise ``cpu``; Apple's ``mps`` counts as a device
+for the ``cpu`` profile) and overridden with the environment variable ``COURSE_PROFILE``. ``COURSE_DEVICE``
+overrides the device. Lessons and library functions take the profile explicitly; nothing reads a global.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["Profile", "PROFILES", "Runtime", "get_profile", "get_device", "get_runtime", "setup",
+           "seed_everything", "autocast"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All sizes a lesson, a training run or a benchmark uses. Notebooks never hard-code a size."""
+    name: str
+    threads: int | None              # torch CPU threads (None: torch's default). Tests pin 1 thread.
+    # --- data
+    n_train: int | None              # training images (None: all 60,000)
+    n_test: int | None               # test images used for evaluation (None: all 10,000)
+    # --- the diffusion process (lessons 01-02)
+    T: int                           # number of diffusion steps
+    schedule: str                    # "linear" (Ho et al. 2020) or "cosine" (Nichol & Dhariwal 2021)
+    # --- the denoising UNet (lesson 03)
+    channels: tuple[int, ...]        # channels per resolution level (after the space-to-depth stem)
+    attention: bool                  # self-attention at the lowest resolution
+    time_dim: int                    # width of the time embedding
+    # --- training (one loop for every model)
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    train_steps: int                 # unconditional denoiser (lesson 03)
+    lesson_train_steps: int          # the short demo run inside lesson 03 before loading weights
+    class_train_steps: int           # class-conditional denoiser (lesson 05)
+    p_uncond: float                  # probability of dropping the condition (classifier-free guidance)
+    ema_decay: float
+    checkpoint_every: int
+    # --- sampling and measuring (lessons 04, 05, 08)
+    sample_steps: int                # DDIM steps used by default
+    n_show: int                      # images in a grid
+    n_eval: int                      # samples per measurement (accuracy, FID)
+    max_frames: int                  # frames in an animation (keeps notebooks small)
+    guidance: float                  # default classifier-free guidance scale (diffusers' convention)
+    # --- metrics classifier
+    classifier_steps: int
+    # --- CLIP on captioned digits (lessons 06-07)
+    clip_dim: int                    # width of text and vision transformers
+    clip_layers: int
+    clip_heads: int
+    clip_patch: int                  # vision patch size (28 must be divisible by it)
+    clip_embed: int                  # shared embedding size
+    clip_batch: int
+    clip_steps: int
+    clip_lr: float
+    # --- text-to-image (lesson 08)
+    t2i_train_steps: int
+    # --- the 2-D toy of lesson 03
+    toy_steps: int
+
+    def replace(self, **changes) -> "Profile":
+        """A copy with some fields changed (profiles are frozen)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+
+PROFILES: dict[str, Profile] = {
+    "test": Profile(
+        name="test", threads=1, n_train=2_000, n_test=1_000, T=1000, schedule="cosine",
+        channels=(16, 32), attention=True, time_dim=64,
+        batch_size=64, lr=2e-3, warmup_steps=20, train_steps=200, lesson_train_steps=20,
+        class_train_steps=300, p_uncond=0.1, ema_decay=0.99, checkpoint_every=100,
+        sample_steps=10, n_show=16, n_eval=200, max_frames=8, guidance=3.0,
+        classifier_steps=150,
+        clip_dim=32, clip_layers=1, clip_heads=2, clip_patch=7, clip_embed=32, clip_batch=100,
+        clip_steps=150, clip_lr=2e-3,
+        t2i_train_steps=300, toy_steps=600,
+    ),
+    "cpu": Profile(
+        name="cpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
+        channels=(32, 64), attention=False, time_dim=128,
+        batch_size=128, lr=2e-3, warmup_steps=100, train_steps=2_000, lesson_train_steps=100,
+        class_train_steps=2_000, p_uncond=0.1, ema_decay=0.999, checkpoint_every=250,
+        sample_steps=25, n_show=16, n_eval=1_000, max_frames=25, guidance=3.0,
+        classifier_steps=1_500,
+        clip_dim=64, clip_layers=2, clip_heads=4, clip_patch=4, clip_embed=64, clip_batch=256,
+        clip_steps=2_000, clip_lr=1e-3,
+        t2i_train_steps=2_000, toy_steps=2_000,
+    ),
+    "gpu": Profile(
+        name="gpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
+        channels=(64, 128), attention=True, time_dim=256,
+        batch_size=256, lr=1e-3, warmup_steps=200, train_steps=8_000, lesson_train_steps=8_000,
+        class_train_steps=8_000, p_uncond=0.1, ema_decay=0.9995, checkpoint_every=1_000,
+        sample_steps=50, n_show=16, n_eval=10_000, max_frames=40, guidance=3.0,
+        classifier_steps=3_000,
+        clip_dim=128, clip_layers=4, clip_heads=4, clip_patch=4, clip_embed=128, clip_batch=512,
+        clip_steps=6_000, clip_lr=5e-4,
+        t2i_train_steps=10_000, toy_steps=3_000,
+    ),
+}
+
+
+def get_device(name: str | None = None) -> torch.device:
+    """``COURSE_DEVICE`` if set, else the best available: cuda, then mps, then cpu."""
+    name = name or os.environ.get("COURSE_DEVICE")
+    if name:
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"COURSE_DEVICE={name!r} but CUDA is not available here; use 'cpu' or unset it.")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def get_profile(name: str | None = None, device: torch.device | None = None) -> Profile:
+    """The profile named ``name``, else ``COURSE_PROFILE``, else ``gpu`` on CUDA and ``cpu`` elsewhere.
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+    """
+    name = name or os.environ.get("COURSE_PROFILE") or None
+    if name is None:
+        device = device or get_device()
+        name = "gpu" if device.type == "cuda" else "cpu"
+    key = name.strip().lower()
+    if key not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}: valid profiles are {', '.join(PROFILES)} "
+                         f"(set COURSE_PROFILE to one of them, or unset it to choose automatically)")
+    return PROFILES[key]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors are computed: the device and the mixed-precision policy that goes with it.
+
+    - CUDA with compute capability >= 8.0 (Ampere and later): bf16 autocast, no grad scaler.
+    - Older CUDA GPUs (Colab's free T4 is 7.5): fp16 autocast with a grad scaler. We look at the compute
+      capability rather than ``torch.cuda.is_bf16_supported()``, which can report *emulated* bf16 there.
+    - CPU and mps: fp32.
+    ``compile`` is opt-in (``COURSE_COMPILE=1``) and only used on CUDA.
+    """
+    device: torch.device
+    dtype: torch.dtype | None = None          # autocast dtype, None = fp32
+    use_grad_scaler: bool = False
+    compile: bool = False
+    extras: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def get_runtime(device: torch.device | str | None = None, compile: bool | None = None) -> Runtime:
+    device = get_device(str(device)) if device is not None else get_device()
+    if compile is None:
+        compile = os.environ.get("COURSE_COMPILE", "0") == "1"
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return Runtime(device, torch.bfloat16, False, compile)
+        return Runtime(device, torch.float16, True, compile)
+    return Runtime(device, None, False, False)
+
+
+def autocast(rt: Runtime):
+    """The autocast context for ``rt`` (a no-op for fp32)."""
+    if rt.dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=rt.device.type, dtype=rt.dtype)
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices); return a CPU ``torch.Generator`` seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+_announced: set = set()
+
+
+def setup(profile: str | Profile | None = None, seed: int | None = 0, quiet: bool = False
+          ) -> tuple[Profile, Runtime]:
+    """What a lesson's first cell calls: pick the profile and runtime, set threads, seed, print one line.
+
+    Returns:
+        (profile, runtime)
+    """
+    rt = get_runtime()
+    prof = profile if isinstance(profile, Profile) else get_profile(profile, rt.device)
+    if prof.threads is not None:
+        torch.set_num_threads(prof.threads)
+    if seed is not None:
+        seed_everything(seed)
+    line = (f"From Noise to Digits: profile={prof.name} device={rt.device.type} precision={rt.precision} "
+            f"threads={torch.get_num_threads()}" + (" compile=on" if rt.compile else ""))
+    if not quiet and line not in _announced:
+        _announced.add(line)
+        print(line)
+        _warn_colab_cpu(rt)
+    return prof, rt
+
+
+def _warn_colab_cpu(rt: Runtime) -> None:
+    import sys
+    if "google.colab" in sys.modules and rt.device.type != "cuda":
+        print("WARNING: this Colab runtime has no GPU. The lessons still run (cpu profile), but slowly.\n"
+              "         Switch: Runtime > Change runtime type > Hardware accelerator: GPU (T4), then re-run.")

@@ -1,0 +1,137 @@
+"""Pictures: an image grid, a strip of frames over time, and an animation of a sequence of image batches
+(the forward or reverse process) that plays in Jupyter and degrades to a static strip under the ``test``
+profile, so executed notebooks stay small and nbval stays fast."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.pyplot as plt  # picks a headless backend by itself where there is no display
+import numpy as np
+import torch
+
+__all__ = ["image_grid", "show_images", "save_grid", "show_strip", "animate", "subsample_frames"]
+
+
+def _check_images(x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(np.asarray(x))
+    if x.dim() == 3:                             # (B, H, W) -> (B, 1, H, W)
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape (B, 1, H, W) or (B, 3, H, W), got {tuple(x.shape)}")
+    return x.detach().float().cpu()
+
+
+def image_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 1, value_range=(-1.0, 1.0)) -> np.ndarray:
+    """Tile a batch into one array ``(rows*H, cols*W)`` (or ``(..., 3)``) with values in ``[0, 1]``.
+
+    Args:
+        x: ``(B, C, H, W)`` images in ``value_range`` (default ``[-1, 1]``, the course's range).
+        nrow: images per row (default: close to square).
+    """
+    x = _check_images(x)
+    lo, hi = value_range
+    x = ((x - lo) / (hi - lo)).clamp(0, 1)
+    B, C, H, W = x.shape
+    nrow = nrow or int(np.ceil(np.sqrt(B)))
+    rows = int(np.ceil(B / nrow))
+    grid = torch.ones(C, rows * (H + pad) + pad, nrow * (W + pad) + pad)
+    for i in range(B):
+        r, c = divmod(i, nrow)
+        grid[:, pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = x[i]
+    grid = grid.permute(1, 2, 0).numpy()
+    return grid[..., 0] if C == 1 else grid
+
+
+def show_images(x: torch.Tensor, nrow: int | None = None, title: str | None = None, ax=None,
+                labels: Sequence | None = None, size: float = 4.0, value_range=(-1.0, 1.0)):
+    """Show a batch as a grid; returns the matplotlib Axes. ``labels`` (optional) become the title."""
+    x = _check_images(x)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(image_grid(x, nrow, value_range=value_range), cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    if labels is not None and title is None:
+        title = " ".join(str(int(l)) if isinstance(l, (int, torch.Tensor, np.integer)) else str(l) for l in labels)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def save_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 3) -> Path:
+    """Save a batch as a PNG grid (``scale`` pixels per pixel)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    g = image_grid(x, nrow)
+    g = np.kron(g, np.ones((scale, scale))) if g.ndim == 2 else g.repeat(scale, 0).repeat(scale, 1)
+    plt.imsave(path, g, cmap="gray", vmin=0, vmax=1)
+    return path
+
+
+def subsample_frames(frames: Sequence, max_frames: int) -> list:
+    """At most ``max_frames`` frames, evenly spaced, always keeping the first and the last."""
+    frames = list(frames)
+    if len(frames) <= max_frames:
+        return frames
+    idx = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
+    return [frames[i] for i in idx]
+
+
+def show_strip(frames: Sequence[torch.Tensor], captions: Sequence[str] | None = None, n: int = 8,
+               max_frames: int = 10, title: str | None = None):
+    """A static strip: each column is one moment, each row one image of the batch (first ``n`` images)."""
+    keep = subsample_frames(range(len(frames)), max_frames)
+    frames = [_check_images(frames[i])[:n] for i in keep]
+    captions = [captions[i] for i in keep] if captions is not None else None
+    rows = frames[0].shape[0]
+    fig, axes = plt.subplots(rows, len(frames), figsize=(1.1 * len(frames), 1.1 * rows), squeeze=False)
+    for j, f in enumerate(frames):
+        for i in range(rows):
+            axes[i, j].imshow(image_grid(f[i:i + 1], pad=0), cmap="gray", vmin=0, vmax=1)
+            axes[i, j].set_axis_off()
+        if captions:
+            axes[0, j].set_title(captions[j], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def animate(frames: Sequence[torch.Tensor], captions: Sequence[str] | None = None, max_frames: int = 25,
+            interval_ms: int = 150, static: bool | None = None, nrow: int | None = None):
+    """Animate a sequence of image batches as an HTML player (``to_jshtml``) that renders in Jupyter.
+
+    Args:
+        frames: a list of ``(B, C, H, W)`` batches, one per moment (e.g. x_t for decreasing t).
+        captions: one caption per frame (e.g. ``"t = 500"``).
+        max_frames: frames kept (evenly spaced) so the notebook stays small.
+        static: draw a static strip instead; default: under the ``test`` profile (``COURSE_PROFILE=test``).
+
+    Returns:
+        An ``IPython.display.HTML`` player, or the strip's Figure when static.
+    """
+    if static is None:
+        static = os.environ.get("COURSE_PROFILE", "").lower() == "test"
+    if static:
+        return show_strip(frames, captions, max_frames=min(max_frames, 8))
+    from matplotlib import animation
+    from IPython.display import HTML
+    keep = subsample_frames(range(len(frames)), max_frames)
+    grids = [image_grid(frames[i], nrow) for i in keep]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.set_axis_off()
+    im = ax.imshow(grids[0], cmap="gray", vmin=0, vmax=1)
+    title = ax.set_title(captions[keep[0]] if captions else "", fontsize=9)
+
+    def update(k):
+        im.set_data(grids[k])
+        if captions:
+            title.set_text(captions[keep[k]])
+        return (im,)
+
+    anim = animation.FuncAnimation(fig, update, frames=len(grids), interval=interval_ms, blit=False)
+    html = HTML(anim.to_jshtml(default_mode="once"))
+    plt.close(fig)
+    return html
