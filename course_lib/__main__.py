@@ -1,0 +1,204 @@
+"""The course's command line: ``python -m course_lib <command> --help``.
+
+    train {classifier,denoiser,class,clip,text2image}   train (or resume) one model
+    sample     --checkpoint DIR --n N --steps S --sampler {ddpm,ddim} --seed K --out FILE
+    generate   "a thin two" "a 9" --checkpoint DIR -n 16 --guidance 3 --steps 50 --seed 0 --out grid.png
+    weights    train every model for the active profile and refresh data/weights/
+    course     train what is missing, execute every lesson into build/, render the course book
+    info       the active profile, device and precision
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+MODEL_NAMES = ("classifier", "denoiser", "class", "clip", "text2image")
+
+
+def _profile_and_runtime(args):
+    from .config import setup
+    return setup(getattr(args, "profile", None))
+
+
+def cmd_info(args) -> int:
+    from . import paths
+    profile, rt = _profile_and_runtime(args)
+    print(f"course root: {paths.root()}\ncheckpoints: {paths.checkpoints_dir()}\nshipped weights: {paths.weights_dir()}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .models import REGISTRY
+    from .train import TrainResult
+    profile, rt = _profile_and_runtime(args)
+    if args.steps is not None:
+        field = {"classifier": "classifier_steps", "denoiser": "train_steps", "class": "class_train_steps",
+                 "clip": "clip_steps", "text2image": "t2i_train_steps"}[args.model]
+        profile = profile.replace(**{field: args.steps})
+    _, train_fn, _ = REGISTRY[args.model]
+    res: TrainResult = train_fn(profile, args.out, rt, None, not args.no_progress)
+    last = sum(res.losses[-50:]) / max(1, len(res.losses[-50:]))
+    print(f"{args.model}: step {res.step}, loss {last:.4f}, {res.seconds:.0f} s this run "
+          f"({res.items_per_s:.0f} examples/s), checkpoint in {res.out}")
+    return 0
+
+
+def _parse_labels(text: str | None, n: int):
+    import torch
+    if text is None:
+        return None
+    if text == "all":
+        return torch.arange(n) % 10
+    try:
+        labels = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"--labels must be 'all' or comma-separated digits like 0,1,7; got {text!r}")
+    bad = [v for v in labels if not 0 <= v <= 9]
+    if bad or not labels:
+        raise SystemExit(f"--labels: {bad or text!r} out of range: labels are digits 0 to 9")
+    return torch.tensor(labels).repeat_interleave(max(1, n // len(labels)))[:n] if n >= len(labels) else \
+        torch.tensor(labels)
+
+
+def _save_images(images, labels, out: str) -> None:
+    import torch
+    from .plotting import save_grid
+    out_path = Path(out)
+    if out_path.suffix == ".png":
+        save_grid(images, out_path)
+    elif out_path.suffix == ".pt":
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save((images.float().cpu().clamp(-1, 1), None if labels is None else labels.long().cpu()), out_path)
+    else:
+        raise SystemExit(f"--out must end in .png (a grid) or .pt (tensors), got {out!r}")
+    print(f"wrote {len(images)} images to {out_path}")
+
+
+def cmd_sample(args) -> int:
+    import torch
+    from .guidance import guided
+    from .models import load_unet
+    from .samplers import sample
+    from .schedules import make_schedule
+    profile, rt = _profile_and_runtime(args)
+    try:
+        model, cfg = load_unet(args.checkpoint, rt.device)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e))
+    labels = _parse_labels(args.labels, args.n)
+    if labels is not None:
+        if not cfg.get("num_classes"):
+            raise SystemExit(f"{args.checkpoint} is an unconditional model: --labels needs a class model "
+                             f"(python -m course_lib train class)")
+        args.n = len(labels)
+        model = guided(model, args.guidance)
+        labels = labels.to(rt.device)
+    schedule = make_schedule(cfg["schedule"], cfg["T"], rt.device)
+    g = torch.Generator().manual_seed(args.seed)
+    t0 = time.perf_counter()
+    images = sample(model, args.n, schedule, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                    generator=g, cond=labels, device=rt.device)
+    print(f"sampled {args.n} images with {args.sampler} in {time.perf_counter() - t0:.1f} s")
+    _save_images(images, labels, args.out)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+    from .pipeline import TextToImage
+    profile, rt = _profile_and_runtime(args)
+    try:
+        pipe = TextToImage.from_pretrained(args.checkpoint, device=rt.device)
+        images, labels = pipe.generate_with_labels(args.prompts, n_per_prompt=args.n, steps=args.steps,
+                                                   guidance=args.guidance, seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+    _save_images(images, labels if args.out.endswith(".pt") else None, args.out)
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from .weights import make_weights
+    unknown = [m for m in args.models if m not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(MODEL_NAMES)}")
+    profile, rt = _profile_and_runtime(args)
+    make_weights(profile, rt, models=args.models or MODEL_NAMES)
+    return 0
+
+
+def cmd_course(args) -> int:
+    from .book import run_course
+    profile, rt = _profile_and_runtime(args)
+    return run_course(profile, rt, lessons=args.lessons, force=args.force)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, help_):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--profile", choices=("test", "cpu", "gpu"), help="default: COURSE_PROFILE, else auto")
+        return sp
+
+    sp = add("info", "print the active profile, device, precision and folders")
+    sp.set_defaults(func=cmd_info)
+
+    sp = add("train", "train one model (resuming if --out holds a checkpoint of the same config)")
+    sp.add_argument("model", choices=MODEL_NAMES)
+    sp.add_argument("--steps", type=int, help="total optimizer steps (default: the profile's)")
+    sp.add_argument("--out", help="checkpoint folder (default: checkpoints/<model>/, or $COURSE_HOME/<model>/)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_train)
+
+    sp = add("sample", "sample images from a denoiser or class model checkpoint")
+    sp.add_argument("--checkpoint", required=True, help="a model folder (e.g. checkpoints/denoiser)")
+    sp.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    sp.add_argument("--steps", type=int, default=None, help="sampling steps (default: sampler's default)")
+    sp.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
+    sp.add_argument("--eta", type=float, default=None, help="DDIM eta (0: deterministic)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--labels", help="class model only: 'all' (balanced over 0-9) or digits like 0,1,7")
+    sp.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale w (default 3)")
+    sp.add_argument("--out", required=True, help="FILE.png (a grid) or FILE.pt (images, labels)")
+    sp.set_defaults(func=cmd_sample)
+
+    sp = add("generate", "text to image: generate digits for prompts")
+    sp.add_argument("prompts", nargs="+", help='prompts such as "a thin two" "a 9"')
+    sp.add_argument("--checkpoint", default=None, help="a text2image folder (default: yours, else shipped)")
+    sp.add_argument("-n", type=int, default=16, help="images per prompt")
+    sp.add_argument("--guidance", type=float, default=3.0)
+    sp.add_argument("--steps", type=int, default=50)
+    sp.add_argument("--seed", type=int, default=0, help="the same seed gives every prompt the same start noises")
+    sp.add_argument("-o", "--out", required=True, help="FILE.png (a grid) or FILE.pt (images, labels)")
+    sp.set_defaults(func=cmd_generate)
+
+    sp = add("weights", "train every model for the profile (resuming) and refresh data/weights/")
+    sp.add_argument("models", nargs="*", help=f"some of {', '.join(MODEL_NAMES)} (default: all)")
+    sp.set_defaults(func=cmd_weights)
+
+    sp = add("course", "train what is missing, execute every lesson into build/, render build/index.html")
+    sp.add_argument("--lessons", nargs="*", help="only these lessons (file names or numbers)")
+    sp.add_argument("--force", action="store_true", help="re-execute lessons even if unchanged")
+    sp.set_defaults(func=cmd_course)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: checkpoints written so far are kept; run the same command again to resume.")
+        return 130
+    except ValueError as e:            # bad input: a clear one-line error, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The course's trained models, in one registry: how each is trained, found and loaded.
+
+    name         what                                             lesson
+    classifier   small MNIST classifier used to *measure* samples   04
+    denoiser     unconditional UNet, eps-prediction                 03-04
+    class        class-conditional UNet (classifier-free guidance)  05
+    clip         CLIP on captioned digits (transformers classes)    07
+    text2image   text-conditional UNet + the frozen CLIP text side  08
+
+``get_model(name, profile)`` is what lessons call: the user's checkpoint if it matches the profile's config
+and finished training, else the shipped reference weights if they match, else it trains (resuming any
+partial checkpoint). The training step for the diffusion models lives here too: it is lesson 03's loop.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import checkpoints, paths
+from .config import Profile, Runtime, get_runtime
+from .data import batch_indices, load_mnist
+from .forward import q_sample
+from .schedules import Schedule, make_schedule
+from .train import TrainResult, fit
+from .unet import UNet, UNetConfig, unet_config_from_profile
+
+__all__ = ["diffusion_loss", "denoiser_config", "class_config", "train_denoiser", "train_class_model",
+           "load_unet", "get_model", "find_matching", "REGISTRY", "drop_labels"]
+
+
+# --------------------------------------------------------------------------- the training step (lesson 03)
+def diffusion_loss(model, x0: torch.Tensor, schedule: Schedule, generator: torch.Generator, cond=None):
+    """DDPM's simple loss (Ho et al. 2020, Eq. 14 / Algorithm 1), per example:
+
+        t ~ Uniform{0..T-1},  eps ~ N(0, I),  x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps  (Eq. 4)
+        loss = || eps - eps_theta(x_t, t) ||^2
+
+    Random numbers come from ``generator`` (CPU) so a resumed run repeats them exactly.
+
+    Returns:
+        (loss, {"t": (B,), "per_example": (B,)}): the mean loss and its parts, for the loss-by-t plot.
+    """
+    B = x0.shape[0]
+    t = torch.randint(0, schedule.T, (B,), generator=generator).to(x0.device)
+    eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    x_t = q_sample(x0, t, schedule, noise=eps)
+    eps_hat = model(x_t, t, cond)
+    per_example = (eps_hat.float() - eps).pow(2).mean(dim=(1, 2, 3))
+    return per_example.mean(), {"t": t, "per_example": per_example.detach()}
+
+
+def drop_labels(labels: torch.Tensor, p_uncond: float, generator: torch.Generator) -> torch.Tensor:
+    """Classifier-free guidance training (Ho & Salimans 2022, Algorithm 1): replace each label by "no
+    condition" (-1) with probability ``p_uncond``, so one network learns p(x|y) and p(x)."""
+    drop = torch.rand(labels.shape, generator=generator).to(labels.device) < p_uncond
+    return torch.where(drop, torch.full_like(labels, -1), labels)
+
+
+# --------------------------------------------------------------------------- configs
+def denoiser_config(profile: Profile) -> dict:
+    return {**unet_config_from_profile(profile).to_dict(), "T": profile.T, "schedule": profile.schedule,
+            "n_train": profile.n_train}
+
+
+def class_config(profile: Profile) -> dict:
+    return {**unet_config_from_profile(profile, num_classes=10).to_dict(), "T": profile.T,
+            "schedule": profile.schedule, "n_train": profile.n_train, "p_uncond": profile.p_uncond}
+
+
+def _unet_from_config(cfg: dict) -> UNet:
+    fields = UNetConfig.__dataclass_fields__
+    return UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in fields}))
+
+
+def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = False) -> tuple[UNet, dict]:
+    """Load a UNet checkpoint folder: (model in eval mode, its config dict with T and schedule)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no model at {path} (looked for {path / 'config.json'})")
+    cfg = json.loads((path / "config.json").read_text())
+    model = _unet_from_config(cfg)
+    checkpoints.load_weights(model, path, device=device, raw=raw)
+    return model.eval(), cfg
+
+
+# --------------------------------------------------------------------------- training
+def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime, progress, stop_after,
+                conditional: bool, seed: int = 0) -> TrainResult:
+    rt = runtime or get_runtime()
+    out = Path(out) if out is not None else paths.default_checkpoint(name)
+    x, y = load_mnist("train", profile=profile, device=rt.device)
+    schedule = make_schedule(profile.schedule, profile.T, rt.device)
+    model = _unet_from_config(cfg)
+
+    def get_batch(g):
+        idx = batch_indices(len(x), profile.batch_size, g, rt.device)
+        return x[idx], y[idx]
+
+    def loss_fn(m, batch, g):
+        x0, labels = batch
+        cond = drop_labels(labels, profile.p_uncond, g) if conditional else None
+        return diffusion_loss(m, x0, schedule, g, cond)
+
+    meta = {"kind": name, "profile": profile.name, "data": f"MNIST train, {len(x)} images"}
+    return fit(model, loss_fn, get_batch, steps=steps, lr=profile.lr, warmup_steps=profile.warmup_steps,
+               batch_size=profile.batch_size, ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
+               checkpoint_every=profile.checkpoint_every, runtime=rt, desc=f"train {name}",
+               progress=progress, T=profile.T, stop_after=stop_after, seed=seed)
+
+
+def train_denoiser(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
+                   progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train the unconditional denoiser for ``profile`` (resumes from ``out`` when it holds one)."""
+    return _train_unet("denoiser", denoiser_config(profile), profile, steps or profile.train_steps, out,
+                       runtime, progress, stop_after, conditional=False)
+
+
+def train_class_model(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
+                      progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train the class-conditional denoiser, dropping labels with probability ``profile.p_uncond``."""
+    return _train_unet("class", class_config(profile), profile, steps or profile.class_train_steps, out,
+                       runtime, progress, stop_after, conditional=True)
+
+
+# --------------------------------------------------------------------------- the registry
+def _lazy(module: str, attr: str) -> Callable:
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(f"course_lib.{module}"), attr)(*args, **kwargs)
+    return call
+
+
+# name -> (config_fn(profile), train_fn(profile, out, runtime, steps, progress), load_fn(path, device))
+REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
+    "classifier": (_lazy("metrics", "classifier_config"), _lazy("metrics", "train_classifier"),
+                   _lazy("metrics", "load_classifier")),
+    "denoiser": (denoiser_config, train_denoiser, lambda path, device: load_unet(path, device)[0]),
+    "class": (class_config, train_class_model, lambda path, device: load_unet(path, device)[0]),
+    "clip": (_lazy("clip", "clip_config_from_profile"), _lazy("clip", "train_clip"),
+             _lazy("clip", "load_clip")),
+    "text2image": (_lazy("pipeline", "text2image_config"), _lazy("pipeline", "train_text2image"),
+                   _lazy("pipeline", "load_text2image")),
+}
+
+
+def _steps_for(name: str, profile: Profile) -> int:
+    return {"classifier": profile.classifier_steps, "denoiser": profile.train_steps,
+            "class": profile.class_train_steps, "clip": profile.clip_steps,
+            "text2image": profile.t2i_train_steps}[name]
+
+
+def find_matching(name: str, profile: Profile) -> Path | None:
+    """A finished model for ``profile``: the user's checkpoint, then the shipped weights; None if neither
+    matches the profile's config (and, for the user's, has trained all its steps)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(REGISTRY)}")
+    cfg = REGISTRY[name][0](profile)
+    for folder in (paths.default_checkpoint(name), paths.weights_dir() / name):
+        try:
+            tr = checkpoints.read_training(folder)
+        except FileNotFoundError:
+            continue
+        if checkpoints.config_difference(tr.get("config"), cfg) is None and tr.get("step", 0) >= tr.get("steps", 0):
+            return folder
+    return None
+
+
+def get_model(name: str, profile: Profile, runtime: Runtime | None = None, train_if_missing: bool = True,
+              progress: bool = True, path: str | Path | None = None):
+    """The model ``name`` for ``profile``, ready to use (EMA weights, eval mode, on the runtime's device).
+
+    Lookup: ``path`` if given; else the user's finished checkpoint or the shipped weights for this
+    profile's config; else, when ``train_if_missing``, train it now (resuming a partial checkpoint).
+    """
+    rt = runtime or get_runtime()
+    _, train_fn, load_fn = REGISTRY[name] if name in REGISTRY else (None, None, None)
+    if train_fn is None:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(REGISTRY)}")
+    folder = Path(path) if path is not None else find_matching(name, profile)
+    if folder is None:
+        if not train_if_missing:
+            paths.find_model(name)   # raises, naming where it looked
+            raise FileNotFoundError(f"no {name!r} model matches the {profile.name!r} profile's config; "
+                                    f"train one with `python -m course_lib train {name} --profile {profile.name}`")
+        print(f"no finished {name!r} model for the {profile.name!r} profile yet: training one "
+              f"({_steps_for(name, profile)} steps) into {paths.default_checkpoint(name)}")
+        train_fn(profile, None, rt, None, progress)
+        folder = paths.default_checkpoint(name)
+    else:
+        print(f"using the {name!r} model in {folder}")
+    return load_fn(folder, rt.device)

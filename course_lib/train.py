@@ -1,0 +1,230 @@
+"""One training loop for every model in the course (denoiser, class model, metrics classifier, CLIP,
+text-to-image). It knows nothing about diffusion: a model, a loss function and a way to draw a batch.
+
+    for step in range(start, steps):
+        lr = warmup_cosine(step)                      # linear warm-up, then cosine decay to 10 %
+        batch = get_batch(generator)                   # indices drawn on the CPU, data already on the device
+        loss = loss_fn(model, batch, generator)        # under autocast (bf16 / fp16 / fp32)
+        loss.backward(); clip_grad_norm_(1.0); AdamW.step()
+        ema.update_parameters(model)                   # AveragedModel, decay warmed up
+        every N steps and at the end: atomic checkpoint
+
+Resuming continues the run exactly: raw weights, EMA, optimizer moments, the generator and the CPU RNG
+are restored, and the learning rate is a pure function of the step, so on the CPU a resumed run reaches
+bit-identical weights to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from . import checkpoints
+from .config import Runtime, autocast, get_runtime
+
+__all__ = ["TrainResult", "fit", "ema_avg_fn", "warmup_cosine_lr", "plot_losses"]
+
+
+def ema_avg_fn(decay: float) -> Callable:
+    """Exponential moving average with a warm-up: d_n = min(decay, (1 + n) / (10 + n)).
+
+    Early on the average follows the model closely (d is small), so early EMA weights are not just the
+    initial random ones; later it averages over about 1 / (1 - decay) steps.
+    """
+    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        return d * averaged + (1.0 - d) * current
+    return avg_fn
+
+
+def warmup_cosine_lr(step: int, steps: int, lr: float, warmup: int, final_frac: float = 0.1) -> float:
+    """Linear warm-up over ``warmup`` steps, then a cosine from ``lr`` down to ``final_frac * lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module                 # raw weights
+    ema_model: nn.Module             # the averaged weights (use these to sample)
+    losses: list[float]              # one per step, the whole run (including before a resume)
+    step: int
+    seconds: float                   # wall time of this call
+    items_per_s: float               # training examples per second in this call
+    loss_by_t: dict[str, list[float]] = field(default_factory=dict)  # {"t_mid": [...], "loss": [...]}
+    out: Path | None = None
+    resumed_from: int = 0
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, mininterval=1.0, leave=True)
+
+
+def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torch.Generator], Any], *,
+        steps: int, lr: float, warmup_steps: int, batch_size: int, ema_decay: float, config: dict,
+        meta: dict | None = None, out: str | Path | None = None, checkpoint_every: int = 0,
+        runtime: Runtime | None = None, grad_clip: float = 1.0, weight_decay: float = 0.0, seed: int = 0,
+        export: Callable[[nn.Module, Path], None] | None = None, desc: str = "training",
+        progress: bool = True, t_bins: int = 10, T: int | None = None, stop_after: int | None = None
+        ) -> TrainResult:
+    """Train ``model`` with AdamW, warm-up + cosine LR, gradient clipping, EMA and mixed precision.
+
+    Args:
+        loss_fn: ``loss_fn(model, batch, generator)`` returning the scalar loss, or ``(loss, extras)``
+            where ``extras`` may hold ``"t"`` (B,) and ``"per_example"`` (B,) to break the loss down by t.
+        get_batch: ``get_batch(generator)`` returning a batch already on the device.
+        steps: total optimizer steps of the whole run (a resumed run stops at the same total).
+        config: the model config (JSON-able). Resuming requires the saved one to be equal.
+        meta: more JSON-able facts saved with the checkpoint (profile, data source, kind, ...).
+        out: checkpoint folder; resumes from it when it holds a checkpoint of the same config.
+        checkpoint_every: also write a checkpoint every this many steps (0: only at the end).
+        export: how to write the EMA model's ``config.json`` + ``model.safetensors`` (default: ours).
+        T: number of diffusion steps, to bin ``extras["t"]`` (loss by t).
+        stop_after: stop (with a checkpoint) after this many steps in this call: for demos and tests.
+
+    Raises:
+        ValueError: if ``out`` holds a checkpoint of another config, naming the differing field.
+        FloatingPointError: when the loss becomes NaN or inf, naming the step and the last good checkpoint.
+    """
+    rt = runtime or get_runtime()
+    out = Path(out) if out is not None else None
+    model.to(rt.device)
+    ema = AveragedModel(model, avg_fn=ema_avg_fn(ema_decay), use_buffers=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if rt.use_grad_scaler else None
+    gen = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    bins = torch.zeros(t_bins, dtype=torch.float64), torch.zeros(t_bins, dtype=torch.float64)
+    start = 0
+    training = {"config": config, **(meta or {}), "steps": steps, "lr": lr, "warmup_steps": warmup_steps,
+                "batch_size": batch_size, "ema_decay": ema_decay, "seed": seed}
+
+    if out is not None and checkpoints.has_checkpoint(out):
+        saved = checkpoints.read_training(out)
+        diff = checkpoints.config_difference(saved["config"], config)
+        if diff:
+            raise ValueError(f"{out} holds a checkpoint of another model config ({diff}); "
+                             f"use another --out folder, or delete {out} to start over.")
+        rng = checkpoints.load_trainer_state(out, model=model, ema=ema, optimizer=opt)
+        gen.set_state(rng["generator"])
+        torch.set_rng_state(rng["cpu"])
+        start = int(saved["step"])
+        losses = list(saved.get("losses", []))
+        if "loss_by_t_sum" in saved:
+            bins = (torch.tensor(saved["loss_by_t_sum"], dtype=torch.float64),
+                    torch.tensor(saved["loss_by_t_count"], dtype=torch.float64))
+
+    train_model = torch.compile(model) if (rt.compile and rt.device.type == "cuda") else model
+    last_good = str(out) if (out is not None and checkpoints.has_checkpoint(out)) else None
+
+    def save(step: int) -> None:
+        nonlocal last_good
+        if out is None:
+            return
+        training.update(step=step, losses=[round(v, 6) for v in losses],
+                        loss_by_t_sum=bins[0].tolist(), loss_by_t_count=bins[1].tolist(),
+                        device=rt.device.type, precision=rt.precision)
+        checkpoints.save_checkpoint(out, model=model, ema=ema, optimizer=opt,
+                                    rng={"generator": gen.get_state(), "cpu": torch.get_rng_state()},
+                                    training=training, export=export)
+        last_good = str(out)
+
+    end = steps if stop_after is None else min(steps, start + stop_after)
+    model.train()
+    t0 = time.perf_counter()
+    bar = _progress(steps, start, desc, progress)
+    step = start
+    for step in range(start, end):
+        for g in opt.param_groups:
+            g["lr"] = warmup_cosine_lr(step, steps, lr, warmup_steps)
+        batch = get_batch(gen)
+        with autocast(rt):
+            res = loss_fn(train_model, batch, gen)
+        loss, extras = (res if isinstance(res, tuple) else (res, {}))
+        if not torch.isfinite(loss.detach()):
+            bar.close()
+            raise FloatingPointError(
+                f"the loss became {loss.item()} at step {step}. Last good checkpoint: "
+                f"{last_good or 'none (no checkpoint was written yet)'}. Check the data range and the "
+                f"learning rate (lr={lr}), then resume from that checkpoint.")
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+        ema.update_parameters(model)
+        losses.append(loss.item())
+        if T and "t" in extras and "per_example" in extras:
+            b = (extras["t"].detach().cpu() * t_bins // T).clamp(max=t_bins - 1)
+            bins[0].index_add_(0, b, extras["per_example"].detach().cpu().double())
+            bins[1].index_add_(0, b, torch.ones_like(b, dtype=torch.float64))
+        done = step + 1 - start
+        if done % 10 == 0 or step + 1 == end:
+            rate = done * batch_size / (time.perf_counter() - t0)
+            recent = losses[-50:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", img_s=f"{rate:.0f}")
+        bar.update(1)
+        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < end:
+            save(step + 1)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    n_done = (end - start)
+    if n_done > 0 or (out is not None and not checkpoints.has_checkpoint(out)):
+        save(end)
+    model.eval()
+    ema.module.eval()
+    by_t = {}
+    if bins[1].sum() > 0:
+        centers = ((torch.arange(t_bins) + 0.5) * (T or t_bins) / t_bins).tolist()
+        by_t = {"t_mid": centers, "loss": (bins[0] / bins[1].clamp(min=1)).tolist()}
+    return TrainResult(model, ema.module, losses, end, seconds,
+                       n_done * batch_size / seconds if seconds > 0 and n_done else 0.0, by_t, out, start)
+
+
+def plot_losses(result: TrainResult | dict, smooth: int = 50):
+    """The loss curve (raw and smoothed) and, when available, the loss broken down by t."""
+    import matplotlib.pyplot as plt
+    losses = result.losses if isinstance(result, TrainResult) else result["losses"]
+    by_t = result.loss_by_t if isinstance(result, TrainResult) else _by_t_from_training(result)
+    ncols = 2 if by_t else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.2), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(losses, alpha=0.3, label="per step")
+    if len(losses) >= smooth:
+        k = torch.ones(smooth) / smooth
+        sm = torch.nn.functional.conv1d(torch.tensor(losses).view(1, 1, -1), k.view(1, 1, -1)).flatten()
+        ax.plot(range(smooth - 1, len(losses)), sm.tolist(), label=f"mean of {smooth}")
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
+    ax.legend()
+    if by_t:
+        axes[0, 1].bar(by_t["t_mid"], by_t["loss"], width=0.8 * (by_t["t_mid"][1] - by_t["t_mid"][0]))
+        axes[0, 1].set(xlabel="t", ylabel="mean loss", title="loss by timestep t")
+    fig.tight_layout()
+    return fig
+
+
+def _by_t_from_training(training: dict) -> dict:
+    if "loss_by_t_sum" not in training:
+        return {}
+    s, c = training["loss_by_t_sum"], training["loss_by_t_count"]
+    if not sum(c):
+        return {}
+    n = len(s)
+    T = training.get("config", {}).get("T", n)
+    return {"t_mid": [(i + 0.5) * T / n for i in range(n)], "loss": [a / max(b, 1) for a, b in zip(s, c)]}

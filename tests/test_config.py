@@ -1,0 +1,68 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from course_lib import config
+from course_lib.config import PROFILES, Profile, get_profile, get_runtime, seed_everything
+
+
+def test_unknown_profile_lists_valid_ones(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "bogus")
+    with pytest.raises(ValueError) as e:
+        get_profile()
+    msg = str(e.value)
+    assert "bogus" in msg and all(name in msg for name in ("test", "cpu", "gpu"))
+
+
+def test_bogus_profile_is_a_one_line_error_on_the_command_line():
+    r = subprocess.run([sys.executable, "-m", "course_lib", "info"], capture_output=True, text=True,
+                       env={**__import__("os").environ, "COURSE_PROFILE": "bogus"})
+    assert r.returncode != 0
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "bogus" in lines[0] and "cpu" in lines[0], r.stderr
+
+
+def test_env_override_and_auto_choice(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "CPU")
+    assert get_profile().name == "cpu"
+    monkeypatch.delenv("COURSE_PROFILE")
+    assert get_profile(device=torch.device("cpu")).name == "cpu"
+    assert get_profile(device=torch.device("cuda")).name == "gpu"
+    assert get_profile(device=torch.device("mps")).name == "cpu"
+
+
+def test_profiles_are_frozen_and_complete():
+    p = PROFILES["test"]
+    with pytest.raises(Exception):
+        p.batch_size = 3
+    assert p.replace(batch_size=3).batch_size == 3 and p.batch_size != 3
+    for prof in PROFILES.values():
+        assert isinstance(prof, Profile) and len(prof.channels) == 2
+        assert 0 < prof.p_uncond < 1 and prof.max_frames >= 2 and prof.n_show >= 4
+    assert PROFILES["test"].threads == 1
+
+
+def test_runtime_on_cpu_is_fp32_without_compile():
+    rt = get_runtime("cpu")
+    assert rt.precision == "fp32" and not rt.use_grad_scaler and not rt.compile
+    with config.autocast(rt):
+        assert torch.ones(2).dtype == torch.float32
+
+
+def test_seed_everything_reproduces():
+    g1 = seed_everything(3)
+    a = torch.randn(3), torch.randn(3, generator=g1)
+    g2 = seed_everything(3)
+    b = torch.randn(3), torch.randn(3, generator=g2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_setup_prints_one_line(capsys):
+    config._announced.clear()
+    prof, rt = config.setup("test")
+    config.setup("test")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "profile=test" in out[0] and "precision=fp32" in out[0]
+    assert torch.get_num_threads() == 1

@@ -1,0 +1,118 @@
+"""The training loop and checkpoints: overfitting, exact resume, the NaN guard, atomic writes."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from course_lib import checkpoints
+from course_lib.config import get_runtime
+from course_lib.train import ema_avg_fn, fit, warmup_cosine_lr
+
+CPU = get_runtime("cpu")
+
+
+def tiny_problem(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Dropout(0.1),
+                                torch.nn.Linear(16, 1))
+    X = torch.randn(64, 4)
+    Y = X @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+
+    def get_batch(g):
+        idx = torch.randint(0, 64, (16,), generator=g)
+        return X[idx], Y[idx]
+
+    def loss_fn(m, batch, g):
+        x, y = batch
+        return (m(x + 0.01 * torch.randn(x.shape, generator=g)) - y).pow(2).mean()
+    return model, loss_fn, get_batch
+
+
+def run(out=None, steps=60, stop_after=None, config=None, **kw):
+    model, loss_fn, get_batch = tiny_problem()
+    return fit(model, loss_fn, get_batch, steps=steps, lr=1e-2, warmup_steps=5, batch_size=16, ema_decay=0.9,
+               config=config or {"kind": "tiny", "width": 16}, out=out, checkpoint_every=20, runtime=CPU,
+               progress=False, stop_after=stop_after, **kw)
+
+
+def test_loss_falls_well_below_its_start():
+    res = run(steps=300)
+    assert sum(res.losses[-20:]) / 20 < 0.1 * sum(res.losses[:5]) / 5
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    full = run(tmp_path / "a", steps=60)
+    part = run(tmp_path / "b", steps=60, stop_after=25)            # "interrupted" after 25 steps
+    assert part.step == 25
+    resumed = run(tmp_path / "b", steps=60)
+    assert resumed.resumed_from == 25 and resumed.step == 60
+    for (k, v), (_, w) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(v, w), k
+    for (k, v), (_, w) in zip(full.ema_model.state_dict().items(), resumed.ema_model.state_dict().items()):
+        assert torch.equal(v, w), k
+    assert resumed.losses == pytest.approx(full.losses, rel=1e-5)   # history is saved rounded
+
+
+def test_other_config_is_refused_naming_the_field(tmp_path):
+    run(tmp_path / "c", steps=10)
+    with pytest.raises(ValueError, match=r"width: 16 -> 32"):
+        run(tmp_path / "c", steps=10, config={"kind": "tiny", "width": 32})
+
+
+def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
+    model, _, get_batch = tiny_problem()
+    calls = {"n": 0}
+
+    def loss_fn(m, batch, g):
+        calls["n"] += 1
+        x, y = batch
+        loss = (m(x) - y).pow(2).mean()
+        return loss * float("nan") if calls["n"] == 30 else loss
+    with pytest.raises(FloatingPointError) as e:
+        fit(model, loss_fn, get_batch, steps=50, lr=1e-2, warmup_steps=1, batch_size=16, ema_decay=0.9,
+            config={"k": 1}, out=tmp_path / "n", checkpoint_every=20, runtime=CPU, progress=False)
+    assert "step 29" in str(e.value) and str(tmp_path / "n") in str(e.value)
+    assert checkpoints.read_training(tmp_path / "n")["step"] == 20
+
+
+def test_interrupted_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    out = tmp_path / "d"
+    run(out, steps=20)
+    before = load_file(str(out / "model.safetensors"))
+
+    def boom(*a, **k):
+        raise OSError("disk full (simulated)")
+    monkeypatch.setattr(checkpoints, "save_file", boom)
+    with pytest.raises(OSError):
+        checkpoints.save_checkpoint(out, model=torch.nn.Linear(1, 1),
+                                    ema=torch.optim.swa_utils.AveragedModel(torch.nn.Linear(1, 1)),
+                                    optimizer=torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), 0.1),
+                                    rng={}, training={"config": {}})
+    after = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((out / "training.json").read_text())["step"] == 20
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temp folder left behind
+
+
+def test_checkpoint_folder_is_safetensors_only(tmp_path):
+    run(tmp_path / "e", steps=20)
+    files = {p.relative_to(tmp_path / "e").as_posix() for p in (tmp_path / "e").rglob("*") if p.is_file()}
+    assert {"config.json", "model.safetensors", "training.json", "trainer/raw_model.safetensors",
+            "trainer/ema.safetensors", "trainer/optimizer.safetensors", "trainer/rng.safetensors"} <= files
+    assert not any(f.endswith((".pt", ".pth", ".pkl", ".bin")) for f in files)
+
+
+def test_missing_checkpoint_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing")):
+        checkpoints.read_training(tmp_path / "nothing")
+
+
+def test_ema_warmup_and_lr_schedule():
+    avg = ema_avg_fn(0.999)
+    # first update: d = 1/10, so the average moves 90 % of the way to the new weights
+    assert torch.allclose(avg(torch.zeros(1), torch.ones(1), torch.tensor(0)), torch.tensor([0.9]))
+    assert torch.allclose(avg(torch.zeros(1), torch.ones(1), torch.tensor(10**6)), torch.tensor([0.001]))
+    lrs = [warmup_cosine_lr(s, 100, 1.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] > 0.09
