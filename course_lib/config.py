@@ -98,8 +98,8 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
         channels=(32, 64), attention=False, time_dim=128,
-        batch_size=128, lr=2e-3, warmup_steps=100, train_steps=2_000, lesson_train_steps=100,
-        class_train_steps=2_000, p_uncond=0.1, ema_decay=0.999, checkpoint_every=250,
+        batch_size=128, lr=2e-3, warmup_steps=100, train_steps=4_000, lesson_train_steps=100,
+        class_train_steps=4_000, p_uncond=0.1, ema_decay=0.999, checkpoint_every=250,
         sample_steps=25, n_show=16, n_eval=1_000, max_frames=25, guidance=3.0,
         classifier_steps=1_500,
         clip_dim=64, clip_layers=2, clip_heads=4, clip_patch=4, clip_embed=64, clip_batch=256,
