@@ -105,7 +105,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     bins = torch.zeros(t_bins, dtype=torch.float64), torch.zeros(t_bins, dtype=torch.float64)
-    start = 0
+    start, prior_seconds = 0, 0.0
     training = {"config": config, **(meta or {}), "steps": steps, "lr": lr, "warmup_steps": warmup_steps,
                 "batch_size": batch_size, "ema_decay": ema_decay, "seed": seed}
 
@@ -119,6 +119,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         gen.set_state(rng["generator"])
         torch.set_rng_state(rng["cpu"])
         start = int(saved["step"])
+        prior_seconds = float(saved.get("train_seconds", 0.0))
         losses = list(saved.get("losses", []))
         if "loss_by_t_sum" in saved:
             bins = (torch.tensor(saved["loss_by_t_sum"], dtype=torch.float64),
@@ -132,6 +133,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         if out is None:
             return
         training.update(step=step, losses=[round(v, 6) for v in losses],
+                        train_seconds=round(prior_seconds + time.perf_counter() - t0, 1),
                         loss_by_t_sum=bins[0].tolist(), loss_by_t_count=bins[1].tolist(),
                         device=rt.device.type, precision=rt.precision)
         checkpoints.save_checkpoint(out, model=model, ema=ema, optimizer=opt,

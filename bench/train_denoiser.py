@@ -1,0 +1,89 @@
+"""Benchmark: the unconditional denoiser for the active profile.
+
+Records training images/s and wall time (from the model's training.json: the run that produced it, or a
+fresh one if none matches the profile), sample quality at the end (confident fraction, FID beside the
+real-vs-real floor at the same N, class histogram) for DDIM-50 and DDIM-20, and sampling images/s for
+DDPM-1000, DDIM-50 and DDIM-20. On a CPU, DDPM-1000 is timed on a small batch only; its quality at
+N=10,000 belongs on a GPU.
+
+    python bench/train_denoiser.py [--profile cpu] [--threads 2] [--ddpm-n 0]
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from course_lib.metrics import evaluate_samples, real_images  # noqa: E402
+from course_lib.models import REGISTRY, find_matching, get_model  # noqa: E402
+from course_lib.checkpoints import read_training  # noqa: E402
+from course_lib.samplers import sample  # noqa: E402
+from course_lib.schedules import make_schedule  # noqa: E402
+
+
+def extra(p):
+    p.add_argument("--n", type=int, default=None, help="samples per measurement (default: profile.n_eval)")
+    p.add_argument("--ddpm-n", type=int, default=None,
+                   help="samples for DDPM-1000 quality (default: N on a GPU, 0 on a CPU)")
+
+
+def timed_sample(model, n, schedule, rt, sampler, steps, seed):
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    x = sample(model, n, schedule, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(seed),
+               device=rt.device)
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize()
+    return x, time.perf_counter() - t0
+
+
+def main() -> None:
+    args = common.parse_args(__doc__, extra)
+    profile, rt = common.start(args)
+    n = args.n or profile.n_eval
+    folder = find_matching("denoiser", profile)
+    trained_now = folder is None
+    model = get_model("denoiser", profile, rt)           # trains (timed in training.json) if missing
+    folder = find_matching("denoiser", profile)
+    tr = read_training(folder)
+    train = {"steps": tr["step"], "batch_size": tr["batch_size"], "wall_seconds": tr.get("train_seconds"),
+             "images_per_s": round(tr["step"] * tr["batch_size"] / tr["train_seconds"], 1)
+             if tr.get("train_seconds") else None, "trained_by_this_run": trained_now, "checkpoint": str(folder),
+             "final_loss_mean_last_100": round(sum(tr["losses"][-100:]) / len(tr["losses"][-100:]), 5),
+             "trained_on": tr.get("device")}
+    clf = get_model("classifier", profile, rt)
+    real = real_images(profile, n, rt.device)
+    schedule = make_schedule(profile.schedule, profile.T, rt.device)
+    quality, speed = {}, {}
+    for name, sampler, steps in (("ddim50", "ddim", 50), ("ddim20", "ddim", 20)):
+        x, sec = timed_sample(model, n, schedule, rt, sampler, steps, seed=1)
+        ev = evaluate_samples(clf, x, real=real)
+        quality[name] = {k: ev[k] for k in ("n", "confident", "mean_confidence", "fid", "fid_floor", "histogram")}
+        speed[name] = round(n / sec, 2)
+    ddpm_n = args.ddpm_n if args.ddpm_n is not None else (n if rt.device.type == "cuda" else 0)
+    if ddpm_n:
+        x, sec = timed_sample(model, ddpm_n, schedule, rt, "ddpm", None, seed=1)
+        ev = evaluate_samples(clf, x, real=real_images(profile, ddpm_n, rt.device))
+        quality["ddpm1000"] = {k: ev[k] for k in ("n", "confident", "mean_confidence", "fid", "fid_floor", "histogram")}
+        speed["ddpm1000"] = round(ddpm_n / sec, 2)
+    else:
+        small = 16
+        _, sec = timed_sample(model, small, schedule, rt, "ddpm", None, seed=1)
+        speed["ddpm1000"] = round(small / sec, 2)
+        speed["ddpm1000_note"] = f"timed on a batch of {small}; quality at N={n} not measured on this device"
+    targets = {"confident>=0.90": quality["ddim50"]["confident"] >= 0.90,
+               "train_wall<=600s": (train["wall_seconds"] or 1e9) <= 600}
+    if "ddpm1000" in quality:
+        targets["ddim50_fid_within_10pct_of_ddpm1000"] = quality["ddim50"]["fid"] <= 1.1 * quality["ddpm1000"]["fid"]
+    common.save("train_denoiser", profile, rt, {"n": n, "train": train, "quality": quality,
+                                                 "sampling_images_per_s": speed, "targets_met": targets})
+
+
+if __name__ == "__main__":
+    main()

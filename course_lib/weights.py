@@ -1,0 +1,119 @@
+"""``make weights``: train every model for the active profile (resuming where it stopped), measure each,
+and refresh the small reference weights shipped in ``data/weights/`` with a README that documents them.
+
+Only what a user needs to *use* a model is shipped: ``config.json``, ``model.safetensors`` (the EMA
+weights), ``training.json`` and, for CLIP and text-to-image, the tokenizer files. The optimizer state stays
+in the user's ``checkpoints/``.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from . import paths
+from .checkpoints import atomic_folder, read_training
+from .config import Profile, Runtime
+
+__all__ = ["make_weights", "measure", "export", "write_readme"]
+
+COMMANDS = {name: f"python -m course_lib train {name}" for name in
+            ("classifier", "denoiser", "class", "clip", "text2image")}
+
+
+def export(name: str, src: Path | None = None) -> Path:
+    """Copy a finished checkpoint (without ``trainer/``) to ``data/weights/<name>``, atomically."""
+    src = Path(src) if src is not None else paths.default_checkpoint(name)
+    dst = paths.weights_dir() / name
+    with atomic_folder(dst) as tmp:
+        for p in src.iterdir():
+            if p.is_file():
+                shutil.copy2(p, tmp / p.name)
+    return dst
+
+
+@torch.no_grad()
+def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
+    """One quality measure per model (what ``bench/`` reports in full)."""
+    from .models import REGISTRY, get_model
+    model = REGISTRY[name][2](folder, rt.device)
+    g = torch.Generator().manual_seed(0)
+    if name == "classifier":
+        from .metrics import classifier_test_accuracy
+        return {"test_accuracy": round(classifier_test_accuracy(model, profile), 4)}
+    if name in ("denoiser", "class"):
+        from .guidance import guided
+        from .metrics import evaluate_samples
+        from .samplers import sample
+        from .schedules import make_schedule
+        clf = get_model("classifier", profile, rt)
+        n = profile.n_eval
+        labels = (torch.arange(n) % 10).to(rt.device) if name == "class" else None
+        m = guided(model, profile.guidance) if name == "class" else model
+        x = sample(m, n, make_schedule(profile.schedule, profile.T, rt.device), steps=profile.sample_steps,
+                   generator=g, cond=labels, device=rt.device)
+        ev = evaluate_samples(clf, x, labels)
+        keys = ("confident", "accuracy") if name == "class" else ("confident",)
+        out = {k: round(float(ev[k]), 4) for k in keys if k in ev}
+        out.update(n=n, sample_steps=profile.sample_steps, **({"guidance": profile.guidance} if name == "class" else {}))
+        return out
+    if name == "clip":
+        from .clip import zero_shot_accuracy
+        return {"zero_shot_accuracy": round(float(zero_shot_accuracy(model, profile, rt)), 4)}
+    if name == "text2image":
+        from .pipeline import prompt_accuracy
+        return {"prompt_digit_accuracy": round(float(prompt_accuracy(model, profile, rt)), 4)}
+    return {}
+
+
+def write_readme(summary: dict) -> Path:
+    lines = ["# Reference weights", "",
+             "Small models trained by the course itself, so a CPU laptop gets good samples without waiting.",
+             "Each folder holds `config.json`, `model.safetensors` (the EMA weights) and `training.json` "
+             "(profile, steps, loss history, data source); lessons load them through `course_lib.models.get_model`,",
+             "which prefers your own finished checkpoint in `checkpoints/`.", "",
+             "Reproduce them all with `make weights` (resumes where it stopped), or one with the command below.", "",
+             "| model | command | profile | data | steps | training time | size | measured quality |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, s in summary["models"].items():
+        q = ", ".join(f"{k} {v}" for k, v in s["quality"].items())
+        lines.append(f"| {name} | `{COMMANDS[name]}` | {s['profile']} | {s['data']} | {s['steps']} | "
+                     f"{s['train_seconds']:.0f} s | {s['size_kb']:.0f} kB | {q} |")
+    lines += ["", f"Machine: {summary['machine']}; torch {summary['torch']}, {summary['threads']} threads. "
+              f"Training times are wall-clock seconds as recorded in each `training.json`.", ""]
+    path = paths.weights_dir() / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def make_weights(profile: Profile, rt: Runtime, models=tuple(COMMANDS)) -> dict:
+    """Train (or resume) every model in ``models``, measure it, export it, and update the README."""
+    from .models import REGISTRY
+    summary_path = paths.weights_dir() / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"models": {}}
+    t_all = time.perf_counter()
+    for name in models:
+        t0 = time.perf_counter()
+        res = REGISTRY[name][1](profile, None, rt, None, True)
+        folder = paths.default_checkpoint(name)
+        quality = measure(name, folder, profile, rt)
+        dst = export(name, folder)
+        tr = read_training(dst)
+        last = sum(res.losses[-50:]) / max(1, len(res.losses[-50:]))
+        size_kb = sum(p.stat().st_size for p in dst.iterdir()) / 1e3
+        summary["models"][name] = {"profile": profile.name, "steps": tr["step"], "data": tr.get("data", "MNIST"),
+                                   "train_seconds": tr.get("train_seconds", 0.0), "final_loss": round(last, 5),
+                                   "quality": quality, "size_kb": round(size_kb, 1)}
+        q = ", ".join(f"{k} {v}" for k, v in quality.items())
+        print(f"[weights] {name:<10} {time.perf_counter() - t0:6.0f} s  loss {last:.4f}  {q}  -> {dst}")
+        summary.update(machine=f"{platform.machine()}, {torch.get_num_threads()} threads, {rt.device.type}",
+                       torch=torch.__version__, threads=torch.get_num_threads())
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(json.dumps(summary, indent=1))
+        write_readme(summary)
+    print(f"[weights] all done in {time.perf_counter() - t_all:.0f} s")
+    return summary
