@@ -115,7 +115,9 @@ def animate(frames: Sequence[torch.Tensor], captions: Sequence[str] | None = Non
     if static is None:
         static = os.environ.get("COURSE_PROFILE", "").lower() == "test"
     if static:
-        return show_strip(frames, captions, max_frames=min(max_frames, 8))
+        fig = show_strip(frames, captions, max_frames=min(max_frames, 8))
+        plt.close(fig)               # returned, so Jupyter shows it exactly once
+        return fig
     from matplotlib import animation
     from IPython.display import HTML
     keep = subsample_frames(range(len(frames)), max_frames)

@@ -19,16 +19,18 @@ __all__ = ["linear_betas", "cosine_betas", "alphas_from_betas", "alpha_bar_from_
            "make_schedule"]
 
 
-def linear_betas(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
+def linear_betas(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02, max_beta: float = 0.999
+                 ) -> torch.Tensor:
     """beta_t rising linearly from beta_1 to beta_T (Ho et al. 2020, Sec. 4: 1e-4 to 0.02 for T = 1000).
 
     For other T the end points are rescaled by 1000 / T so the total noise stays comparable (as in
-    Nichol & Dhariwal 2021's code). Returns ``(T,)`` float64.
+    Nichol & Dhariwal 2021's code). For T < 50 the rescaled beta_T would reach 1 (alpha_bar = 0, log-SNR
+    = -inf), so betas are clipped to at most ``max_beta``, as the cosine schedule is. Returns ``(T,)`` float64.
     """
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
     scale = 1000 / T
-    return torch.linspace(beta_1 * scale, beta_T * scale, T, dtype=torch.float64)
+    return torch.linspace(beta_1 * scale, beta_T * scale, T, dtype=torch.float64).clamp(max=max_beta)
 
 
 def cosine_betas(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
