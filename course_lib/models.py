@@ -94,6 +94,7 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
     out = Path(out) if out is not None else paths.default_checkpoint(name)
     x, y = load_mnist("train", profile=profile, device=rt.device)
     schedule = make_schedule(profile.schedule, profile.T, rt.device)
+    torch.manual_seed(seed)                    # the initial weights do not depend on what ran before
     model = _unet_from_config(cfg)
 
     def get_batch(g):
