@@ -102,8 +102,8 @@ PROFILES: dict[str, Profile] = {
         class_train_steps=4_000, p_uncond=0.1, ema_decay=0.999, checkpoint_every=250,
         sample_steps=25, n_show=16, n_eval=1_000, max_frames=25, guidance=3.0,
         classifier_steps=1_500,
-        clip_dim=64, clip_layers=2, clip_heads=4, clip_patch=4, clip_embed=64, clip_batch=256,
-        clip_steps=2_000, clip_lr=1e-3,
+        clip_dim=64, clip_layers=2, clip_heads=4, clip_patch=7, clip_embed=64, clip_batch=256,
+        clip_steps=2_000, clip_lr=2e-3,
         t2i_train_steps=2_000, toy_steps=2_000,
     ),
     "gpu": Profile(

@@ -38,6 +38,8 @@ def ema_avg_fn(decay: float) -> Callable:
     initial random ones; later it averages over about 1 / (1 - decay) steps.
     """
     def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        if not averaged.is_floating_point():          # integer buffers (e.g. position ids) are copied, not averaged
+            return current
         n = float(num_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
         return d * averaged + (1.0 - d) * current

@@ -116,3 +116,9 @@ def test_ema_warmup_and_lr_schedule():
     lrs = [warmup_cosine_lr(s, 100, 1.0, 10) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] > 0.09
+
+
+def test_ema_copies_integer_buffers_instead_of_averaging_them():
+    avg = ema_avg_fn(0.999)
+    ids = torch.arange(10)
+    assert torch.equal(avg(ids.clone(), ids, torch.tensor(5)), ids)

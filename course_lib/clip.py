@@ -1,0 +1,482 @@
+"""CLIP on captioned digits: a shared space where a caption and the digits it describes lie close together.
+
+Radford et al. (2021), "Learning Transferable Visual Models From Natural Language Supervision", Fig. 1 and
+Fig. 3 (the pseudocode): an image encoder and a text encoder map a batch of B images and their B captions
+to unit vectors; the B x B matrix of cosine similarities, times a learned temperature exp(t), is read as
+logits, and a symmetric cross-entropy pulls each image towards its caption and away from the others.
+
+The model is transformers' own ``CLIPModel`` (a ViT over 28 x 28 x 1 patches and a causal text transformer
+over ``course_lib.text``'s closed vocabulary), sized by the profile's ``clip_*`` fields and trained by the
+course's one loop, ``course_lib.train.fit``. A checkpoint folder loads with ``CLIPModel.from_pretrained``
+and ``PreTrainedTokenizerFast.from_pretrained``.
+
+Many captions in a batch are true of many images ("the number seven" of every seven; "a thick 7" of every
+thick seven), so the loss does not treat them as negatives: its target for image i is spread evenly over the
+captions that are true of it (``captions.compatible``), and likewise for each caption (a multi-positive
+contrastive loss, as in Khosla et al. 2020, Eq. 2). With one true caption per image it is exactly CLIP's loss.
+
+OpenAI's pretrained ``openai/clip-vit-base-patch32`` loads with ``load_pretrained_clip`` where there is a
+network (or a cached copy); offline it fails in about two seconds with ``PretrainedCLIPUnavailable``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import threading
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import captions, checkpoints, paths
+from .config import Profile, Runtime, get_runtime
+from .data import batch_indices, load_mnist
+from .text import END, MAX_LENGTH, PAD, SPECIAL_TOKENS, START, encode, load_tokenizer
+from .train import TrainResult, fit
+
+__all__ = ["clip_config_from_profile", "build_clip", "clip_loss", "embed_text", "embed_images", "similarity",
+           "project_2d", "zero_shot_logits", "zero_shot_classify", "zero_shot_accuracy", "nearest_captions",
+           "attribute_accuracy", "evaluate_clip", "make_batch_fn", "contrastive_step", "train_clip", "load_clip",
+           "get_clip", "DIGIT_TEMPLATE", "PRETRAINED", "PretrainedCLIPUnavailable", "hub_reachable",
+           "load_pretrained_clip", "pretrained_embed_images", "pretrained_embed_text"]
+
+DIGIT_TEMPLATE = "a photo of the digit {}"      # the zero-shot prompt, as in Radford et al. (2021), Sec. 3.1.4
+LOGIT_SCALE_INIT = math.log(1 / 0.07)           # Radford et al. (2021), Sec. 2.5: temperature 0.07 at start
+LOGIT_SCALE_MAX = math.log(100.0)               # ... and clipped so the logits are scaled by at most 100
+
+
+# ---------------------------------------------------------------------------------------------- the model
+def clip_config_from_profile(profile: Profile) -> dict:
+    """The JSON-able model config (what ``fit`` compares before resuming): sizes, vocabulary, caption scheme."""
+    if 28 % profile.clip_patch:
+        raise ValueError(f"clip_patch must divide 28, got {profile.clip_patch}")
+    if profile.clip_dim % profile.clip_heads:
+        raise ValueError(f"clip_dim ({profile.clip_dim}) must be divisible by clip_heads ({profile.clip_heads})")
+    return {"model": "clip", "dim": profile.clip_dim, "layers": profile.clip_layers, "heads": profile.clip_heads,
+            "patch": profile.clip_patch, "embed": profile.clip_embed, "image_size": 28, "num_channels": 1,
+            "vocabulary": list(SPECIAL_TOKENS + captions.VOCABULARY), "max_length": MAX_LENGTH,
+            "quantiles": list(captions.QUANTILES), "slant_margin": captions.SLANT_MARGIN}
+
+
+def build_clip(config: dict):
+    """A randomly initialised transformers ``CLIPModel`` for ``config`` (from ``clip_config_from_profile``)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    vocab = config["vocabulary"]
+    text = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=config["dim"], intermediate_size=4 * config["dim"],
+        num_hidden_layers=config["layers"], num_attention_heads=config["heads"],
+        max_position_embeddings=config["max_length"], projection_dim=config["embed"],
+        pad_token_id=vocab.index(PAD), bos_token_id=vocab.index(START), eos_token_id=vocab.index(END))
+    vision = CLIPVisionConfig(
+        hidden_size=config["dim"], intermediate_size=4 * config["dim"], num_hidden_layers=config["layers"],
+        num_attention_heads=config["heads"], image_size=config["image_size"], patch_size=config["patch"],
+        num_channels=config["num_channels"], projection_dim=config["embed"])
+    cfg = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=config["embed"],
+                     logit_scale_init_value=LOGIT_SCALE_INIT)
+    if cfg.text_config.eos_token_id == 2:        # transformers would pool at the largest id (legacy CLIP)
+        raise ValueError("the end token must not have id 2 (see course_lib.text)")
+    return CLIPModel(cfg)
+
+
+def _reset_position_ids(model) -> None:
+    """Restore the integer ``position_ids`` buffers (an EMA average of integers can round them down)."""
+    for emb in (model.text_model.embeddings, model.vision_model.embeddings):
+        n = emb.position_ids.shape[-1]
+        emb.position_ids.copy_(torch.arange(n, device=emb.position_ids.device).expand(1, -1))
+
+
+# ---------------------------------------------------------------------------------------------- the loss
+def clip_loss(logits_per_image: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric contrastive loss: (CE(images -> captions) + CE(captions -> images)) / 2.
+
+    Radford et al. (2021), Fig. 3: ``loss_i = CE(logits, labels, axis=0)``, ``loss_t = CE(logits, labels,
+    axis=1)``, ``loss = (loss_i + loss_t) / 2`` with ``labels = arange(B)``.
+
+    Args:
+        logits_per_image: ``(B, B)``: row i scores image i against every caption (scaled cosine similarity).
+        targets: optional ``(B, B)`` bool or 0/1: which captions are true of which images. Each row (and
+            each column) is normalised into a target distribution. None: the identity (CLIP's loss).
+
+    Returns:
+        the scalar loss.
+    """
+    B = logits_per_image.shape[0]
+    if logits_per_image.dim() != 2 or logits_per_image.shape[1] != B:
+        raise ValueError(f"logits_per_image must be square (B, B), got {tuple(logits_per_image.shape)}")
+    logits = logits_per_image.float()
+    if targets is None:
+        labels = torch.arange(B, device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    t = targets.float()
+    if t.shape != logits.shape or (t.sum(1) == 0).any() or (t.sum(0) == 0).any():
+        raise ValueError("targets must be (B, B) with at least one positive in every row and every column")
+    loss_images = F.cross_entropy(logits, t / t.sum(1, keepdim=True))        # each image -> its captions
+    loss_texts = F.cross_entropy(logits.T, t.T / t.T.sum(1, keepdim=True))   # each caption -> its images
+    return (loss_images + loss_texts) / 2
+
+
+# ---------------------------------------------------------------------------------------------- embeddings
+def _pooled(out) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out.pooler_output   # transformers 4.x vs 5.x
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def embed_text(model, tokenizer, prompts: str | list[str], batch_size: int = 1024) -> torch.Tensor:
+    """Unit-length text embeddings ``(N, embed)`` (on the CPU) for ``prompts`` (validated first)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    dev, out = _device(model), []
+    for i in range(0, len(prompts), batch_size):
+        ids, mask = encode(prompts[i:i + batch_size], tokenizer=tokenizer)
+        out.append(_pooled(model.get_text_features(input_ids=ids.to(dev), attention_mask=mask.to(dev))).float())
+    return F.normalize(torch.cat(out), dim=-1).cpu()
+
+
+@torch.no_grad()
+def embed_images(model, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Unit-length image embeddings ``(N, embed)`` (on the CPU) for ``images`` ``(N, 1, 28, 28)`` in [-1, 1]."""
+    if images.dim() != 4 or images.shape[1:] != (1, 28, 28):
+        raise ValueError(f"expected images of shape (N, 1, 28, 28), got {tuple(images.shape)}")
+    dev, out = _device(model), []
+    for i in range(0, len(images), batch_size):
+        out.append(_pooled(model.get_image_features(pixel_values=images[i:i + batch_size].to(dev))).float())
+    return F.normalize(torch.cat(out), dim=-1).cpu()
+
+
+def similarity(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity ``(N, M)`` of unit image embeddings ``(N, E)`` with unit text embeddings ``(M, E)``."""
+    if image_embeds.shape[-1] != text_embeds.shape[-1]:
+        raise ValueError(f"embedding sizes differ: {image_embeds.shape[-1]} vs {text_embeds.shape[-1]}")
+    return image_embeds.float() @ text_embeds.float().T
+
+
+def project_2d(*embeddings: torch.Tensor) -> list[torch.Tensor]:
+    """Project several sets of embeddings ``(N_i, E)`` onto the two principal axes of all of them together.
+
+    PCA by the SVD of the centred, stacked rows (deterministic; each axis's sign fixed so its largest
+    component is positive). Returns one ``(N_i, 2)`` tensor per input.
+    """
+    X = torch.cat([e.float().cpu() for e in embeddings])
+    Xc = X - X.mean(0, keepdim=True)
+    _, _, Vh = torch.linalg.svd(Xc, full_matrices=False)            # rows of Vh: principal directions
+    V = Vh[:2].T                                                     # (E, 2)
+    V = V * torch.sign(V.gather(0, V.abs().argmax(0, keepdim=True)))
+    Z = Xc @ V
+    return list(Z.split([len(e) for e in embeddings]))
+
+
+def zero_shot_logits(model, tokenizer, images: torch.Tensor, template: str = DIGIT_TEMPLATE,
+                     words=captions.DIGIT_WORDS) -> torch.Tensor:
+    """Similarity ``(N, 10)`` of each image with the prompts ``template.format(word)`` for the ten digits."""
+    return similarity(embed_images(model, images), embed_text(model, tokenizer, [template.format(w) for w in words]))
+
+
+def zero_shot_classify(model, tokenizer, images: torch.Tensor, template: str = DIGIT_TEMPLATE,
+                       words=captions.DIGIT_WORDS) -> torch.Tensor:
+    """Zero-shot digit labels ``(N,)``: the digit whose prompt is most similar (Radford et al. 2021, Sec. 3.1.2)."""
+    return zero_shot_logits(model, tokenizer, images, template, words).argmax(1)
+
+
+def zero_shot_accuracy(model, profile: Profile, runtime: Runtime | None = None, n: int | None = None) -> float:
+    """Zero-shot digit accuracy on the first ``n`` test digits (default ``profile.n_test``; None: all 10,000).
+
+    ``model`` is a ``CLIPModel`` or the ``(model, tokenizer)`` pair that ``load_clip`` returns.
+    """
+    model, tokenizer = model if isinstance(model, tuple) else (model, load_tokenizer())
+    x, y = load_mnist("test", n=n if n is not None else profile.n_test, quiet=True)
+    return float((zero_shot_classify(model, tokenizer, x) == y).float().mean())
+
+
+def nearest_captions(model, tokenizer, images: torch.Tensor, k: int = 5, candidates: list[str] | None = None
+                     ) -> list[list[tuple[str, float]]]:
+    """Retrieval: for each image, the ``k`` most similar captions (default: every caption of the vocabulary's
+    caption set, ``captions.all_captions``) with their cosine similarities."""
+    candidates = candidates if candidates is not None else captions.all_captions()[0]
+    sim = similarity(embed_images(model, images), embed_text(model, tokenizer, candidates))
+    top = sim.topk(min(k, len(candidates)), dim=1)
+    return [[(candidates[j], round(float(s), 4)) for s, j in zip(vals, idx)]
+            for vals, idx in zip(top.values.tolist(), top.indices.tolist())]
+
+
+def attribute_accuracy(model, tokenizer, images: torch.Tensor, labels: torch.Tensor, bins: torch.Tensor,
+                       attribute: str) -> tuple[float, int]:
+    """Zero-shot accuracy on one attribute: for each image with a word for it, is "a thick seven" (its high
+    word) or "a thin seven" (its low word) more similar? Only images in the low or high bin count.
+
+    Returns:
+        (accuracy, number of images scored).
+    """
+    k = captions.ATTRIBUTE_NAMES.index(attribute)
+    a = captions.ATTRIBUTES[k]
+    keep = bins[:, k] != 0
+    if not keep.any():
+        return float("nan"), 0
+    prompts = []
+    for w in captions.DIGIT_WORDS:
+        for word in (a.low[0], a.high[0]):
+            prompts.append(f"a {word} {w}" if a.phrase == "adjective" else f"a {w} {a.verbs[0]} {word}")
+    prompts = [p.replace("a eight", "an eight") for p in prompts]
+    text = embed_text(model, tokenizer, prompts).view(10, 2, -1)              # (digit, low/high, E)
+    img = embed_images(model, images[keep])
+    lab = labels[keep].cpu()
+    sims = (img[:, None, :] * text[lab]).sum(-1)                              # (n, 2)
+    pred = sims.argmax(1) * 2 - 1                                             # -1 low, +1 high
+    return float((pred == bins[keep, k].cpu()).float().mean()), int(keep.sum())
+
+
+def evaluate_clip(model, tokenizer, images: torch.Tensor, labels: torch.Tensor,
+                  thresholds: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Zero-shot digit accuracy and attribute accuracy (thickness, width, slant) on held-out digits."""
+    labels = labels.cpu()
+    pred = zero_shot_classify(model, tokenizer, images)
+    bins = captions.attribute_bins(captions.measure_attributes(images), labels, thresholds)
+    out = {"digit_accuracy": float((pred == labels).float().mean()), "n_images": len(labels)}
+    for name in captions.ATTRIBUTE_NAMES:
+        out[f"{name}_accuracy"], out[f"{name}_n"] = attribute_accuracy(model, tokenizer, images, labels, bins, name)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- training
+def make_batch_fn(images: torch.Tensor, labels: torch.Tensor, bins: torch.Tensor, tokenizer, batch_size: int,
+                  device: torch.device | str = "cpu"):
+    """``get_batch(generator)`` for ``fit``: random digits, a random true caption each, and the targets.
+
+    Returns dicts with ``pixel_values`` (B, 1, 28, 28), ``input_ids`` and ``attention_mask`` (B, L) and
+    ``targets`` (B, B) bool, ``targets[i, j]``: caption j is true of image i.
+    """
+    images = images.to(device)
+    labels_cpu, bins = labels.cpu().long(), bins.cpu().long()
+    content = torch.cat([labels_cpu[:, None], bins], 1)                       # (N, 1 + A)
+    token_cache: dict[str, tuple[list[int], list[int]]] = {}
+
+    def get_batch(generator: torch.Generator) -> dict:
+        idx = batch_indices(len(labels_cpu), batch_size, generator)           # (B,) on the CPU
+        texts, caption_content = captions.random_captions(labels_cpu[idx], bins[idx], generator)
+        new = [t for t in dict.fromkeys(texts) if t not in token_cache]       # the caption set is finite
+        if new:
+            enc = tokenizer(new, padding="max_length", truncation=True, max_length=MAX_LENGTH)
+            token_cache.update(zip(new, zip(enc["input_ids"], enc["attention_mask"])))
+        ids, mask = zip(*(token_cache[t] for t in texts))
+        targets = captions.compatible(content[idx], caption_content)          # (B, B), diagonal all True
+        return {"pixel_values": images[idx.to(images.device)], "input_ids": torch.tensor(ids, device=device),
+                "attention_mask": torch.tensor(mask, device=device), "targets": targets.to(device)}
+    return get_batch
+
+
+def contrastive_step(model, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``loss_fn`` for ``fit``: encode both sides, compare every image with every caption, symmetric CE."""
+    with torch.no_grad():                                                     # Radford et al. (2021), Sec. 2.5
+        model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                pixel_values=batch["pixel_values"])
+    return clip_loss(out.logits_per_image, batch["targets"])
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No transformers progress bars ("Loading weights", "Writing model shards") for our tiny models."""
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def _export(model, folder: Path) -> None:
+    """What a checkpoint folder holds: transformers' config + weights, and the tokenizer beside them."""
+    with _quiet_transformers():
+        model.save_pretrained(str(folder))
+    load_tokenizer().save_pretrained(str(folder))
+
+
+def train_clip(profile: Profile, out: str | Path | None = None, runtime: Runtime | None = None,
+               steps: int | None = None, progress: bool = True) -> TrainResult:
+    """Train the course CLIP on captioned MNIST digits for the profile (resumes a same-config checkpoint).
+
+    Args:
+        profile: sizes (``clip_*``, ``n_train``, ``warmup_steps``, ``ema_decay``, ``checkpoint_every``).
+        out: checkpoint folder (default ``paths.default_checkpoint("clip")``).
+        steps: total steps (default ``profile.clip_steps``).
+
+    Returns:
+        ``fit``'s ``TrainResult``; ``ema_model`` is the ``CLIPModel`` to use.
+    """
+    rt = runtime or get_runtime()
+    out = Path(out) if out is not None else paths.default_checkpoint("clip")
+    config = clip_config_from_profile(profile)
+    x, y = load_mnist("train", profile=profile, quiet=not progress)
+    measures = captions.measure_attributes(x)
+    thresholds = captions.fit_thresholds(measures, y)
+    bins = captions.attribute_bins(measures, y, thresholds)
+    tokenizer = load_tokenizer()
+    get_batch = make_batch_fn(x, y, bins, tokenizer, profile.clip_batch, rt.device)
+    with torch.random.fork_rng(devices=[]):                                   # seeded initial weights,
+        torch.manual_seed(0)                                                  # global RNG left as it was
+        model = build_clip(config)
+    meta = {"kind": "clip", "profile": profile.to_dict(), "data": f"MNIST train, first {len(y)} images",
+            "thresholds": captions.thresholds_to_json(thresholds), "templates": list(captions.TEMPLATES)}
+    result = fit(model, contrastive_step, get_batch, steps=steps or profile.clip_steps, lr=profile.clip_lr,
+                 warmup_steps=profile.warmup_steps, batch_size=profile.clip_batch, ema_decay=profile.ema_decay,
+                 config=config, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
+                 export=_export, desc="CLIP", progress=progress)
+    _reset_position_ids(result.ema_model)
+    return result
+
+
+def load_clip(path: str | Path | None = None, device: torch.device | str = "cpu"):
+    """Load a trained course CLIP: an explicit folder, else the user's checkpoint, else the shipped weights.
+
+    Returns:
+        (``CLIPModel`` in eval mode on ``device``, its tokenizer).
+    """
+    from transformers import CLIPModel
+    folder = paths.find_model("clip", path)
+    with _quiet_transformers():
+        model = CLIPModel.from_pretrained(str(folder)).to(device).eval()
+    tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").is_file() else load_tokenizer()
+    return model, tokenizer
+
+
+def _matching_checkpoint(folder: Path, config: dict) -> dict | None:
+    """The training record of ``folder`` when it holds a CLIP of ``config``; else None."""
+    try:
+        training = checkpoints.read_training(folder)
+    except (FileNotFoundError, ValueError):
+        return None
+    if (folder / "config.json").is_file() and checkpoints.config_difference(training.get("config"), config) is None:
+        return training
+    return None
+
+
+def get_clip(profile: Profile, runtime: Runtime | None = None, progress: bool = True):
+    """The course CLIP for ``profile``: a finished user checkpoint or the shipped weights of the same config,
+    else train one (resuming an unfinished checkpoint).
+
+    Returns:
+        (``CLIPModel`` in eval mode, tokenizer, training record: the dict of ``training.json``, with ``losses``).
+    """
+    rt = runtime or get_runtime()
+    config = clip_config_from_profile(profile)
+    user, shipped = paths.default_checkpoint("clip"), paths.weights_dir() / "clip"
+    for folder in (user, shipped):
+        training = _matching_checkpoint(folder, config)
+        if training is not None and training.get("step", 0) >= training.get("steps", profile.clip_steps):
+            if progress:
+                print(f"loading the trained CLIP from {folder}")
+            model, tokenizer = load_clip(folder, rt.device)
+            return model, tokenizer, training
+    out = user
+    if checkpoints.has_checkpoint(user) and _matching_checkpoint(user, config) is None:
+        out = paths.default_checkpoint(f"clip-{profile.name}")          # keep the other profile's model
+    result = train_clip(profile, out=out, runtime=rt, progress=progress)
+    return result.ema_model.eval(), load_tokenizer(), checkpoints.read_training(out)
+
+
+# ---------------------------------------------------------------------------------------------- OpenAI's CLIP
+PRETRAINED = "openai/clip-vit-base-patch32"
+HUB = ("huggingface.co", 443)
+
+
+class PretrainedCLIPUnavailable(RuntimeError):
+    """OpenAI's CLIP cannot be loaded here (no network and no cached copy)."""
+
+
+def _offline_env() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_reachable(timeout_s: float = 1.5) -> bool:
+    """Can we open a TCP connection to huggingface.co:443 within ``timeout_s``? False when ``HF_HUB_OFFLINE``.
+
+    The probe runs in a daemon thread, so a slow DNS lookup cannot hold us longer than the timeout.
+    """
+    if _offline_env():
+        return False
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(HUB, timeout=timeout_s).close()
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    return bool(ok and ok[0])
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Is ``name`` in the local Hugging Face cache? (huggingface_hub only: no transformers import, no network)"""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:
+        return False
+
+
+def load_pretrained_clip(name: str = PRETRAINED, device: torch.device | str = "cpu", timeout_s: float = 1.5):
+    """``CLIPModel.from_pretrained(name)`` and its processor, failing fast when they cannot be had.
+
+    ``name`` is a Hub id (default OpenAI's ViT-B/32, 151M parameters, about 600 MB) or a local folder.
+    Without a network (``hub_reachable``) only a copy in the local Hugging Face cache is used; with neither,
+    it fails before importing or asking anything else (left to itself transformers takes 20-50 s to give up).
+
+    Returns:
+        (``CLIPModel`` in eval mode on ``device``, its ``CLIPProcessor``).
+
+    Raises:
+        PretrainedCLIPUnavailable: offline with no cached copy (after at most about ``timeout_s`` seconds).
+    """
+    kwargs = {}
+    if not Path(name).expanduser().is_dir() and not hub_reachable(timeout_s):
+        if not _in_hub_cache(name):
+            why = ("HF_HUB_OFFLINE is set" if _offline_env()
+                   else f"{HUB[0]}:{HUB[1]} could not be reached within {timeout_s} s")
+            raise PretrainedCLIPUnavailable(
+                f"cannot load {name!r}: no network ({why}) and no copy in the local Hugging Face cache. "
+                f"With internet it downloads once (about 600 MB); the course's own CLIP needs none of this.")
+        kwargs = {"local_files_only": True}
+    from transformers import AutoProcessor, CLIPModel
+    model = CLIPModel.from_pretrained(name, **kwargs)
+    processor = AutoProcessor.from_pretrained(name, **kwargs)
+    return model.to(device).eval(), processor
+
+
+def _to_rgb_uint8(images: torch.Tensor) -> list:
+    """(N, 1, H, W) in [-1, 1] -> N arrays (H, W, 3) uint8: what an image processor expects."""
+    import numpy as np
+    pix = ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return [np.repeat(p[0].numpy()[..., None], 3, axis=2) for p in pix]
+
+
+@torch.no_grad()
+def pretrained_embed_images(model, processor, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Unit embeddings of MNIST digits under a pretrained CLIP: made 3-channel and resized by its processor
+    (to 224 x 224 for OpenAI's)."""
+    dev, out = _device(model), []
+    for i in range(0, len(images), batch_size):
+        inputs = processor(images=_to_rgb_uint8(images[i:i + batch_size]), return_tensors="pt")
+        out.append(_pooled(model.get_image_features(pixel_values=inputs["pixel_values"].to(dev))).float())
+    return F.normalize(torch.cat(out), dim=-1).cpu()
+
+
+@torch.no_grad()
+def pretrained_embed_text(model, processor, prompts: list[str]) -> torch.Tensor:
+    """Unit text embeddings under a pretrained CLIP (its own tokenizer, any English words)."""
+    inputs = processor(text=list(prompts), return_tensors="pt", padding=True)
+    dev = _device(model)
+    feats = model.get_text_features(input_ids=inputs["input_ids"].to(dev),
+                                    attention_mask=inputs["attention_mask"].to(dev))
+    return F.normalize(_pooled(feats).float(), dim=-1).cpu()
