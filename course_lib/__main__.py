@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -58,8 +59,9 @@ def _parse_labels(text: str | None, n: int):
     bad = [v for v in labels if not 0 <= v <= 9]
     if bad or not labels:
         raise SystemExit(f"--labels: {bad or text!r} out of range: labels are digits 0 to 9")
-    return torch.tensor(labels).repeat_interleave(max(1, n // len(labels)))[:n] if n >= len(labels) else \
-        torch.tensor(labels)
+    if n < len(labels):
+        raise SystemExit(f"--n {n} is smaller than the {len(labels)} labels asked for")
+    return torch.tensor(labels).repeat_interleave(math.ceil(n / len(labels)))[:n]
 
 
 def _save_images(images, labels, out: str) -> None:
@@ -93,7 +95,7 @@ def cmd_sample(args) -> int:
             raise SystemExit(f"{args.checkpoint} is an unconditional model: --labels needs a class model "
                              f"(python -m course_lib train class)")
         args.n = len(labels)
-        model = guided(model, args.guidance)
+        model = guided(model, args.guidance if args.guidance is not None else profile.guidance)
         labels = labels.to(rt.device)
     schedule = make_schedule(cfg["schedule"], cfg["T"], rt.device)
     g = torch.Generator().manual_seed(args.seed)
@@ -106,16 +108,26 @@ def cmd_sample(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    import torch
+    from . import paths
     from .pipeline import TextToImage
+    from .plotting import save_grid
     profile, rt = _profile_and_runtime(args)
+    if not (args.out.endswith(".png") or args.out.endswith(".pt")):
+        raise SystemExit(f"error: --out must end in .png (a grid) or .pt (tensors), got {args.out!r}")
     try:
-        pipe = TextToImage.from_pretrained(args.checkpoint, device=rt.device)
+        folder = paths.find_model("text2image", args.checkpoint)
+        pipe = TextToImage.from_pretrained(folder, device=rt.device)
+        t0 = time.perf_counter()
         images, labels = pipe.generate_with_labels(args.prompts, n_per_prompt=args.n, steps=args.steps,
-                                                   guidance=args.guidance, seed=args.seed)
+                                                   guidance=args.guidance, seed=args.seed, sampler=args.sampler)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
-    _save_images(images, labels if args.out.endswith(".pt") else None, args.out)
+    print(f"generated {len(images)} images for {len(args.prompts)} prompt(s) in {time.perf_counter() - t0:.1f} s")
+    if args.out.endswith(".png"):                       # one row per prompt
+        save_grid(images, args.out, nrow=args.n)
+        print(f"wrote {len(images)} images to {args.out} (one row per prompt)")
+    else:
+        _save_images(images, labels, args.out)
     return 0
 
 
@@ -163,18 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--eta", type=float, default=None, help="DDIM eta (0: deterministic)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--labels", help="class model only: 'all' (balanced over 0-9) or digits like 0,1,7")
-    sp.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale w (default 3)")
+    sp.add_argument("--guidance", type=float, default=None,
+                    help="classifier-free guidance scale w (default: the profile's, 3)")
     sp.add_argument("--out", required=True, help="FILE.png (a grid) or FILE.pt (images, labels)")
     sp.set_defaults(func=cmd_sample)
 
-    sp = add("generate", "text to image: generate digits for prompts")
+    sp = add("generate", "text to image: generate digits for prompts (a .pt holds (images, labels))")
     sp.add_argument("prompts", nargs="+", help='prompts such as "a thin two" "a 9"')
-    sp.add_argument("--checkpoint", default=None, help="a text2image folder (default: yours, else shipped)")
-    sp.add_argument("-n", type=int, default=16, help="images per prompt")
-    sp.add_argument("--guidance", type=float, default=3.0)
-    sp.add_argument("--steps", type=int, default=50)
+    sp.add_argument("--checkpoint", default=None,
+                    help="a text2image folder (default: checkpoints/text2image, else the shipped weights)")
+    sp.add_argument("-n", type=int, default=16, help="images per prompt (default 16)")
+    sp.add_argument("--guidance", type=float, default=None, help="guidance scale w (default: the model's, 3)")
+    sp.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's profile's)")
+    sp.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
     sp.add_argument("--seed", type=int, default=0, help="the same seed gives every prompt the same start noises")
-    sp.add_argument("-o", "--out", required=True, help="FILE.png (a grid) or FILE.pt (images, labels)")
+    sp.add_argument("-o", "--out", required=True, help="FILE.png (one row per prompt) or FILE.pt (images, labels)")
     sp.set_defaults(func=cmd_generate)
 
     sp = add("weights", "train every model for the profile (resuming) and refresh data/weights/")

@@ -406,9 +406,9 @@ def hub_reachable(timeout_s: float = 1.5) -> bool:
 
     def probe() -> None:
         try:
-            socket.create_connection(HUB, timeout=timeout_s).close()
-            ok.append(True)
-        except OSError:
+            with socket.create_connection(HUB, timeout=timeout_s):
+                ok.append(True)
+        except Exception:                    # offline, refused, or a patched socket in tests
             ok.append(False)
 
     t = threading.Thread(target=probe, daemon=True)

@@ -1,0 +1,590 @@
+"""Text to image: a frozen text encoder (the course CLIP's text side) joined to a text-conditional UNet.
+
+    prompt --tokenizer--> ids (B, L) --CLIP text transformer (frozen)--> penultimate layer (B, L, D)
+                                                                        end-token vector  (B, D)
+    x_T ~ N(0, I) --DDIM / DDPM with eps_theta(x_t, t, TextCond(tokens, mask, pooled)), guided--> image
+
+This is the recipe of GLIDE (Nichol et al. 2022, Sec. 2.4 and 4), Imagen (Saharia et al. 2022, Sec. 2.1)
+and Stable Diffusion (Rombach et al. 2022, Sec. 3.3), at MNIST size:
+
+- **Token embeddings through cross-attention.** The UNet's 7x7 features query the prompt's tokens
+  (``unet.Attention`` in the middle block and the first up block). We take the tokens from the text
+  encoder's *penultimate* layer, after its final LayerNorm, as Stable Diffusion 2 does with OpenCLIP. The
+  reason is specific to CLIP: its text transformer is causal and its loss reads only the end token, so the
+  last layer's other tokens are never used by any loss and receive no training signal; the layer below
+  feeds the end token and so is trained. (With one text layer, as in the ``test`` profile, the penultimate
+  layer is the embedding layer: word plus position vectors.)
+- **The pooled vector is added to the time embedding** (GLIDE's "final token embedding", Sec. 2.4; SDXL's
+  pooled text embedding). We use the end-token state after the final LayerNorm, *not* projected into CLIP's
+  joint space: the projection is linear, so the UNet's own learned ``pooled_proj`` can absorb it, and the
+  unprojected vector has the token width D, which is what ``TextCond`` carries for both parts.
+- **Classifier-free guidance** (Ho & Salimans 2022): training replaces the caption by the empty prompt with
+  probability ``p_uncond``; the "no condition" at sampling is the encoding of the empty prompt
+  (``<start> <end>``), padded to the same length L so both halves batch together (``guidance.Guided``).
+- **Captions are fresh every batch** (``captions.random_captions`` from measured attribute bins). The caption
+  set is finite (``captions.all_captions``), so the frozen encoder's outputs are computed once into a table
+  (``CaptionTable``) and training only indexes it: no transformer runs inside the training loop.
+
+A pipeline folder (``save_pretrained`` / ``from_pretrained``; also a training checkpoint folder, written by
+``fit``'s ``export`` hook, so training resumes in it):
+
+    config.json                 the UNet config (flat, so ``models.load_unet`` reads it), T, schedule, the CLIP
+                                config it depends on, and sampling defaults
+    model.safetensors           the UNet's EMA weights
+    text_encoder.safetensors    the frozen CLIP text transformer
+    text_encoder_config.json    its transformers ``CLIPTextConfig``
+    tokenizer.json, tokenizer_config.json   the word-level tokenizer (``course_lib.text``)
+    training.json, trainer/     (training checkpoints only)
+
+Files sit side by side, not in subfolders, because ``weights.export`` ships a folder's files.
+"""
+from __future__ import annotations
+
+import json
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import captions, checkpoints, paths
+from .config import Profile, Runtime, get_runtime
+from .data import batch_indices, load_mnist
+from .guidance import Guided
+from .models import diffusion_loss
+from .samplers import SAMPLERS
+from .schedules import Schedule, make_schedule
+from .text import MAX_LENGTH, SPECIAL_TOKENS, validate_prompt
+from .train import TrainResult, fit
+from .unet import TextCond, UNet, UNetConfig, unet_config_from_profile
+
+__all__ = ["TextEncoder", "CaptionTable", "TextToImage", "text2image_config", "train_text2image",
+           "load_text2image", "prompt_accuracy", "digit_prompts", "benchmark_prompts", "attribute_prompts",
+           "attribute_control", "cross_attention_maps", "show_prompt_grid", "prompt_widget", "TEXT_LAYER",
+           "P_MENTION", "ATTRIBUTE_PAIRS", "QUICK_N"]
+
+TEXT_LAYER = -2          # hidden_states[-2]: the penultimate layer (SD 2 uses OpenCLIP's penultimate layer)
+P_MENTION = 0.5          # each attribute word an image has is said with this probability (captions default)
+MAX_BATCH = 1000         # images per sampling call (the guided network sees twice as many)
+QUICK_N = 200            # images in a quick measure: an accuracy near 90 % has a standard error of ~2 points
+ATTRIBUTE_PAIRS = {      # attribute -> (low word, high word) whose control we measure
+    "thickness": ("thin", "thick"),
+    "slant": ("left", "right"),
+}
+
+
+# ---------------------------------------------------------------------------------------------- text side
+class TextEncoder(nn.Module):
+    """The frozen text side: CLIP's text transformer read at its penultimate layer.
+
+    ``forward(input_ids, attention_mask) -> TextCond``:
+        tokens (B, L, D)  final_layer_norm(hidden_states[TEXT_LAYER])   for cross-attention
+        mask   (B, L)     True on real tokens (<start> words <end>)     padding is never attended
+        pooled (B, D)     the last layer's state at the first <end>, after final_layer_norm (``pooler_output``)
+    """
+
+    def __init__(self, clip_text, layer: int = TEXT_LAYER):
+        super().__init__()
+        self.clip_text = clip_text.eval().requires_grad_(False)          # a transformers CLIPTextModel
+        self.layer = layer
+
+    @property
+    def width(self) -> int:
+        return self.clip_text.config.hidden_size
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextCond:
+        out = self.clip_text(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        tokens = self.clip_text.final_layer_norm(out.hidden_states[self.layer])        # (B, L, D)
+        return TextCond(tokens.float(), attention_mask.bool(), out.pooler_output.float())
+
+
+def _load_text_side(folder: Path, device) -> tuple[TextEncoder, object]:
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from .text import load_tokenizer
+    cfg = CLIPTextConfig.from_dict(json.loads((folder / "text_encoder_config.json").read_text()))
+    model = CLIPTextModel(cfg)
+    model.load_state_dict(load_file(str(folder / "text_encoder.safetensors")))
+    return TextEncoder(model.to(device)), load_tokenizer(folder)
+
+
+def _write_text_side(folder: Path, encoder: TextEncoder, tokenizer) -> None:
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.clip_text.state_dict().items()}
+    save_file(state, str(folder / "text_encoder.safetensors"))
+    (folder / "text_encoder_config.json").write_text(encoder.clip_text.config.to_json_string())
+    tokenizer.save_pretrained(str(folder))
+
+
+class CaptionTable:
+    """The frozen encoder's output for every caption training can draw, computed once.
+
+    Row ``i`` < K is ``captions.all_captions()[0][i]``; row K (``null_row``) is the empty prompt.
+    ``rows(texts)`` maps caption strings to rows; ``lookup(rows)`` gathers a ``TextCond`` batch.
+    """
+
+    def __init__(self, encoder: TextEncoder, tokenizer, texts: Sequence[str], device, max_length: int = MAX_LENGTH,
+                 batch_size: int = 1024):
+        self.texts = list(texts) + [""]
+        self.index = {t: i for i, t in enumerate(self.texts)}
+        self.null_row = len(self.texts) - 1
+        parts = []
+        for i in range(0, len(self.texts), batch_size):
+            enc = tokenizer(self.texts[i:i + batch_size], padding="max_length", truncation=True,
+                            max_length=max_length, return_tensors="pt")
+            parts.append(encoder(enc["input_ids"].to(device), enc["attention_mask"].to(device)))
+        self.cond = TextCond(*(torch.cat(p) for p in zip(*parts)))      # (K+1, L, D), (K+1, L), (K+1, D)
+
+    def rows(self, texts: Sequence[str]) -> torch.Tensor:
+        """Row numbers ``(B,)`` long of caption strings (a caption outside the set is a ValueError)."""
+        try:
+            return torch.tensor([self.index[t] for t in texts])
+        except KeyError as e:
+            raise ValueError(f"caption {e.args[0]!r} is not in the table") from None
+
+    def lookup(self, rows: torch.Tensor) -> TextCond:
+        rows = rows.to(self.cond.tokens.device)
+        return TextCond(*(part[rows] for part in self.cond))
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+def _article(word: str) -> str:
+    return "an" if word in ("eight", "8") else "a"
+
+
+def digit_prompts() -> list[str]:
+    """Every digit as a word and as a numeral: ``["zero", ..., "nine", "0", ..., "9"]`` (20 prompts)."""
+    return list(captions.DIGIT_WORDS) + list(captions.NUMERALS)
+
+
+def attribute_prompts(digit: int, attribute: str, numeral: bool = False) -> tuple[str, str]:
+    """The (low, high) prompts for one digit and attribute: ``("a thin seven", "a thick seven")`` or
+    ``("a seven leaning left", "a seven leaning right")``."""
+    if attribute not in ATTRIBUTE_PAIRS:
+        raise ValueError(f"attribute must be one of {', '.join(ATTRIBUTE_PAIRS)}, got {attribute!r}")
+    word = (captions.NUMERALS if numeral else captions.DIGIT_WORDS)[digit]
+    low, high = ATTRIBUTE_PAIRS[attribute]
+    if attribute == "slant":
+        return f"{_article(word)} {word} leaning {low}", f"{_article(word)} {word} leaning {high}"
+    return f"a {low} {word}", f"a {high} {word}"
+
+
+def benchmark_prompts() -> list[str]:
+    """The fixed prompt set of ``bench/text_to_image.py``: per digit, the word and the numeral bare, and with
+    each of thick, thin, left and right (60 prompts, balanced over digits and over low / high words)."""
+    out = []
+    for d in range(10):
+        w, n = captions.DIGIT_WORDS[d], captions.NUMERALS[d]
+        out += [w, n, f"a thick {w}", f"a thin {n}", f"the number {n} leaning right",
+                f"{_article(w)} {w} leaning left"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the pipeline
+class TextToImage:
+    """Prompts in, digits out: tokenizer, frozen text encoder, text-conditional UNet, schedule and sampler.
+
+    ``pipe(["a thin two", "9"], n_per_prompt=4)`` returns (8, 1, 28, 28) images in [-1, 1], prompt by prompt.
+    """
+
+    def __init__(self, unet: UNet, text_encoder: TextEncoder, tokenizer, schedule: Schedule, config: dict,
+                 device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.unet = unet.to(self.device).eval()
+        self.text_encoder = text_encoder.to(self.device).eval()
+        self.tokenizer, self.config = tokenizer, config
+        self.schedule = schedule.to(self.device)
+        self.max_length = int(config.get("max_length", MAX_LENGTH))
+        vocab = config.get("clip", {}).get("vocabulary")
+        self.vocabulary = tuple(vocab[len(SPECIAL_TOKENS):]) if vocab else captions.VOCABULARY
+        sampling = config.get("sampling", {})
+        self.default_steps = int(sampling.get("steps", 50))
+        self.default_guidance = float(sampling.get("guidance", 3.0))
+        self._null: TextCond | None = None
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> "TextToImage":
+        """Load a pipeline folder (``save_pretrained``'s, or a ``train_text2image`` checkpoint)."""
+        folder = Path(folder)
+        if not (folder / "config.json").is_file() or not (folder / "text_encoder.safetensors").is_file():
+            raise FileNotFoundError(f"no text-to-image pipeline at {folder} (needs config.json and "
+                                    f"text_encoder.safetensors); train one with "
+                                    f"`python -m course_lib train text2image`")
+        config = json.loads((folder / "config.json").read_text())
+        fields = UNetConfig.__dataclass_fields__
+        unet = UNet(UNetConfig.from_dict({k: v for k, v in config.items() if k in fields}))
+        checkpoints.load_weights(unet, folder, device=device)
+        encoder, tokenizer = _load_text_side(folder, device)
+        return cls(unet, encoder, tokenizer, make_schedule(config["schedule"], config["T"], device), config, device)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write config, UNet weights, text encoder and tokenizer into ``folder`` (other files are kept)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_pipeline(folder, self.unet, self.text_encoder, self.tokenizer, self.config)
+        return folder
+
+    # ------------------------------------------------------------------ text
+    def check_prompts(self, prompts: str | Sequence[str]) -> list[str]:
+        """The prompts as a list, after every check; nothing is computed before this passes.
+
+        Raises:
+            ValueError: no prompts; a prompt that is not a string, is empty, uses a word outside the
+                vocabulary (naming it and the nearest known words), is too long, or names two digits or two
+                opposite words ("thick thin").
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("no prompts given: pass one or more, e.g. ['a thick seven', '3']")
+        for p in prompts:
+            validate_prompt(p, self.max_length, self.vocabulary)
+            captions.parse_prompt(p)
+        return prompts
+
+    def encode(self, prompts: str | Sequence[str]) -> TextCond:
+        """Checked prompts -> ``TextCond`` (tokens (B, L, D), mask (B, L), pooled (B, D)) on the device."""
+        prompts = self.check_prompts(prompts)
+        enc = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return self.text_encoder(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
+
+    def null_cond(self, cond: TextCond) -> TextCond:
+        """The "no condition" for a batch like ``cond``: the empty prompt's encoding, same B and L."""
+        if self._null is None:
+            enc = self.tokenizer([""], padding="max_length", max_length=self.max_length, return_tensors="pt")
+            self._null = self.text_encoder(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
+        B = cond.tokens.shape[0]
+        return TextCond(*(part.expand(B, *part.shape[1:]) for part in self._null))
+
+    def guided(self, guidance: float) -> Guided:
+        """The UNet wrapped for classifier-free guidance with scale ``guidance`` (0: unconditional)."""
+        return Guided(self.unet, guidance, null_cond=self.null_cond)
+
+    # ------------------------------------------------------------------ generating
+    @torch.no_grad()
+    def __call__(self, prompts: str | Sequence[str], n_per_prompt: int = 1, steps: int | None = None,
+                 guidance: float | None = None, sampler: str = "ddim", seed: int = 0, eta: float | None = None,
+                 clip_x0: bool | str = True, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+        """Generate ``n_per_prompt`` images for each prompt.
+
+        Paired noise: the seed fixes ``n_per_prompt`` start noises x_T and *every* prompt starts from the same
+        ones (image i of each prompt from noise i), so prompts can be compared image by image. Deterministic
+        DDIM (eta = 0) runs all prompts in one batch; a stochastic sampler runs them one by one with the same
+        seed, so the noise added at each step is shared too.
+
+        Args:
+            prompts: one prompt or a list (checked first: see ``check_prompts``).
+            n_per_prompt: images per prompt (>= 1).
+            steps: sampling steps (default: the pipeline's, from the profile it was trained under).
+            guidance: classifier-free guidance scale w (0 unconditional, 1 conditional; default: the pipeline's).
+            sampler: "ddim" or "ddpm". eta: the sampler's noise (None: its default). clip_x0: see ``samplers``.
+            seed: seeds the start noises (and any step noise).
+            callback: passed to the sampler (called once per step per batch).
+        Returns:
+            (len(prompts) * n_per_prompt, 1, 28, 28) float32 on the CPU, in [-1, 1], prompt after prompt.
+        """
+        prompts = self.check_prompts(prompts)
+        if not isinstance(n_per_prompt, int) or n_per_prompt < 1:
+            raise ValueError(f"n_per_prompt must be an integer >= 1, got {n_per_prompt!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        steps = self.default_steps if steps is None else steps
+        model = self.guided(self.default_guidance if guidance is None else guidance)
+        cond = self.encode(prompts)                                        # (P, L, D), ...
+        run = SAMPLERS[sampler]
+        kwargs = dict(steps=steps, clip_x0=clip_x0, callback=callback, **({} if eta is None else {"eta": eta}))
+        n, P = n_per_prompt, len(prompts)
+        stochastic = sampler == "ddpm" or (eta or 0.0) > 0
+        out = []
+        if stochastic:                                                     # one prompt at a time, same seed
+            for p in range(P):
+                g = torch.Generator().manual_seed(seed)
+                x_T = torch.randn(n, 1, 28, 28, generator=g).to(self.device)
+                c = TextCond(*(part[p:p + 1].expand(n, *part.shape[1:]) for part in cond))
+                out.append(run(model, x_T, self.schedule, generator=g, cond=c, **kwargs).cpu())
+        else:                                                              # every prompt in one batch
+            x_T = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))  # (n, 1, 28, 28)
+            which = torch.arange(P).repeat_interleave(n)                   # prompt of each image
+            noise = torch.arange(n).repeat(P)                              # start noise of each image
+            for k in range(0, P * n, MAX_BATCH):
+                p_idx, n_idx = which[k:k + MAX_BATCH], noise[k:k + MAX_BATCH]
+                c = TextCond(*(part[p_idx.to(self.device)] for part in cond))
+                out.append(run(model, x_T[n_idx].to(self.device), self.schedule, cond=c, **kwargs).cpu())
+        return torch.cat(out).float().clamp(-1.0, 1.0)
+
+    def generate_with_labels(self, prompts: str | Sequence[str], n_per_prompt: int = 1, **kwargs
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``__call__`` plus the digit each image was asked for: (images, labels (N,) long).
+
+        The label of a prompt is the digit it names (``captions.parse_prompt``); a prompt that names none
+        ("a thick digit") gets label -1: it is generated, but there is no right answer to score.
+        """
+        prompts = self.check_prompts(prompts)
+        labels = torch.tensor([_label(p) for p in prompts]).repeat_interleave(n_per_prompt)
+        return self(prompts, n_per_prompt, **kwargs), labels
+
+    def grid(self, prompts: str | Sequence[str], n_per_prompt: int = 8, **kwargs):
+        """Generate and show one row per prompt, the prompt as the row's title; returns the figure."""
+        prompts = self.check_prompts(prompts)
+        return show_prompt_grid(self(prompts, n_per_prompt, **kwargs), prompts, n_per_prompt)
+
+
+def _label(prompt: str) -> int:
+    digit, _ = captions.parse_prompt(prompt)
+    return -1 if digit is None else digit
+
+
+def show_prompt_grid(images: torch.Tensor, prompts: Sequence[str], n_per_prompt: int, size: float = 0.9):
+    """One row per prompt (``images`` in prompt order, as ``TextToImage`` returns them); returns the figure."""
+    import matplotlib.pyplot as plt
+    from .plotting import show_images
+    if len(images) != len(prompts) * n_per_prompt:
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts x {n_per_prompt}")
+    fig, axes = plt.subplots(len(prompts), 1, figsize=(size * n_per_prompt, size * len(prompts) + 0.3),
+                             squeeze=False)
+    for p, (ax, prompt) in enumerate(zip(axes[:, 0], prompts)):
+        show_images(images[p * n_per_prompt:(p + 1) * n_per_prompt], nrow=n_per_prompt, ax=ax, title=f'"{prompt}"')
+    fig.tight_layout()
+    return fig
+
+
+def _write_pipeline(folder: Path, unet: nn.Module, encoder: TextEncoder, tokenizer, config: dict) -> None:
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in unet.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    _write_text_side(folder, encoder, tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------- training
+def text2image_config(profile: Profile) -> dict:
+    """The JSON-able model config (``fit`` compares it before resuming): the UNet with cross-attention of the
+    text width, the diffusion schedule, the caption scheme and the config of the CLIP it depends on."""
+    from .clip import clip_config_from_profile
+    clip_cfg = clip_config_from_profile(profile)
+    unet = unet_config_from_profile(profile, context_dim=clip_cfg["dim"])
+    return {**unet.to_dict(), "model": "text2image", "T": profile.T, "schedule": profile.schedule,
+            "n_train": profile.n_train, "p_uncond": profile.p_uncond, "p_mention": P_MENTION,
+            "text_layer": TEXT_LAYER, "pooled": "end token, final LayerNorm, unprojected",
+            "max_length": MAX_LENGTH, "clip": clip_cfg}
+
+
+def _sampling_defaults(profile: Profile) -> dict:
+    return {"steps": profile.sample_steps, "guidance": profile.guidance}
+
+
+def train_text2image(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
+                     progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train the text-conditional UNet on captioned digits, the course CLIP's text side frozen.
+
+    Each batch: random training digits, a fresh random true caption each (``captions.random_captions``),
+    the caption replaced by the empty prompt with probability ``profile.p_uncond``, and DDPM's simple loss
+    (``models.diffusion_loss``) with the caption's encoding as ``cond``.
+
+    The CLIP comes from ``clip.get_clip`` (a finished matching model, else trained now), except when ``out``
+    already holds a checkpoint of this config: then training resumes with the text encoder saved there.
+
+    Args:
+        out: checkpoint folder (default ``paths.default_checkpoint("text2image")``); resumes from it.
+        steps: total steps (default ``profile.t2i_train_steps``).
+        stop_after: stop (with a checkpoint) after this many steps in this call.
+    Returns:
+        ``fit``'s ``TrainResult`` (``ema_model`` is the UNet; ``load_text2image(out)`` the whole pipeline).
+    """
+    rt = runtime or get_runtime()
+    out = Path(out) if out is not None else paths.default_checkpoint("text2image")
+    cfg = text2image_config(profile)
+    x, y = load_mnist("train", profile=profile, device=rt.device, quiet=not progress)
+    saved = checkpoints.read_training(out) if checkpoints.has_checkpoint(out) else None
+    if saved is not None:
+        diff = checkpoints.config_difference(saved["config"], cfg)
+        if diff:
+            raise ValueError(f"{out} holds a checkpoint of another model config ({diff}); "
+                             f"use another --out folder, or delete {out} to start over.")
+    if saved is not None and (out / "text_encoder.safetensors").is_file():
+        encoder, tokenizer = _load_text_side(out, rt.device)
+        thresholds = captions.thresholds_from_json(saved["thresholds"])
+    else:
+        from .clip import get_clip
+        clip_model, tokenizer, clip_training = get_clip(profile, rt, progress)
+        encoder = TextEncoder(clip_model.text_model)
+        thresholds = (captions.thresholds_from_json(clip_training["thresholds"]) if "thresholds" in clip_training
+                      else captions.fit_thresholds(captions.measure_attributes(x), y))
+    bins = captions.attribute_bins(captions.measure_attributes(x), y, thresholds)      # (N, A) on the CPU
+    labels = y.cpu()
+    table = CaptionTable(encoder, tokenizer, captions.all_captions()[0], rt.device, cfg["max_length"])
+    schedule = make_schedule(profile.schedule, profile.T, rt.device)
+    torch.manual_seed(0)                                                  # the initial weights
+    model = UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in UNetConfig.__dataclass_fields__}))
+
+    def get_batch(g: torch.Generator):
+        idx = batch_indices(len(labels), profile.batch_size, g)           # (B,) on the CPU
+        texts, _ = captions.random_captions(labels[idx], bins[idx], g, P_MENTION)
+        rows = table.rows(texts)
+        drop = torch.rand(len(rows), generator=g) < profile.p_uncond      # Ho & Salimans 2022, Algorithm 1
+        rows = torch.where(drop, torch.full_like(rows, table.null_row), rows)
+        return x[idx.to(x.device)], rows
+
+    def loss_fn(m, batch, g):
+        x0, rows = batch
+        return diffusion_loss(m, x0, schedule, g, table.lookup(rows))
+
+    def export(unet: nn.Module, folder: Path) -> None:
+        _write_pipeline(folder, unet, encoder, tokenizer, {**cfg, "sampling": _sampling_defaults(profile)})
+
+    meta = {"kind": "text2image", "profile": profile.name, "data": f"MNIST train, {len(labels)} captioned images",
+            "thresholds": captions.thresholds_to_json(thresholds), "templates": list(captions.TEMPLATES)}
+    return fit(model, loss_fn, get_batch, steps=steps or profile.t2i_train_steps, lr=profile.lr,
+               warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
+               config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
+               export=export, desc="train text2image", progress=progress, T=profile.T, stop_after=stop_after)
+
+
+def load_text2image(path: str | Path, device: torch.device | str = "cpu") -> TextToImage:
+    """The registry's loader: ``TextToImage.from_pretrained(path, device)``."""
+    return TextToImage.from_pretrained(path, device)
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def _quick_n(profile: Profile, n_prompts: int) -> int:
+    """Images per prompt for a quick measure: min(profile.n_eval, QUICK_N) in all."""
+    return max(1, min(profile.n_eval, QUICK_N) // n_prompts)
+
+
+def prompt_accuracy(pipe: TextToImage, profile: Profile, runtime: Runtime | None = None,
+                    guidance: float | None = None, n: int | None = None, seed: int = 0, classifier=None) -> float:
+    """Digit accuracy: how often the course classifier reads the digit a prompt names.
+
+    Prompts: ``digit_prompts()`` (each digit as a word and as a numeral), ``n`` images in all (default
+    min(profile.n_eval, QUICK_N): a quick measure), the profile's sampling steps.
+
+    Returns:
+        the fraction of images classified as the prompt's digit (float in [0, 1]).
+    """
+    from .metrics import classify, label_accuracy
+    from .models import get_model
+    rt = runtime or get_runtime()
+    clf = classifier if classifier is not None else get_model("classifier", profile, rt, progress=False)
+    prompts = digit_prompts()
+    k = max(1, n // len(prompts)) if n else _quick_n(profile, len(prompts))
+    images, labels = pipe.generate_with_labels(prompts, k, steps=profile.sample_steps, guidance=guidance, seed=seed)
+    return label_accuracy(classify(clf, images)[0], labels)
+
+
+@lru_cache(maxsize=8)
+def _real_spread(attribute: str, n_train: int | None) -> float:
+    """Within-digit standard deviation of ``attribute`` over the first ``n_train`` training digits (pooled)."""
+    x, y = load_mnist("train", n=n_train, quiet=True)
+    v = captions.measure_attributes(x)[attribute]
+    var = sum(v[y == d].var() * ((y == d).sum() - 1) for d in range(10)) / (len(y) - 10)
+    return float(var.sqrt())
+
+
+@torch.no_grad()
+def attribute_control(pipe: TextToImage, profile: Profile, attribute: str, n_per_digit: int | None = None,
+                      guidance: float | None = None, seed: int = 0, steps: int | None = None) -> dict:
+    """Does the word move the measured attribute? For every digit, the low and the high prompt
+    (``attribute_prompts``: "a thin seven" / "a thick seven") from the same start noises.
+
+    Args:
+        n_per_digit: noise pairs per digit (default min(profile.n_eval, QUICK_N) // 20: a quick measure).
+    Returns:
+        dict with ``mean_low``, ``mean_high`` (the measured attribute, e.g. thickness in pixels),
+        ``difference_sd``: mean(high - low) in units of the real digits' within-digit standard deviation,
+        ``ordered``: the fraction of noise pairs with high > low, ``n_pairs``, and ``pairs``: the low and high
+        values (N,) each, plus ``images_low`` / ``images_high``.
+    """
+    k = n_per_digit or _quick_n(profile, 20)
+    prompts = [p for d in range(10) for p in attribute_prompts(d, attribute)]           # low, high, low, ...
+    images = pipe(prompts, k, steps=steps or profile.sample_steps, guidance=guidance, seed=seed)
+    images = images.view(10, 2, k, 1, 28, 28)
+    low, high = images[:, 0].reshape(-1, 1, 28, 28), images[:, 1].reshape(-1, 1, 28, 28)
+    v_low = captions.measure_attributes(low)[attribute]
+    v_high = captions.measure_attributes(high)[attribute]
+    sd = _real_spread(attribute, profile.n_train)
+    return {"attribute": attribute, "words": ATTRIBUTE_PAIRS[attribute], "n_pairs": len(v_low),
+            "mean_low": float(v_low.mean()), "mean_high": float(v_high.mean()), "real_sd": sd,
+            "difference_sd": float((v_high - v_low).mean()) / sd,
+            "ordered": float((v_high > v_low).float().mean()),
+            "pairs": (v_low, v_high), "images_low": low, "images_high": high}
+
+
+@torch.no_grad()
+def cross_attention_maps(pipe: TextToImage, prompt: str, seed: int = 0, steps: int | None = None,
+                         guidance: float | None = None) -> dict:
+    """Where the image looks in the prompt: the cross-attention weights while one image is generated.
+
+    The weights (heads, 49 positions, L tokens) of both cross-attention layers (7x7 middle block and first
+    up block) are kept at every sampling step (``unet.Attention.keep_weights``; conditional half of the
+    guided batch), then averaged over steps, heads and the two layers.
+
+    Returns:
+        {"tokens": the L_real token strings, "maps": (L_real, 7, 7) attention each token receives per
+        position, "share": (L_real,) average over positions (sums to 1), "image": (1, 1, 28, 28)}.
+    """
+    layers = [m for m in (pipe.unet.mid_cross, pipe.unet.up1_cross) if m is not None]
+    total, count = None, 0
+
+    def grab(_):
+        nonlocal total, count
+        for m in layers:
+            w = m.last_weights[:1].float().mean(1)[0]                      # (49, L): conditional half, head mean
+            total = w if total is None else total + w
+            count += 1
+
+    for m in layers:
+        m.keep_weights = True
+    try:
+        image = pipe(prompt, 1, steps=steps, guidance=guidance, seed=seed, callback=grab)
+    finally:
+        for m in layers:
+            m.keep_weights, m.last_weights = False, None
+    ids = pipe.tokenizer(prompt, truncation=True, max_length=pipe.max_length)["input_ids"]
+    tokens = pipe.tokenizer.convert_ids_to_tokens(ids)
+    attn = (total / count)[:, :len(tokens)].cpu()                          # (49, L_real)
+    return {"tokens": tokens, "maps": attn.T.reshape(len(tokens), 7, 7), "share": attn.mean(0), "image": image}
+
+
+# ---------------------------------------------------------------------------------------------- a prompt box
+def prompt_widget(pipe: TextToImage, prompt: str = "a thick seven leaning right", n_per_prompt: int = 8,
+                  steps: int | None = None, guidance: float | None = None, interactive: bool = True):
+    """A text box, a guidance slider and a Generate button (ipywidgets). Without ipywidgets, or with
+    ``interactive=False`` (the test profile), it generates once for ``prompt`` and returns that figure.
+
+    A bad prompt shows its error message under the box instead of raising.
+    """
+    guidance = pipe.default_guidance if guidance is None else guidance
+    if interactive:
+        try:
+            import ipywidgets as widgets
+            from IPython.display import display
+        except ImportError:
+            interactive = False
+    import matplotlib.pyplot as plt
+    if not interactive:
+        fig = pipe.grid([prompt], n_per_prompt, steps=steps, guidance=guidance)
+        plt.close(fig)                           # returned, so Jupyter shows it exactly once
+        return fig
+    box = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="420px"))
+    slider = widgets.FloatSlider(value=guidance, min=0.0, max=10.0, step=0.5, description="guidance")
+    button = widgets.Button(description="Generate", button_style="primary")
+    out = widgets.Output()
+
+    def on_click(_):
+        out.clear_output(wait=True)
+        with out:
+            try:
+                t0 = time.perf_counter()
+                fig = pipe.grid([box.value], n_per_prompt, steps=steps, guidance=slider.value)
+                fig.suptitle(f"w = {slider.value}, {time.perf_counter() - t0:.1f} s", fontsize=8)
+                display(fig)
+                plt.close(fig)
+            except ValueError as e:
+                print(f"error: {e}")
+
+    button.on_click(on_click)
+    ui = widgets.VBox([widgets.HBox([box, button]), slider, out])
+    on_click(None)
+    return ui
