@@ -37,7 +37,8 @@ def start(args):
 def machine(rt) -> dict:
     info = {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "device": rt.device.type,
-            "precision": rt.precision}
+            "precision": rt.precision,
+            "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()]}   # > cores: timings are contended
     if rt.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(rt.device)
     return info
