@@ -8,6 +8,7 @@ in the user's ``checkpoints/``.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import time
@@ -86,8 +87,10 @@ def write_readme(summary: dict) -> Path:
         q = ", ".join(f"{k} {v}" for k, v in s["quality"].items())
         lines.append(f"| {name} | `{COMMANDS[name]}` | {s['profile']} | {s['data']} | {s['steps']} | "
                      f"{s['train_seconds']:.0f} s | {s['size_kb']:.0f} kB | {q} |")
-    lines += ["", f"Machine: {summary['machine']}; torch {summary['torch']}, {summary['threads']} threads. "
+    lines += ["", f"Machine: {summary['machine']}; torch {summary['torch']}. "
               f"Training times are wall-clock seconds as recorded in each `training.json`.", ""]
+    if summary.get("note"):
+        lines += [f"Note: {summary['note']}", ""]
     path = paths.weights_dir() / "README.md"
     path.write_text("\n".join(lines))
     return path
@@ -113,8 +116,7 @@ def make_weights(profile: Profile, rt: Runtime, models=tuple(COMMANDS)) -> dict:
                                    "quality": quality, "size_kb": round(size_kb, 1)}
         q = ", ".join(f"{k} {v}" for k, v in quality.items())
         print(f"[weights] {name:<10} {time.perf_counter() - t0:6.0f} s  loss {last:.4f}  {q}  -> {dst}")
-        summary.update(machine=f"{platform.machine()}, {torch.get_num_threads()} threads, {rt.device.type}",
-                       torch=torch.__version__, threads=torch.get_num_threads())
+        summary.update(machine=f"{platform.machine()}, {os.cpu_count()} cores, {rt.device.type}", torch=torch.__version__)
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=1))
         write_readme(summary)
