@@ -30,7 +30,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || { echo "installing torch (missing)"; \
 		set -o pipefail; $(PIP) install -q "torch==2.13.0" 2>&1 | $(QUIET_PIP); }
-	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/course-constraints.txt
+	@$(PY) -W ignore -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/course-constraints.txt
 	@echo "installing requirements (torch kept at $$(cat $(VENV)/course-constraints.txt))"
 	@set -o pipefail; $(PIP) install -q -c $(VENV)/course-constraints.txt -r requirements.txt -e . 2>&1 | $(QUIET_PIP)
 	@$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "From Noise to Digits" >/dev/null
@@ -47,7 +47,7 @@ weights: setup
 	$(PY) -m course_lib weights
 
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in throughput train_denoiser guidance clip text_to_image; do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 
 lab: setup
 	@$(PY) -c "import jupyterlab" 2>/dev/null || { set -o pipefail; $(PIP) install -q -c $(VENV)/course-constraints.txt "jupyterlab>=4,<5" 2>&1 | $(QUIET_PIP); }

@@ -33,13 +33,16 @@ __all__ = ["diffusion_loss", "denoiser_config", "class_config", "train_denoiser"
 
 
 # --------------------------------------------------------------------------- the training step (lesson 03)
-def diffusion_loss(model, x0: torch.Tensor, schedule: Schedule, generator: torch.Generator, cond=None):
+def diffusion_loss(model, x0: torch.Tensor, schedule: Schedule, generator: torch.Generator, cond=None,
+                   min_snr_gamma: float | None = None):
     """DDPM's simple loss (Ho et al. 2020, Eq. 14 / Algorithm 1), per example:
 
         t ~ Uniform{0..T-1},  eps ~ N(0, I),  x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps  (Eq. 4)
         loss = || eps - eps_theta(x_t, t) ||^2
 
     Random numbers come from ``generator`` (CPU) so a resumed run repeats them exactly.
+    ``min_snr_gamma``: weight each example by min(SNR_t, gamma) / SNR_t (Min-SNR weighting for
+    eps-prediction, Hang et al. 2023, Eq. 8), which stops the nearly clean steps from dominating.
 
     Returns:
         (loss, {"t": (B,), "per_example": (B,)}): the mean loss and its parts, for the loss-by-t plot.
@@ -50,7 +53,11 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: Schedule, generator: torch
     x_t = q_sample(x0, t, schedule, noise=eps)
     eps_hat = model(x_t, t, cond)
     per_example = (eps_hat.float() - eps).pow(2).mean(dim=(1, 2, 3))
-    return per_example.mean(), {"t": t, "per_example": per_example.detach()}
+    loss = per_example
+    if min_snr_gamma is not None:
+        snr = schedule.snr[t]
+        loss = per_example * snr.clamp(max=min_snr_gamma) / snr
+    return loss.mean(), {"t": t, "per_example": per_example.detach()}
 
 
 def drop_labels(labels: torch.Tensor, p_uncond: float, generator: torch.Generator) -> torch.Tensor:
