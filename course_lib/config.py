@@ -49,6 +49,7 @@ class Profile:
     lesson_train_steps: int          # the short demo run inside lesson 03 before loading weights
     class_train_steps: int           # class-conditional denoiser (lesson 05)
     p_uncond: float                  # probability of dropping the condition (classifier-free guidance)
+    min_snr_gamma: float | None      # Min-SNR loss weighting for the unconditional denoiser (None: plain MSE)
     ema_decay: float
     checkpoint_every: int
     # --- sampling and measuring (lessons 04, 05, 08)
@@ -88,7 +89,7 @@ PROFILES: dict[str, Profile] = {
         name="test", threads=1, n_train=2_000, n_test=1_000, T=1000, schedule="cosine",
         channels=(16, 32), attention=True, time_dim=64,
         batch_size=64, lr=2e-3, warmup_steps=20, train_steps=200, lesson_train_steps=20,
-        class_train_steps=300, p_uncond=0.1, ema_decay=0.99, checkpoint_every=100,
+        class_train_steps=300, p_uncond=0.1, min_snr_gamma=5.0, ema_decay=0.99, checkpoint_every=100,
         sample_steps=10, n_show=16, n_eval=200, max_frames=8, guidance=3.0,
         classifier_steps=150,
         clip_dim=32, clip_layers=1, clip_heads=2, clip_patch=7, clip_embed=32, clip_batch=100,
@@ -99,7 +100,7 @@ PROFILES: dict[str, Profile] = {
         name="cpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
         channels=(32, 64), attention=False, time_dim=128,
         batch_size=128, lr=2e-3, warmup_steps=100, train_steps=4_000, lesson_train_steps=100,
-        class_train_steps=4_000, p_uncond=0.1, ema_decay=0.999, checkpoint_every=250,
+        class_train_steps=4_000, p_uncond=0.1, min_snr_gamma=5.0, ema_decay=0.999, checkpoint_every=250,
         sample_steps=25, n_show=16, n_eval=1_000, max_frames=25, guidance=3.0,
         classifier_steps=1_500,
         clip_dim=64, clip_layers=2, clip_heads=4, clip_patch=7, clip_embed=64, clip_batch=256,
@@ -110,7 +111,7 @@ PROFILES: dict[str, Profile] = {
         name="gpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
         channels=(64, 128), attention=True, time_dim=256,
         batch_size=256, lr=1e-3, warmup_steps=200, train_steps=8_000, lesson_train_steps=8_000,
-        class_train_steps=8_000, p_uncond=0.1, ema_decay=0.9995, checkpoint_every=1_000,
+        class_train_steps=8_000, p_uncond=0.1, min_snr_gamma=5.0, ema_decay=0.9995, checkpoint_every=1_000,
         sample_steps=50, n_show=16, n_eval=10_000, max_frames=40, guidance=3.0,
         classifier_steps=3_000,
         clip_dim=128, clip_layers=4, clip_heads=4, clip_patch=4, clip_embed=128, clip_batch=512,

@@ -70,7 +70,7 @@ def drop_labels(labels: torch.Tensor, p_uncond: float, generator: torch.Generato
 # --------------------------------------------------------------------------- configs
 def denoiser_config(profile: Profile) -> dict:
     return {**unet_config_from_profile(profile).to_dict(), "T": profile.T, "schedule": profile.schedule,
-            "n_train": profile.n_train}
+            "n_train": profile.n_train, "min_snr_gamma": profile.min_snr_gamma}
 
 
 def class_config(profile: Profile) -> dict:
@@ -111,7 +111,7 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
     def loss_fn(m, batch, g):
         x0, labels = batch
         cond = drop_labels(labels, profile.p_uncond, g) if conditional else None
-        return diffusion_loss(m, x0, schedule, g, cond)
+        return diffusion_loss(m, x0, schedule, g, cond, min_snr_gamma=cfg.get("min_snr_gamma"))
 
     meta = {"kind": name, "profile": profile.name, "data": f"MNIST train, {len(x)} images"}
     return fit(model, loss_fn, get_batch, steps=steps, lr=profile.lr, warmup_steps=profile.warmup_steps,

@@ -1,0 +1,37 @@
+"""The diffusion training step and the model lookup that lessons rely on."""
+import torch
+
+from course_lib import models
+from course_lib.schedules import make_schedule
+
+
+class Fixed(torch.nn.Module):
+    def forward(self, x, t, cond=None):
+        return 0.3 * x
+
+
+def test_loss_is_the_mean_squared_noise_error_and_min_snr_reweights_it():
+    sched = make_schedule("cosine", 1000)
+    x0 = torch.rand(8, 1, 28, 28) * 2 - 1
+    plain, parts = models.diffusion_loss(Fixed(), x0, sched, torch.Generator().manual_seed(0))
+    assert torch.allclose(plain, parts["per_example"].mean())
+    weighted, parts_w = models.diffusion_loss(Fixed(), x0, sched, torch.Generator().manual_seed(0), min_snr_gamma=5.0)
+    assert torch.equal(parts["t"], parts_w["t"])                    # same draws, only the weights differ
+    snr = sched.snr[parts["t"]]
+    expected = (parts["per_example"] * snr.clamp(max=5.0) / snr).mean()
+    assert torch.allclose(weighted, expected) and not torch.allclose(weighted, plain)
+
+
+def test_drop_labels_marks_dropped_labels_as_no_condition():
+    labels = torch.arange(10).repeat(1000)
+    dropped = models.drop_labels(labels, 0.3, torch.Generator().manual_seed(0))
+    kept = dropped >= 0
+    assert torch.equal(dropped[kept], labels[kept]) and 0.27 < (~kept).float().mean() < 0.33
+
+
+def test_find_matching_uses_only_finished_checkpoints_of_the_profiles_config(test_profile, tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_HOME", str(tmp_path))                  # keep this 3-step model to ourselves
+    assert models.find_matching("denoiser", test_profile.replace(channels=(8, 16))) is None
+    models.train_denoiser(test_profile.replace(train_steps=3), progress=False)
+    assert models.find_matching("denoiser", test_profile.replace(train_steps=3)) is not None
+    assert models.find_matching("denoiser", test_profile.replace(train_steps=3, time_dim=32)) is None
