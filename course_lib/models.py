@@ -184,15 +184,14 @@ def get_model(name: str, profile: Profile, runtime: Runtime | None = None, train
     profile's config; else, when ``train_if_missing``, train it now (resuming a partial checkpoint).
     """
     rt = runtime or get_runtime()
-    _, train_fn, load_fn = REGISTRY[name] if name in REGISTRY else (None, None, None)
-    if train_fn is None:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(REGISTRY)}")
-    folder = Path(path) if path is not None else find_matching(name, profile)
+    folder = Path(path) if path is not None else find_matching(name, profile)   # checks the name too
+    _, train_fn, load_fn = REGISTRY[name]
     if folder is None:
         if not train_if_missing:
-            paths.find_model(name)   # raises, naming where it looked
-            raise FileNotFoundError(f"no {name!r} model matches the {profile.name!r} profile's config; "
-                                    f"train one with `python -m course_lib train {name} --profile {profile.name}`")
+            looked = f"{paths.default_checkpoint(name)} and {paths.weights_dir() / name}"
+            raise FileNotFoundError(f"no finished {name!r} model matches the {profile.name!r} profile's config "
+                                    f"(looked in {looked}); train one with "
+                                    f"`python -m course_lib train {name} --profile {profile.name}`")
         print(f"no finished {name!r} model for the {profile.name!r} profile yet: training one "
               f"({_steps_for(name, profile)} steps) into {paths.default_checkpoint(name)}")
         train_fn(profile, None, rt, None, progress)

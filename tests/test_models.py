@@ -35,3 +35,12 @@ def test_find_matching_uses_only_finished_checkpoints_of_the_profiles_config(tes
     models.train_denoiser(test_profile.replace(train_steps=3), progress=False)
     assert models.find_matching("denoiser", test_profile.replace(train_steps=3)) is not None
     assert models.find_matching("denoiser", test_profile.replace(train_steps=3, time_dim=32)) is None
+
+
+def test_get_model_without_training_says_where_it_looked(test_profile, tmp_path, monkeypatch):
+    import pytest
+    monkeypatch.setenv("COURSE_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "denoiser")):
+        models.get_model("denoiser", test_profile.replace(channels=(8, 16)), train_if_missing=False)
+    with pytest.raises(ValueError, match="unknown model"):
+        models.get_model("nonsense", test_profile)
