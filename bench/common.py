@@ -18,6 +18,8 @@ def parse_args(description: str, extra=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--profile", choices=("test", "cpu", "gpu"), help="default: COURSE_PROFILE, else auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="autocast precision (default: COURSE_PRECISION, else chosen from the device)")
     if extra:
         extra(p)
     return p.parse_args()
@@ -28,6 +30,8 @@ def start(args):
     from course_lib.config import setup
     if args.threads:
         torch.set_num_threads(args.threads)
+    if getattr(args, "precision", None):
+        os.environ["COURSE_PRECISION"] = args.precision      # setup() builds the runtime from it
     profile, rt = setup(args.profile)
     if args.threads:
         torch.set_num_threads(args.threads)              # setup() may apply the profile's own setting

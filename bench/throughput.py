@@ -6,6 +6,10 @@ included, count too, so the estimate is conservative). Run it on a quiet machine
 load average so a contended measurement is visible as such.
 
     python bench/throughput.py [--profile cpu] [--threads 2] [--steps 60] [--models denoiser class ...]
+                               [--compare fp32]
+
+``--compare fp32`` times every model a second time in that precision and records the speed-up of the
+default precision over it (on a CPU with AMX, bf16 against fp32).
 """
 from __future__ import annotations
 
@@ -16,29 +20,42 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from course_lib.config import get_runtime  # noqa: E402
 from course_lib.models import REGISTRY, _steps_for  # noqa: E402
 
 
 def extra(p):
     p.add_argument("--steps", type=int, default=60, help="steps timed per model (default 60)")
     p.add_argument("--models", nargs="*", default=list(REGISTRY), help="default: all")
+    p.add_argument("--compare", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="also time every model in this precision and record the speed-up")
+
+
+def time_model(name, profile, rt, steps, tmp) -> dict:
+    train_fn = REGISTRY[name][1]
+    res = train_fn(profile, Path(tmp) / f"{name}-{rt.precision}", rt, steps, False)
+    batch = profile.clip_batch if name == "clip" else profile.batch_size
+    full = _steps_for(name, profile)
+    return {"examples_per_s": round(res.items_per_s, 1), "batch_size": batch, "profile_steps": full,
+            "timed_steps": steps, "estimated_full_training_s": round(full * batch / res.items_per_s, 1)}
 
 
 def main() -> None:
     args = common.parse_args(__doc__, extra)
     profile, rt = common.start(args)
     rows = {}
+    other = get_runtime(rt.device, precision=args.compare) if args.compare else None
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            train_fn = REGISTRY[name][1]
-            res = train_fn(profile, Path(tmp) / name, rt, args.steps, False)
-            batch = profile.clip_batch if name == "clip" else profile.batch_size
-            steps = _steps_for(name, profile)
-            rows[name] = {"examples_per_s": round(res.items_per_s, 1), "batch_size": batch,
-                          "profile_steps": steps, "timed_steps": args.steps,
-                          "estimated_full_training_s": round(steps * batch / res.items_per_s, 1)}
-            print(f"{name:<10} {res.items_per_s:8.1f} examples/s -> {steps} steps in "
-                  f"~{rows[name]['estimated_full_training_s']:.0f} s", flush=True)
+            rows[name] = row = time_model(name, profile, rt, args.steps, tmp)
+            line = (f"{name:<13} {rt.precision}: {row['examples_per_s']:8.1f} examples/s -> "
+                    f"{row['profile_steps']} steps in ~{row['estimated_full_training_s']:.0f} s")
+            if other is not None:
+                base = time_model(name, profile, other, args.steps, tmp)
+                row[f"{other.precision}_examples_per_s"] = base["examples_per_s"]
+                row[f"speedup_over_{other.precision}"] = round(row["examples_per_s"] / base["examples_per_s"], 2)
+                line += f"  ({other.precision}: {base['examples_per_s']:.1f}, x{row[f'speedup_over_{other.precision}']})"
+            print(line, flush=True)
     common.save("throughput", profile, rt, {"models": rows})
 
 

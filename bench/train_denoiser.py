@@ -2,8 +2,9 @@
 
 Records training images/s and wall time (from the model's training.json: the run that produced it, or a
 fresh one if none matches the profile), sample quality at the end (confident fraction, FID beside the
-real-vs-real floor at the same N, class histogram) for DDIM-50 and DDIM-20, and sampling images/s for
-DDPM-1000, DDIM-50 and DDIM-20 (and DDPM on a respaced 50-step chain). On a CPU, DDPM-1000 is timed on a small batch only; its quality at
+real-vs-real floor at the same N, class histogram) for DDIM-50, DDIM-20 and DDPM on a respaced 50-step chain,
+the last also with autoguidance (the model's own early EMA weights as the guide) at several scales, and
+sampling images/s for DDPM-1000, DDIM-50 and DDIM-20. On a CPU, DDPM-1000 is timed on a small batch only; its quality at
 N=10,000 belongs on a GPU.
 
     python bench/train_denoiser.py [--profile cpu] [--threads 2] [--ddpm-n 0]
@@ -20,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from course_lib.metrics import evaluate_samples, real_images  # noqa: E402
-from course_lib.models import REGISTRY, find_matching, get_model  # noqa: E402
+from course_lib.guidance import autoguided  # noqa: E402
+from course_lib.models import REGISTRY, find_matching, get_guide, get_model  # noqa: E402
 from course_lib.checkpoints import read_training  # noqa: E402
 from course_lib.samplers import sample  # noqa: E402
 from course_lib.schedules import make_schedule  # noqa: E402
@@ -30,6 +32,8 @@ def extra(p):
     p.add_argument("--n", type=int, default=None, help="samples per measurement (default: profile.n_eval)")
     p.add_argument("--ddpm-n", type=int, default=None,
                    help="samples for DDPM-1000 quality (default: N on a GPU, 0 on a CPU)")
+    p.add_argument("--autoguidance", type=float, nargs="*", default=None,
+                   help="autoguidance scales to measure with DDPM-50 (default: 1.5, the profile's, 3)")
 
 
 def timed_sample(model, n, schedule, rt, sampler, steps, seed):
@@ -66,6 +70,15 @@ def main() -> None:
         ev = evaluate_samples(clf, x, real=real)
         quality[name] = {k: ev[k] for k in ("n", "confident", "mean_confidence", "fid", "fid_floor", "histogram")}
         speed[name] = round(n / sec, 2)
+    guide = get_guide(profile, rt)
+    scales = args.autoguidance if args.autoguidance is not None else sorted({1.5, profile.autoguidance, 3.0})
+    for w in scales:
+        x, sec = timed_sample(autoguided(model, guide, w), n, schedule, rt, "ddpm", 50, seed=1)
+        ev = evaluate_samples(clf, x, real=real)
+        quality[f"ddpm50_autoguided_w{w:g}"] = {k: ev[k] for k in ("n", "confident", "mean_confidence", "fid",
+                                                                    "fid_floor", "histogram")}
+        speed[f"ddpm50_autoguided_w{w:g}"] = round(n / sec, 2)
+    train["guide_step"] = tr.get("guide_step")
     ddpm_n = args.ddpm_n if args.ddpm_n is not None else (n if rt.device.type == "cuda" else 0)
     if ddpm_n:
         x, sec = timed_sample(model, ddpm_n, schedule, rt, "ddpm", None, seed=1)

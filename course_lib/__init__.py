@@ -9,6 +9,21 @@ One idea per module, in the order the lessons meet them:
     exercises   automatic checks for the lessons' exercises
     schedules   noise schedules (linear, cosine) and derived quantities
     forward     the diffusion model: the forward Markov chain, its posterior, the ELBO
+    unet        the denoising model: a small UNet, model(x, t, cond) -> predicted noise
+    train       one training loop for every model (AdamW, warm-up + cosine, EMA, mixed precision)
+    checkpoints safetensors folders, written atomically, resumed exactly
+    models      the diffusion loss, and finding, loading or training each model of the course
+    samplers    DDPM and DDIM
+    metrics     the course classifier, confident fraction, class histogram, FID
+    guidance    classifier-free guidance and autoguidance, as model wrappers
+    captions    captions from image moments (thick/thin, slant, width)
+    text        the tokenizer
+    clip        CLIP on captioned digits
+    pipeline    text to image
+    diagnostics the checks that catch the classic diffusion bugs (appendix A1)
+    book        `make course`: execute every lesson and render the course book
+    weights     `make weights`: train, measure and export the reference weights
+    links       the README's "Open in Colab" links, from one repository URL
 """
 from .config import Profile, get_profile, get_runtime, seed_everything, setup  # noqa: F401
 

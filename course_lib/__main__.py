@@ -6,6 +6,7 @@
     weights    train every model for the active profile and refresh data/weights/
     course     train what is missing, execute every lesson into build/, render the course book
     info       the active profile, device and precision
+    links      regenerate the README's lesson table (Colab links) and each lesson's COURSE_REPO; --check
 """
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ def cmd_train(args) -> int:
                  "clip": "clip_steps", "text2image": "t2i_train_steps"}[args.model]
         profile = profile.replace(**{field: args.steps})
     _, train_fn, _ = REGISTRY[args.model]
-    res: TrainResult = train_fn(profile, args.out, rt, None, not args.no_progress)
+    try:
+        res: TrainResult = train_fn(profile, args.out, rt, None, not args.no_progress)
+    except (ValueError, FloatingPointError) as e:       # another config or schedule in --out, a NaN loss
+        raise SystemExit(f"error: {e}")
     last = sum(res.losses[-50:]) / max(1, len(res.losses[-50:]))
     print(f"{args.model}: step {res.step}, loss {last:.4f}, {res.seconds:.0f} s this run "
           f"({res.items_per_s:.0f} examples/s), checkpoint in {res.out}")
@@ -80,13 +84,15 @@ def _save_images(images, labels, out: str) -> None:
 
 def cmd_sample(args) -> int:
     import torch
-    from .guidance import guided
+    from .guidance import autoguided, guided
     from .models import load_unet
     from .samplers import sample
     from .schedules import make_schedule
     profile, rt = _profile_and_runtime(args)
     try:
         model, cfg = load_unet(args.checkpoint, rt.device)
+        if args.autoguidance is not None:
+            model = autoguided(model, load_unet(args.checkpoint, rt.device, guide=True)[0], args.autoguidance)
     except FileNotFoundError as e:
         raise SystemExit(str(e))
     labels = _parse_labels(args.labels, args.n)
@@ -99,11 +105,21 @@ def cmd_sample(args) -> int:
         labels = labels.to(rt.device)
     schedule = make_schedule(cfg["schedule"], cfg["T"], rt.device)
     g = torch.Generator().manual_seed(args.seed)
+    frames, captions = [], []
+
+    def keep(step: dict) -> None:                       # the reverse process, for --strip
+        frames.append(step["x_t"].detach().cpu())
+        captions.append(f"t={step['t']}")
     t0 = time.perf_counter()
     images = sample(model, args.n, schedule, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                    generator=g, cond=labels, device=rt.device)
+                    generator=g, cond=labels, device=rt.device, callback=keep if args.strip else None)
     print(f"sampled {args.n} images with {args.sampler} in {time.perf_counter() - t0:.1f} s")
     _save_images(images, labels, args.out)
+    if args.strip:
+        from .plotting import show_strip
+        fig = show_strip(frames + [images.cpu()], captions + ["x0"], n=min(args.n, 8), max_frames=11)
+        fig.savefig(args.strip, dpi=100)
+        print(f"saved the reverse process ({len(frames)} steps, 11 shown) to {args.strip}")
     return 0
 
 
@@ -144,7 +160,23 @@ def cmd_weights(args) -> int:
 def cmd_course(args) -> int:
     from .book import run_course
     profile, rt = _profile_and_runtime(args)
-    return run_course(profile, rt, lessons=args.lessons, force=args.force)
+    return run_course(profile, rt, lessons=args.lessons, force=args.force, out_dir=args.out)
+
+
+def cmd_links(args) -> int:
+    from .links import repository_url, sync
+    out_of_date, problems = sync(check=args.check)
+    setting = f"[project.urls] Repository = {repository_url()} (pyproject.toml)"
+    if args.check and out_of_date:
+        print(f"out of date with {setting}:\n  " + "\n  ".join(out_of_date)
+              + "\nrun `python -m course_lib links` to regenerate them")
+    elif out_of_date:
+        print(f"regenerated from {setting}:\n  " + "\n  ".join(out_of_date))
+    else:
+        print(f"the README's lesson table and every lesson's COURSE_REPO match {setting}")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems or (args.check and out_of_date) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--guidance", type=float, default=None,
                     help="classifier-free guidance scale w (default: the profile's, 3)")
     sp.add_argument("--out", required=True, help="FILE.png (a grid) or FILE.pt (images, labels)")
+    sp.add_argument("--autoguidance", type=float, default=None,
+                    help="autoguidance scale w (a denoiser trained with a guide, e.g. 2): steer away from the "
+                         "model's early weights")
+    sp.add_argument("--strip", default=None,
+                    help="also save FILE.png: the reverse process of the first 8 images, static to digit")
     sp.set_defaults(func=cmd_sample)
 
     sp = add("generate", "text to image: generate digits for prompts (a .pt holds (images, labels))")
@@ -199,7 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("course", "train what is missing, execute every lesson into build/, render build/index.html")
     sp.add_argument("--lessons", nargs="*", help="only these lessons (file names or numbers)")
     sp.add_argument("--force", action="store_true", help="re-execute lessons even if unchanged")
+    sp.add_argument("--out", default=None, help="output folder (default: build/ in the course folder)")
     sp.set_defaults(func=cmd_course)
+
+    help_ = ("regenerate the README's lesson table (an Open-in-Colab link per lesson) and every lesson's "
+             "COURSE_REPO line from [project.urls] Repository in pyproject.toml")
+    sp = sub.add_parser("links", help=help_, description=help_)
+    sp.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 listing what is out of date with the setting")
+    sp.set_defaults(func=cmd_links)
     return p
 
 

@@ -49,7 +49,8 @@ def execute_lesson(nb_path: Path, out_dir: Path, timeout: int | None = None) -> 
     seconds = time.perf_counter() - t0
     (out_dir / "lessons").mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / "lessons" / nb_path.name)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(   # the page title: the lesson's heading
+        nb, resources={"metadata": {"name": _title(nb_path)}})
     html_path = out_dir / (nb_path.stem + ".html")
     tmp = html_path.with_suffix(".html.tmp")
     tmp.write_text(body, encoding="utf-8")
@@ -109,8 +110,16 @@ def ensure_models(profile: Profile, runtime: Runtime, names=LESSON_MODELS) -> di
     return used
 
 
-def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = False) -> int:
-    out_dir = paths.build_dir()
+def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = False,
+               out_dir: str | os.PathLike | None = None) -> int:
+    """Train what is missing, execute the lessons (all, or those named in ``lessons``) and render the book.
+
+    Args:
+        lessons: file names or prefixes such as ``"04"`` (default: every lesson).
+        force: re-execute lessons even when their notebook, the library and the profile are unchanged.
+        out_dir: where the executed lessons, ``manifest.json`` and ``index.html`` go (default: ``build/``).
+    """
+    out_dir = Path(out_dir) if out_dir is not None else paths.build_dir()
     (out_dir / "lessons").mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     ensure_models(profile, runtime)

@@ -3,6 +3,7 @@
     <folder>/
         config.json             the model's config (ours, or transformers' for CLIP): enough to rebuild it
         model.safetensors       the weights to use: the EMA average (what sampling and lessons load)
+        guide.safetensors       (optional) the EMA weights early in the run, for autoguidance
         training.json           profile, step, total steps, data source, loss history, the model config again
         trainer/
             raw_model.safetensors   the raw (non-averaged) weights the optimizer updates
@@ -27,7 +28,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = ["save_checkpoint", "read_training", "load_trainer_state", "load_weights", "optimizer_to_tensors",
-           "optimizer_from_tensors", "config_difference", "atomic_folder", "has_checkpoint"]
+           "optimizer_from_tensors", "config_difference", "atomic_folder", "has_checkpoint", "load_guide_state",
+           "GUIDE_FILE"]
 
 
 def config_difference(saved: Any, new: Any, prefix: str = "") -> str | None:
@@ -102,7 +104,8 @@ def _state_dict_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(folder: str | os.PathLike, *, model: torch.nn.Module, ema: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, rng: dict[str, torch.Tensor], training: dict,
-                    export: Callable[[torch.nn.Module, Path], None] | None = None) -> Path:
+                    export: Callable[[torch.nn.Module, Path], None] | None = None,
+                    guide: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a full checkpoint atomically.
 
     Args:
@@ -110,6 +113,8 @@ def save_checkpoint(folder: str | os.PathLike, *, model: torch.nn.Module, ema: t
         training: JSON-able dict (must hold ``"config"``: the model config used for the same-config check).
         export: writes ``config.json`` and ``model.safetensors`` for the EMA weights (default: ours;
             CLIP passes transformers' ``save_pretrained``).
+        guide: a state dict saved as ``guide.safetensors`` (the early EMA weights ``fit(guide_step=...)``
+            keeps for autoguidance), or None.
     """
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
@@ -126,8 +131,19 @@ def save_checkpoint(folder: str | os.PathLike, *, model: torch.nn.Module, ema: t
         else:
             save_file(_state_dict_cpu(inner), str(tmp / "model.safetensors"))
             (tmp / "config.json").write_text(json.dumps(training["config"], indent=2))
+        if guide is not None:
+            save_file({k: v.contiguous() for k, v in guide.items()}, str(tmp / GUIDE_FILE))
         (tmp / "training.json").write_text(json.dumps(training, indent=1))
     return folder
+
+
+GUIDE_FILE = "guide.safetensors"
+
+
+def load_guide_state(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The guide weights a checkpoint folder holds (``guide.safetensors``), or None."""
+    path = Path(folder) / GUIDE_FILE
+    return load_file(str(path)) if path.is_file() else None
 
 
 def read_training(folder: str | os.PathLike) -> dict:
@@ -149,11 +165,17 @@ def load_trainer_state(folder: str | os.PathLike, *, model: torch.nn.Module, ema
 
 
 def load_weights(module: torch.nn.Module, folder: str | os.PathLike, device: torch.device | str = "cpu",
-                 raw: bool = False) -> torch.nn.Module:
-    """Load ``model.safetensors`` (the EMA weights) or, with ``raw=True``, the raw trained weights."""
+                 raw: bool = False, guide: bool = False) -> torch.nn.Module:
+    """Load ``model.safetensors`` (the EMA weights), with ``raw=True`` the raw trained weights, or with
+    ``guide=True`` the early EMA weights kept for autoguidance."""
     folder = Path(folder)
-    path = folder / ("trainer/raw_model.safetensors" if raw else "model.safetensors")
+    if raw and guide:
+        raise ValueError("choose raw=True or guide=True, not both")
+    path = folder / ("trainer/raw_model.safetensors" if raw else GUIDE_FILE if guide else "model.safetensors")
     if not path.is_file():
-        raise FileNotFoundError(f"no weights at {path}" + (" (shipped weights keep only the EMA ones)" if raw else ""))
+        why = (" (shipped weights keep only the EMA ones)" if raw else
+               " (this model was trained without guide_step: retrain it with the current profile to get one)"
+               if guide else "")
+        raise FileNotFoundError(f"no weights at {path}{why}")
     module.load_state_dict(load_file(str(path), device=str(device)))
     return module.to(device)

@@ -98,8 +98,8 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
 
 
 def load_mnist(split: str = "train", n: int | None = None, profile: Profile | None = None,
-               device: torch.device | str | None = None, source: str = "auto", quiet: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               device: torch.device | str | None = None, source: str = "auto", quiet: bool = False,
+               value_range: tuple[float, float] = (-1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
     """Load MNIST as tensors.
 
     Args:
@@ -110,14 +110,20 @@ def load_mnist(split: str = "train", n: int | None = None, profile: Profile | No
             by index (``batch_indices``), with no DataLoader.
         source: ``"auto"`` (torchvision where it imports, else numpy), ``"numpy"`` or ``"torchvision"``.
         quiet: do not print the one-line report of source and size.
+        value_range: ``(lo, hi)``, the values of a black and of a white pixel. Keep the default
+            ``(-1, 1)``: the diffusion process assumes it. The option exists to reproduce the classic
+            "data in [0, 1]" bug in appendix A1 (``value_range=(0, 1)``, what ``ToTensor()`` gives).
 
     Returns:
-        images: ``(n, 1, 28, 28)`` float32 in ``[-1, 1]``; labels: ``(n,)`` int64.
+        images: ``(n, 1, 28, 28)`` float32 in ``value_range`` (default ``[-1, 1]``); labels: ``(n,)`` int64.
     """
     if split not in FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if source not in ("auto", "numpy", "torchvision"):
         raise ValueError(f"source must be 'auto', 'numpy' or 'torchvision', got {source!r}")
+    lo, hi = (float(v) for v in value_range)
+    if not lo < hi:
+        raise ValueError(f"value_range must be (lo, hi) with lo < hi, got {value_range!r}")
     raw = paths.mnist_dir()
     if _missing_files(raw) and not _try_torchvision_download(raw):
         raise FileNotFoundError(
@@ -142,13 +148,18 @@ def load_mnist(split: str = "train", n: int | None = None, profile: Profile | No
         if not 0 < n <= total:
             raise ValueError(f"n must be in 1..{total} for the {split} split, got {n}")
         images, labels = images[:n], labels[:n]
-    x = torch.from_numpy(np.array(images)).float().div_(127.5).sub_(1.0).unsqueeze(1)
+    x = torch.from_numpy(np.array(images)).float()
+    if (lo, hi) == (-1.0, 1.0):
+        x = x.div_(127.5).sub_(1.0).unsqueeze(1)                  # uint8 0..255 -> [-1, 1]
+    else:                                                         # appendix A1's bug (e.g. [0, 1])
+        x = x.div_(255.0).mul_(hi - lo).add_(lo).unsqueeze(1)
     y = torch.from_numpy(np.array(labels)).long()
     if device is not None:
         x, y = x.to(device), y.to(device)
     if not quiet:
         print(f"MNIST {split}: {len(y):,} of {total:,} images from {raw.relative_to(paths.root())} "
-              f"via {used}" + (f", on {torch.device(device).type}" if device is not None else ""))
+              f"via {used}" + (f", on {torch.device(device).type}" if device is not None else "")
+              + (f", values in [{lo:g}, {hi:g}]" if (lo, hi) != (-1.0, 1.0) else ""))
     return x, y
 
 

@@ -55,7 +55,7 @@ def _as_timesteps(t: int | torch.Tensor, B: int, T: int) -> torch.Tensor:
     return t.long()
 
 
-def extract(values: torch.Tensor, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def extract(values: torch.Tensor, t: int | torch.Tensor, like: torch.Tensor, axis: int = 0) -> torch.Tensor:
     """``values[t]`` shaped to broadcast against ``like``: one schedule entry per example.
 
     The role of k-diffusion's ``append_dims``: a per-example scalar becomes ``(B, 1, 1, 1)`` for images
@@ -65,9 +65,14 @@ def extract(values: torch.Tensor, t: int | torch.Tensor, like: torch.Tensor) -> 
         values: ``(T,)`` a schedule quantity, e.g. ``schedule.alpha_bar``.
         t: an ``int`` or a ``(B,)`` long tensor of 0-based timesteps.
         like: ``(B, ...)`` the tensor the result will multiply.
+        axis: the dimension of ``like`` the ``B`` values are laid along. Keep the default 0 (one value per
+            example). Any other axis reproduces the broadcasting bug of appendix A1: e.g. ``axis=-1`` gives
+            ``(1, 1, 1, B)``, which multiplies image *columns* instead of examples; it broadcasts (silently
+            wrongly) only when ``B`` equals the size of that dimension, and raises otherwise.
 
     Returns:
-        ``(B, 1, ..., 1)`` with ``like.dim()`` dimensions, on ``like``'s device and (floating) dtype.
+        ``(B, 1, ..., 1)`` with ``like.dim()`` dimensions (the ``B`` values along ``axis``), on ``like``'s
+        device and (floating) dtype.
     """
     if values.dim() != 1:
         raise ValueError(f"values must be a (T,) tensor, got shape {tuple(values.shape)}")
@@ -78,7 +83,20 @@ def extract(values: torch.Tensor, t: int | torch.Tensor, like: torch.Tensor) -> 
     out = values.gather(0, t).to(like.device)
     if like.dtype.is_floating_point:
         out = out.to(like.dtype)
-    return out.reshape(B, *([1] * (like.dim() - 1)))
+    if not -like.dim() <= axis < like.dim():
+        raise ValueError(f"axis must be in {-like.dim()}..{like.dim() - 1} for like of shape "
+                         f"{tuple(like.shape)}, got {axis}")
+    axis = axis % like.dim()
+    if axis == 0:
+        return out.reshape(B, *([1] * (like.dim() - 1)))
+    # appendix A1's bug: the B per-example values laid along another dimension of like
+    if like.shape[axis] != B:
+        raise ValueError(f"axis={axis}: {B} per-example values cannot broadcast along a dimension of size "
+                         f"{like.shape[axis]} of like {tuple(like.shape)} (the bug of appendix A1 stays "
+                         f"silent only when the batch size equals that size)")
+    shape = [1] * like.dim()
+    shape[axis] = B
+    return out.reshape(shape)
 
 
 def _one_minus_alpha_bar(schedule: Schedule) -> torch.Tensor:
@@ -128,7 +146,7 @@ def q_step(x_prev: torch.Tensor, t: int | torch.Tensor, schedule: Schedule, nois
 
 
 def q_sample(x0: torch.Tensor, t: int | torch.Tensor, schedule: Schedule, noise: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, axis: int = 0) -> torch.Tensor:
     """Jump straight to step t: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, a sample of
     q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)  (Ho et al. 2020, DDPM Eq. 4).
 
@@ -138,13 +156,14 @@ def q_sample(x0: torch.Tensor, t: int | torch.Tensor, schedule: Schedule, noise:
         schedule: the noise schedule.
         noise: ``(B, C, H, W)`` the eps to use (default: drawn from ``generator``).
         generator: a ``torch.Generator`` for reproducible noise.
+        axis: passed to ``extract``; keep 0. Another axis reproduces appendix A1's broadcasting bug.
 
     Returns:
         ``(B, C, H, W)`` x_t.
     """
     eps = _noise_like(x0, generator) if noise is None else _check_noise(noise, x0)
-    return (extract(schedule.sqrt_alpha_bar, t, x0) * x0                # DDPM Eq. (4)
-            + extract(schedule.sqrt_one_minus_alpha_bar, t, x0) * eps)
+    return (extract(schedule.sqrt_alpha_bar, t, x0, axis) * x0          # DDPM Eq. (4)
+            + extract(schedule.sqrt_one_minus_alpha_bar, t, x0, axis) * eps)
 
 
 def run_chain(x0: torch.Tensor, schedule: Schedule, t_stop: int | None = None,
@@ -440,8 +459,8 @@ def elbo_terms(model: Callable, x0: torch.Tensor, schedule: Schedule,
 
 
 def simple_loss(model: Callable, x0: torch.Tensor, schedule: Schedule, t: int | torch.Tensor | None = None,
-                noise: torch.Tensor | None = None, generator: torch.Generator | None = None, cond=None
-                ) -> torch.Tensor:
+                noise: torch.Tensor | None = None, generator: torch.Generator | None = None, cond=None,
+                axis: int = 0) -> torch.Tensor:
     """L_simple = E_{t, x_0, eps} || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
     (Ho et al. 2020, DDPM Eq. 14 and Algorithm 1): the ELBO's KL terms with their weights (Eq. 12) set to 1.
 
@@ -453,6 +472,7 @@ def simple_loss(model: Callable, x0: torch.Tensor, schedule: Schedule, t: int | 
         noise: ``(B, C, H, W)`` the eps; default: drawn from ``generator``.
         generator: a ``torch.Generator`` for t and the noise (t is drawn first).
         cond: passed to the model unchanged (e.g. class labels).
+        axis: passed to ``q_sample``; keep 0. Another axis trains with appendix A1's broadcasting bug.
 
     Returns:
         a scalar: the mean squared error over the batch and every dimension (float32).
@@ -465,6 +485,6 @@ def simple_loss(model: Callable, x0: torch.Tensor, schedule: Schedule, t: int | 
             t = torch.randint(0, schedule.T, (B,), generator=generator, device=generator.device).to(x0.device)
     t = _as_timesteps(t, B, schedule.T).to(x0.device)
     eps = _noise_like(x0, generator) if noise is None else _check_noise(noise, x0)   # line 4
-    x_t = q_sample(x0, t, schedule, noise=eps)                                      # DDPM Eq. (4)
+    x_t = q_sample(x0, t, schedule, noise=eps, axis=axis)                           # DDPM Eq. (4)
     eps_theta = _call_model(model, x_t, t, cond)
     return F.mse_loss(eps_theta, eps.float())                                        # line 5, Eq. (14)

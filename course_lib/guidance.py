@@ -7,6 +7,14 @@ with both predictions from ONE batched forward pass (the batch is doubled: condi
 "no condition" half). Our ``w`` follows diffusers' ``guidance_scale``: w = 0 is the unconditional model,
 w = 1 the plain conditional one, w > 1 pushes samples towards what makes the condition likely. Ho &
 Salimans write the same rule as (1 + w') eps_cond - w' eps_uncond, so their w' = our w - 1.
+
+Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself") uses the same
+extrapolation without any condition: away from a *weaker* version of the same model,
+
+    eps_guided = eps_guide + w * (eps_model - eps_guide)
+
+where the guide makes the same kinds of mistakes, only more of them. Ours is the denoiser's own EMA weights
+early in training (``fit(guide_step=...)``), so it costs no extra training, only a second forward pass.
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["Guided", "guided", "null_labels", "cfg_combine"]
+__all__ = ["Guided", "guided", "null_labels", "cfg_combine", "AutoGuided", "autoguided"]
 
 
 def null_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -68,3 +76,30 @@ class Guided(nn.Module):
 def guided(model: Callable, w: float, null_cond: Callable[[Any], Any] = null_labels) -> Guided:
     """Shorthand for ``Guided(model, w, null_cond)``."""
     return Guided(model, w, null_cond)
+
+
+class AutoGuided(nn.Module):
+    """``AutoGuided(model, guide, w)(x, t, cond)``: autoguidance, eps_guide + w (eps_model - eps_guide)
+    (Karras et al. 2024, Eq. 2 in our notation).
+
+    Args:
+        model: the trained ``model(x, t, cond)``.
+        guide: a weaker version of it with the same interface (e.g. ``models.get_guide(profile)``).
+        w: the scale (1: the model alone, one forward pass; > 1: steer away from the guide's mistakes).
+    ``cond`` is passed to both networks unchanged (None for the unconditional denoiser).
+    """
+
+    def __init__(self, model: Callable, guide: Callable, w: float):
+        super().__init__()
+        self.model, self.guide, self.w = model, guide, float(w)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        eps_model = self.model(x, t, cond)
+        if self.w == 1.0:
+            return eps_model
+        return cfg_combine(self.guide(x, t, cond), eps_model, self.w)
+
+
+def autoguided(model: Callable, guide: Callable, w: float) -> AutoGuided:
+    """Shorthand for ``AutoGuided(model, guide, w)``."""
+    return AutoGuided(model, guide, w)

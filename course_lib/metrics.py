@@ -145,6 +145,7 @@ def train_classifier(profile: Profile, out=None, runtime: Runtime | None = None,
     steps = steps or profile.classifier_steps
     cfg = classifier_config(profile)
     x, y = load_mnist("train", profile=profile, device=rt.device)
+    torch.manual_seed(0)                       # the initial weights do not depend on what ran before
     model = Classifier(ClassifierConfig.from_dict(cfg))
 
     def get_batch(g: torch.Generator):

@@ -29,7 +29,7 @@ from .train import TrainResult, fit
 from .unet import UNet, UNetConfig, unet_config_from_profile
 
 __all__ = ["diffusion_loss", "denoiser_config", "class_config", "train_denoiser", "train_class_model",
-           "load_unet", "get_model", "find_matching", "REGISTRY", "drop_labels"]
+           "load_unet", "get_model", "get_guide", "find_matching", "REGISTRY", "drop_labels"]
 
 
 # --------------------------------------------------------------------------- the training step (lesson 03)
@@ -83,20 +83,24 @@ def _unet_from_config(cfg: dict) -> UNet:
     return UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in fields}))
 
 
-def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = False) -> tuple[UNet, dict]:
-    """Load a UNet checkpoint folder: (model in eval mode, its config dict with T and schedule)."""
+def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = False, guide: bool = False
+              ) -> tuple[UNet, dict]:
+    """Load a UNet checkpoint folder: (model in eval mode, its config dict with T and schedule).
+
+    ``raw=True`` loads the raw (not averaged) weights, ``guide=True`` the early EMA weights kept for
+    autoguidance (``guidance.autoguided``)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no model at {path} (looked for {path / 'config.json'})")
     cfg = json.loads((path / "config.json").read_text())
     model = _unet_from_config(cfg)
-    checkpoints.load_weights(model, path, device=device, raw=raw)
+    checkpoints.load_weights(model, path, device=device, raw=raw, guide=guide)
     return model.eval(), cfg
 
 
 # --------------------------------------------------------------------------- training
 def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime, progress, stop_after,
-                conditional: bool, seed: int = 0) -> TrainResult:
+                conditional: bool, seed: int = 0, guide_step: int | None = None) -> TrainResult:
     rt = runtime or get_runtime()
     out = Path(out) if out is not None else paths.default_checkpoint(name)
     x, y = load_mnist("train", profile=profile, device=rt.device)
@@ -117,14 +121,20 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
     return fit(model, loss_fn, get_batch, steps=steps, lr=profile.lr, warmup_steps=profile.warmup_steps,
                batch_size=profile.batch_size, ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
                checkpoint_every=profile.checkpoint_every, runtime=rt, desc=f"train {name}",
-               progress=progress, T=profile.T, stop_after=stop_after, seed=seed)
+               progress=progress, T=profile.T, stop_after=stop_after, seed=seed, guide_step=guide_step)
 
 
 def train_denoiser(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
                    progress: bool = True, stop_after: int | None = None) -> TrainResult:
-    """Train the unconditional denoiser for ``profile`` (resumes from ``out`` when it holds one)."""
-    return _train_unet("denoiser", denoiser_config(profile), profile, steps or profile.train_steps, out,
-                       runtime, progress, stop_after, conditional=False)
+    """Train the unconditional denoiser for ``profile`` (resumes from ``out`` when it holds one).
+
+    The EMA weights after ``profile.guide_step`` steps are kept too (``guide.safetensors``), for
+    autoguidance; a run shorter than that keeps none.
+    """
+    steps = steps or profile.train_steps
+    guide_step = profile.guide_step if profile.guide_step < steps else None
+    return _train_unet("denoiser", denoiser_config(profile), profile, steps, out,
+                       runtime, progress, stop_after, conditional=False, guide_step=guide_step)
 
 
 def train_class_model(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
@@ -171,9 +181,25 @@ def find_matching(name: str, profile: Profile) -> Path | None:
             tr = checkpoints.read_training(folder)
         except FileNotFoundError:
             continue
-        if checkpoints.config_difference(tr.get("config"), cfg) is None and tr.get("step", 0) >= tr.get("steps", 0):
+        if (checkpoints.config_difference(tr.get("config"), cfg) is None
+                and tr.get("steps") == _steps_for(name, profile) and tr.get("step", 0) >= tr["steps"]):
             return folder
     return None
+
+
+def get_guide(profile: Profile, runtime: Runtime | None = None):
+    """The denoiser's guide for autoguidance: the same network's EMA weights early in its training
+    (``profile.guide_step``), from the same checkpoint ``get_model("denoiser", ...)`` finds.
+
+    Raises:
+        FileNotFoundError: no finished denoiser for ``profile``, or one trained without a guide.
+    """
+    rt = runtime or get_runtime()
+    folder = find_matching("denoiser", profile)
+    if folder is None:
+        raise FileNotFoundError(f"no finished denoiser for the {profile.name!r} profile: call "
+                                f"get_model('denoiser', profile) first (it trains one, keeping its guide)")
+    return load_unet(folder, rt.device, guide=True)[0]
 
 
 def get_model(name: str, profile: Profile, runtime: Runtime | None = None, train_if_missing: bool = True,

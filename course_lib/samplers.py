@@ -274,7 +274,8 @@ def ddim_step(x0_hat: torch.Tensor, eps_hat: torch.Tensor, alpha_bar_t, alpha_ba
 @torch.no_grad()
 def ddim_sample(model: Callable, x_T: torch.Tensor, schedule: Schedule, *, steps=None, eta: float = 0.0,
                 clip_x0: bool | str = True, generator: torch.Generator | None = None,
-                callback: Callable[[dict], None] | None = None, cond=None) -> torch.Tensor:
+                callback: Callable[[dict], None] | None = None, cond=None,
+                final_alpha_bar: float | torch.Tensor = 1.0) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, Eq. 12, see ``ddim_step``) over a subset of the timesteps.
 
     With eta = 0 the map x_T -> x_0 is deterministic (the same noise always gives the same digit) and works
@@ -291,20 +292,26 @@ def ddim_sample(model: Callable, x_T: torch.Tensor, schedule: Schedule, *, steps
         generator: seeds all noise (CPU generator; noise is moved to x_T's device).
         callback: called at every step with ``{"i", "t", "x_t", "x0_hat"}`` (see ``ddpm_sample``).
         cond: passed to ``model`` unchanged.
+        final_alpha_bar: alpha_bar_prev of the last step, the signal level of x_0 itself. Keep the default 1
+            (x_0 is clean: the paper's alpha_bar_0 = 1, which has no entry in the 0-based table). The option
+            exists to reproduce the off-by-one of appendix A1: 0-based code that reads alpha_bar_{t-1} as
+            ``alpha_bar[t - 1]`` gets ``alpha_bar[-1]`` at t = 0, which Python wraps to the *noisiest* step.
 
     Returns:
         (B, C, H, W) float32 samples.
     """
     _check_clip(clip_x0)
+    if not 0.0 <= float(final_alpha_bar) <= 1.0:
+        raise ValueError(f"final_alpha_bar must be in [0, 1], got {float(final_alpha_bar)}")
     schedule, ts = _setup(x_T, schedule, min(DDIM_DEFAULT_STEPS, schedule.T) if steps is None else steps, eta)
     x = x_T.float()
     B = x.shape[0]
-    one = torch.ones((), device=x.device)
+    final = torch.as_tensor(final_alpha_bar, dtype=torch.float32).to(x.device)   # 1: x_0 is clean
     ts = ts.tolist()
     for i, t in enumerate(ts):
         last = i == len(ts) - 1
         alpha_bar_t = schedule.alpha_bar[t]
-        alpha_bar_prev = one if last else schedule.alpha_bar[ts[i + 1]]       # alpha_bar at the next t (= 1 at x_0)
+        alpha_bar_prev = final if last else schedule.alpha_bar[ts[i + 1]]     # alpha_bar at the next t (= 1 at x_0)
         x0_hat, eps_hat = denoise(model, x, torch.full((B,), t, dtype=torch.long, device=x.device), schedule,
                                   cond=cond, clip_x0=clip_x0)
         if callback is not None:

@@ -77,8 +77,8 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         meta: dict | None = None, out: str | Path | None = None, checkpoint_every: int = 0,
         runtime: Runtime | None = None, grad_clip: float = 1.0, weight_decay: float = 0.0, seed: int = 0,
         export: Callable[[nn.Module, Path], None] | None = None, desc: str = "training",
-        progress: bool = True, t_bins: int = 10, T: int | None = None, stop_after: int | None = None
-        ) -> TrainResult:
+        progress: bool = True, t_bins: int = 10, T: int | None = None, stop_after: int | None = None,
+        guide_step: int | None = None) -> TrainResult:
     """Train ``model`` with AdamW, warm-up + cosine LR, gradient clipping, EMA and mixed precision.
 
     Args:
@@ -93,6 +93,9 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         export: how to write the EMA model's ``config.json`` + ``model.safetensors`` (default: ours).
         T: number of diffusion steps, to bin ``extras["t"]`` (loss by t).
         stop_after: stop (with a checkpoint) after this many steps in this call: for demos and tests.
+        guide_step: keep a copy of the EMA weights as they were after this step, saved with every later
+            checkpoint as ``guide.safetensors``: the weaker, earlier self that autoguidance steers away
+            from (``guidance.autoguided``). It costs no training at all.
 
     Raises:
         ValueError: if ``out`` holds a checkpoint of another config, naming the differing field.
@@ -110,6 +113,11 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
     start, prior_seconds = 0, 0.0
     training = {"config": config, **(meta or {}), "steps": steps, "lr": lr, "warmup_steps": warmup_steps,
                 "batch_size": batch_size, "ema_decay": ema_decay, "seed": seed}
+    if guide_step is not None:
+        if not 0 < guide_step < steps:
+            raise ValueError(f"guide_step must be between 0 and steps={steps} (exclusive), got {guide_step}")
+        training["guide_step"] = guide_step
+    guide: dict[str, torch.Tensor] | None = None          # the EMA weights after guide_step, once reached
 
     if out is not None and checkpoints.has_checkpoint(out):
         saved = checkpoints.read_training(out)
@@ -117,7 +125,12 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         if diff:
             raise ValueError(f"{out} holds a checkpoint of another model config ({diff}); "
                              f"use another --out folder, or delete {out} to start over.")
+        if saved.get("steps", steps) != steps:
+            raise ValueError(f"{out} holds a checkpoint of a {saved['steps']}-step run, not of this {steps}-step "
+                             f"one (its learning-rate schedule would not match); use another --out folder, "
+                             f"or delete {out} to start over.")
         rng = checkpoints.load_trainer_state(out, model=model, ema=ema, optimizer=opt)
+        guide = checkpoints.load_guide_state(out)
         gen.set_state(rng["generator"])
         torch.set_rng_state(rng["cpu"])
         start = int(saved["step"])
@@ -140,7 +153,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
                         device=rt.device.type, precision=rt.precision)
         checkpoints.save_checkpoint(out, model=model, ema=ema, optimizer=opt,
                                     rng={"generator": gen.get_state(), "cpu": torch.get_rng_state()},
-                                    training=training, export=export)
+                                    training=training, export=export, guide=guide)
         last_good = str(out)
 
     end = steps if stop_after is None else min(steps, start + stop_after)
@@ -173,6 +186,8 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
         ema.update_parameters(model)
+        if guide_step is not None and step + 1 == guide_step:
+            guide = {k: v.detach().cpu().clone() for k, v in ema.module.state_dict().items()}
         losses.append(loss.item())
         if T and "t" in extras and "per_example" in extras:
             b = (extras["t"].detach().cpu() * t_bins // T).clamp(max=t_bins - 1)

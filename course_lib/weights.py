@@ -64,6 +64,15 @@ def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
         keys = ("confident", "accuracy") if name == "class" else ("confident",)
         out = {k: round(float(ev[k]), 4) for k in keys if k in ev}
         out.update(n=n, sampler=f"{sampler}-{steps}", **({"guidance": profile.guidance} if name == "class" else {}))
+        if name == "denoiser" and (folder / "guide.safetensors").is_file():      # autoguidance (lesson 04)
+            from .guidance import autoguided
+            from .models import load_unet
+            guide = load_unet(folder, rt.device, guide=True)[0]
+            x = sample(autoguided(model, guide, profile.autoguidance), n,
+                       make_schedule(profile.schedule, profile.T, rt.device), sampler=sampler, steps=steps,
+                       generator=torch.Generator().manual_seed(0), device=rt.device)
+            out.update(confident_autoguided=round(float(evaluate_samples(clf, x)["confident"]), 4),
+                       autoguidance=profile.autoguidance)
         return out
     if name == "clip":
         from .clip import zero_shot_accuracy
@@ -89,6 +98,12 @@ def write_readme(summary: dict) -> Path:
                      f"{s['train_seconds']:.0f} s | {s['size_kb']:.0f} kB | {q} |")
     lines += ["", f"Machine: {summary['machine']}; torch {summary['torch']}. "
               f"Training times are wall-clock seconds as recorded in each `training.json`.", ""]
+    run = summary.get("last_run")
+    if run:
+        lines += [f"The last `make weights` run took {run['wall_seconds']:.0f} s of wall-clock time in all "
+                  f"({run['threads']} threads, {run['precision']}), training "
+                  f"{', '.join(run['trained']) or 'nothing (all were finished)'} and measuring and exporting "
+                  f"{', '.join(run['models'])}.", ""]
     if summary.get("note"):
         lines += [f"Note: {summary['note']}", ""]
     path = paths.weights_dir() / "README.md"
@@ -102,9 +117,12 @@ def make_weights(profile: Profile, rt: Runtime, models=tuple(COMMANDS)) -> dict:
     summary_path = paths.weights_dir() / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"models": {}}
     t_all = time.perf_counter()
+    trained = []
     for name in models:
         t0 = time.perf_counter()
         res = REGISTRY[name][1](profile, None, rt, None, True)
+        if res.step > res.resumed_from:
+            trained.append(name)
         folder = paths.default_checkpoint(name)
         quality = measure(name, folder, profile, rt)
         dst = export(name, folder)
@@ -118,6 +136,9 @@ def make_weights(profile: Profile, rt: Runtime, models=tuple(COMMANDS)) -> dict:
         print(f"[weights] {name:<10} {time.perf_counter() - t0:6.0f} s  loss {last:.4f}  {q}  -> {dst}")
         summary.update(machine=f"{platform.machine()}, {os.cpu_count()} cores, {rt.device.type}", torch=torch.__version__)
         summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary["last_run"] = {"wall_seconds": round(time.perf_counter() - t_all, 1), "trained": trained,
+                               "models": list(models)[:list(models).index(name) + 1],
+                               "threads": torch.get_num_threads(), "precision": rt.precision}
         summary_path.write_text(json.dumps(summary, indent=1))
         write_readme(summary)
     print(f"[weights] all done in {time.perf_counter() - t_all:.0f} s")

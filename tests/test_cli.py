@@ -31,7 +31,7 @@ def cli(capsys):
     return run
 
 
-@pytest.mark.parametrize("sub", ["train", "sample", "generate", "weights", "course", "info"])
+@pytest.mark.parametrize("sub", ["train", "sample", "generate", "weights", "course", "info", "links"])
 def test_every_subcommand_has_help(sub, cli):
     r = cli(sub, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout
@@ -48,8 +48,10 @@ def test_train_then_resume_then_sample(tmp_path, cli):
     r = cli("train", "denoiser", "--steps", "30", "--out", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "step 30" in r.stdout and (out / "model.safetensors").is_file()
-    r = cli("train", "denoiser", "--steps", "40", "--out", str(out), "--no-progress")
-    assert r.returncode == 0 and "step 40" in r.stdout
+    r = cli("train", "denoiser", "--steps", "30", "--out", str(out), "--no-progress")   # finished: nothing to do
+    assert r.returncode == 0 and "step 30" in r.stdout
+    r = cli("train", "denoiser", "--steps", "40", "--out", str(out), "--no-progress")   # another schedule
+    assert r.returncode != 0 and "30-step run" in r.stderr
     png, pt = tmp_path / "grid.png", tmp_path / "s.pt"
     r = cli("sample", "--checkpoint", str(out), "--n", "5", "--steps", "4", "--sampler", "ddim", "--seed", "1",
             "--out", str(png))
@@ -73,3 +75,20 @@ def test_bad_output_suffix_is_clear(tmp_path, cli):
     assert r.returncode == 0
     r = cli("sample", "--checkpoint", str(tmp_path / "d"), "--n", "2", "--steps", "2", "--out", str(tmp_path / "x.jpg"))
     assert r.returncode != 0 and ".png" in r.stderr
+
+
+def test_autoguided_sampling_and_the_reverse_process_strip(tmp_path, cli):
+    out = tmp_path / "den"
+    r = cli("train", "denoiser", "--steps", "60", "--out", str(out), "--no-progress")   # guide kept at step 50
+    assert r.returncode == 0, r.stderr
+    png, strip = tmp_path / "grid.png", tmp_path / "strip.png"
+    r = cli("sample", "--checkpoint", str(out), "--n", "4", "--steps", "12", "--sampler", "ddpm",
+            "--autoguidance", "2", "--strip", str(strip), "--out", str(png))
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG" and strip.read_bytes()[:4] == b"\x89PNG"
+    assert "12 steps" in r.stdout
+    short = tmp_path / "short"
+    cli("train", "denoiser", "--steps", "5", "--out", str(short), "--no-progress")   # too short for a guide
+    r = cli("sample", "--checkpoint", str(short), "--n", "2", "--steps", "2", "--autoguidance", "2",
+            "--out", str(png))
+    assert r.returncode != 0 and "guide" in r.stderr

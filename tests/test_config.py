@@ -44,11 +44,27 @@ def test_profiles_are_frozen_and_complete():
     assert PROFILES["test"].threads == 1
 
 
-def test_runtime_on_cpu_is_fp32_without_compile():
+def test_runtime_on_cpu_is_bf16_only_with_hardware_bf16_and_never_compiles():
     rt = get_runtime("cpu")
-    assert rt.precision == "fp32" and not rt.use_grad_scaler and not rt.compile
+    assert rt.precision == ("bf16" if config.cpu_has_bf16_units() else "fp32")
+    assert not rt.use_grad_scaler and not rt.compile
+
+
+def test_precision_override(monkeypatch):
+    monkeypatch.setenv("COURSE_PRECISION", "fp32")
+    rt = get_runtime("cpu")
+    assert rt.precision == "fp32"
     with config.autocast(rt):
-        assert torch.ones(2).dtype == torch.float32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    rt = get_runtime("cpu", precision="bf16")            # the argument wins over the environment
+    assert rt.precision == "bf16" and not rt.use_grad_scaler
+    with config.autocast(rt):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    monkeypatch.setenv("COURSE_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="fp32, bf16, fp16"):
+        get_runtime("cpu")
+    with pytest.raises(ValueError, match="CUDA"):
+        get_runtime("cpu", precision="fp16")
 
 
 def test_seed_everything_reproduces():
@@ -64,5 +80,5 @@ def test_setup_prints_one_line(capsys):
     prof, rt = config.setup("test")
     config.setup("test")
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "profile=test" in out[0] and "precision=fp32" in out[0]
+    assert len(out) == 1 and "profile=test" in out[0] and f"precision={rt.precision}" in out[0]
     assert torch.get_num_threads() == 1

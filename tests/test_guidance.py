@@ -188,3 +188,14 @@ def test_guidance_combine_check(capsys):
     assert check_guidance_combine(cfg_combine)
     ho_salimans = check_guidance_combine(lambda u, c, w: (1 + w) * c - w * u)   # their w, not ours
     assert not ho_salimans and "minus 1" in capsys.readouterr().out
+
+
+def test_autoguidance_extrapolates_away_from_the_guide():
+    from course_lib.guidance import autoguided
+    good = lambda x, t, cond=None: x * 2.0                                 # noqa: E731
+    bad = lambda x, t, cond=None: x + 1.0                                  # noqa: E731
+    x, t = torch.randn(3, 1, 28, 28), torch.zeros(3, dtype=torch.long)
+    assert torch.equal(autoguided(good, bad, 1.0)(x, t), good(x, t))      # w = 1: the model alone
+    assert torch.allclose(autoguided(good, bad, 0.0)(x, t), bad(x, t))    # w = 0: the guide
+    w = 2.5
+    assert torch.allclose(autoguided(good, bad, w)(x, t), bad(x, t) + w * (good(x, t) - bad(x, t)))

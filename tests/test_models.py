@@ -44,3 +44,21 @@ def test_get_model_without_training_says_where_it_looked(test_profile, tmp_path,
         models.get_model("denoiser", test_profile.replace(channels=(8, 16)), train_if_missing=False)
     with pytest.raises(ValueError, match="unknown model"):
         models.get_model("nonsense", test_profile)
+
+
+def test_get_guide_loads_the_early_ema_weights_and_says_when_there_are_none(test_profile, tmp_path, monkeypatch):
+    import pytest
+    monkeypatch.setenv("COURSE_HOME", str(tmp_path))
+    prof = test_profile.replace(train_steps=6, guide_step=2)
+    with pytest.raises(FileNotFoundError, match="no finished denoiser"):
+        models.get_guide(prof)
+    models.train_denoiser(prof, progress=False)
+    final = models.get_model("denoiser", prof, train_if_missing=False, progress=False)
+    guide = models.get_guide(prof)
+    assert not guide.training
+    diffs = [not torch.equal(a, b) for a, b in zip(final.state_dict().values(), guide.state_dict().values())]
+    assert any(diffs)
+    short = test_profile.replace(train_steps=2, guide_step=2)             # too short to keep a guide
+    models.train_denoiser(short, out=tmp_path / "short", progress=False)
+    with pytest.raises(FileNotFoundError, match="without guide_step"):
+        models.load_unet(tmp_path / "short", guide=True)

@@ -122,3 +122,30 @@ def test_ema_copies_integer_buffers_instead_of_averaging_them():
     avg = ema_avg_fn(0.999)
     ids = torch.arange(10)
     assert torch.equal(avg(ids.clone(), ids, torch.tensor(5)), ids)
+
+
+def test_guide_step_keeps_the_ema_weights_of_that_step_across_a_resume(tmp_path):
+    """The guide is exactly the EMA a run has after guide_step steps, and a resume carries it along."""
+    at15 = run(tmp_path / "g15", steps=60, stop_after=15)                  # the EMA after 15 steps
+    run(tmp_path / "full", steps=60, guide_step=15)
+    run(tmp_path / "split", steps=60, guide_step=15, stop_after=10)        # stopped before the guide step
+    run(tmp_path / "split", steps=60, guide_step=15, stop_after=20)        # passes it
+    run(tmp_path / "split", steps=60, guide_step=15)                       # and finishes
+    want = {k: v for k, v in at15.ema_model.state_dict().items()}
+    for folder in ("full", "split"):
+        guide = load_file(str(tmp_path / folder / checkpoints.GUIDE_FILE))
+        assert guide.keys() == want.keys()
+        for k in want:
+            assert torch.equal(guide[k], want[k]), (folder, k)
+        final = load_file(str(tmp_path / folder / "model.safetensors"))
+        assert not all(torch.equal(final[k], guide[k]) for k in guide)    # the final EMA moved on
+        assert checkpoints.read_training(tmp_path / folder)["guide_step"] == 15
+    assert not (tmp_path / "g15" / checkpoints.GUIDE_FILE).exists()      # none unless asked for
+
+
+def test_guide_step_outside_the_run_and_a_changed_step_count_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="guide_step"):
+        run(steps=20, guide_step=20)
+    run(tmp_path / "s", steps=20)
+    with pytest.raises(ValueError, match="20-step run"):
+        run(tmp_path / "s", steps=40)

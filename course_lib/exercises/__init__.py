@@ -12,7 +12,8 @@ The pattern, in every lesson:
    every check with a correct answer.
 
 Each check returns a ``CheckResult`` (truthy only when correct), which is what the unit tests look at.
-The checks themselves live in one module per lesson: ``course_lib.exercises.lesson00`` and so on.
+The checks themselves live in one module per lesson: ``course_lib.exercises.lesson00`` and so on, and
+``course_lib.exercises.lessonA1`` for appendix A1 (debugging diffusion).
 """
 from __future__ import annotations
 

@@ -1,0 +1,181 @@
+"""Links to the course's repository, from one setting: ``Repository`` under ``[project.urls]`` in
+``pyproject.toml``. Everything that names the repository is generated from it by
+``python -m course_lib links`` (and checked by ``--check`` and ``tests/test_links.py``):
+
+- the README's lesson table, between ``<!-- lessons:start -->`` and ``<!-- lessons:end -->``, gets an
+  "Open in Colab" badge per lesson;
+- each lesson's Colab set-up cell gets its ``COURSE_REPO = "..."`` line (the repository it clones).
+
+Lessons are found generically (``lessons/[0-9A-Z]*.ipynb``, as the course book finds them): a lesson
+without a README row yet gets one, titled from its first markdown heading, with "—" where the README
+holds hand-written text or measured times.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from . import paths
+
+__all__ = ["repository_url", "colab_url", "lesson_paths", "lesson_table", "sync"]
+
+BRANCH = "main"                          # the branch Colab opens lessons from
+START, END = "<!-- lessons:start -->", "<!-- lessons:end -->"
+LINK_HEADER = "Colab"                    # the table's generated column
+BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+HEADER = ("#", "lesson", "what you build", "`cpu` profile, 2 cores*", "`test` profile (CI)")   # a new table's
+REPO_LINE = re.compile(r'^COURSE_REPO = "[^"\n]*"$', re.MULTILINE)
+GITHUB = re.compile(r"^https://github\.com/(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+?)(?:\.git)?/?$")
+
+
+def _root(root: str | Path | None) -> Path:
+    return Path(root) if root is not None else paths.root()
+
+
+def repository_url(root: str | Path | None = None) -> str:
+    """The course's GitHub repository, ``https://github.com/<owner>/<repo>``, read from ``pyproject.toml``
+    (``[project.urls] Repository``).
+
+    Raises:
+        ValueError: the setting is missing or is not a GitHub repository address.
+    """
+    text = (_root(root) / "pyproject.toml").read_text(encoding="utf-8")
+    try:
+        import tomllib
+        url = tomllib.loads(text).get("project", {}).get("urls", {}).get("Repository")
+    except ModuleNotFoundError:          # Python 3.10: no tomllib; the setting is one line of its section
+        section = re.search(r"^\[project\.urls\]\n(.*?)(?=^\[|\Z)", text, re.MULTILINE | re.DOTALL)
+        found = section and re.search(r'^Repository\s*=\s*"([^"]*)"', section.group(1), re.MULTILINE)
+        url = found.group(1) if found else None
+    if not url:
+        raise ValueError('pyproject.toml has no [project.urls] Repository = "https://github.com/<owner>/<repo>"')
+    m = GITHUB.match(url.strip())
+    if not m:
+        raise ValueError(f"[project.urls] Repository = {url!r} is not https://github.com/<owner>/<repo>")
+    return f"https://github.com/{m['owner']}/{m['repo']}"
+
+
+def colab_url(lesson_path: str | Path, repository: str | None = None) -> str:
+    """Where Colab opens a lesson straight from GitHub:
+    ``https://colab.research.google.com/github/<owner>/<repo>/blob/main/lessons/<file>``."""
+    repo = repository or repository_url()
+    owner_repo = repo.removeprefix("https://github.com/")
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/{BRANCH}/lessons/{Path(lesson_path).name}"
+
+
+def lesson_paths(root: str | Path | None = None) -> list[Path]:
+    """Every lesson, in course order (the course book's rule: ``lessons/[0-9A-Z]*.ipynb``)."""
+    return sorted((_root(root) / "lessons").glob("[0-9A-Z]*.ipynb"))
+
+
+def _heading(nb_path: Path) -> str:
+    """A lesson's title: its first markdown heading, less a "Lesson 04 — " or "Appendix A1 — " prefix."""
+    import nbformat
+    nb = nbformat.read(nb_path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return re.sub(r"^(Lesson|Appendix)\s+\S+\s*[—:-]\s*", "", line[2:].strip())
+    return nb_path.stem
+
+
+# -- the README's lesson table ---------------------------------------------------------------------------
+def _cells(row: str) -> list[str]:
+    """``| a | b |`` -> ``["a", "b"]`` (an escaped ``\\|`` stays inside its cell)."""
+    return [c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))]
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _existing_table(table: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The current table's header and rows, less the generated column; rows keyed by lesson file name."""
+    lines = [line for line in table.splitlines() if line.strip().startswith("|")]
+    if len(lines) < 2:
+        return list(HEADER), {}
+    header = _cells(lines[0])
+    link_col = header.index(LINK_HEADER) if LINK_HEADER in header else None
+    rows = {}
+    for line in lines[2:]:
+        cells = _cells(line)
+        if link_col is not None:
+            del cells[link_col]
+        found = re.search(r"\(lessons/([^)\s]+\.ipynb)\)", " ".join(cells))
+        if found:
+            rows[found.group(1)] = cells
+    return [c for c in header if c != LINK_HEADER], rows
+
+
+def _table_span(readme: str) -> tuple[int, int]:
+    start, end = readme.find(START), readme.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README.md has no lesson table between {START} and {END}")
+    return start + len(START), end
+
+
+def lesson_table(root: str | Path | None = None, readme: str | None = None) -> str:
+    """The README's lesson table, regenerated: the current rows' text and measured times kept as they are,
+    a row for every lesson (new ones titled from their heading, "—" elsewhere), and a Colab badge each."""
+    root = _root(root)
+    if readme is None:
+        readme = (root / "README.md").read_text(encoding="utf-8")
+    a, b = _table_span(readme)
+    header, rows = _existing_table(readme[a:b])
+    repo = repository_url(root)
+    lines = [_row((*header, LINK_HEADER)), "|" + "---|" * (len(header) + 1)]
+    for nb_path in lesson_paths(root):
+        number = nb_path.stem.split("_", 1)[0]
+        title = _heading(nb_path).replace("|", "\\|")                # a "|" would end the cell
+        cells = rows.get(nb_path.name) or [number, f"[{title}](lessons/{nb_path.name})",
+                                           *["—"] * (len(header) - 2)]
+        badge = f"[![Open in Colab]({BADGE})]({colab_url(nb_path, repo)})"
+        lines.append(_row((*cells, badge)))
+    return "\n".join(lines)
+
+
+# -- the notebooks ---------------------------------------------------------------------------------------
+def _repo_lines(nb) -> list[str]:
+    """Every ``COURSE_REPO = "..."`` line in a notebook's code cells."""
+    return [line for cell in nb.cells if cell.cell_type == "code" for line in REPO_LINE.findall(cell.source)]
+
+
+def sync(root: str | Path | None = None, check: bool = False) -> tuple[list[str], list[str]]:
+    """Bring the README's lesson table and every lesson's ``COURSE_REPO`` line in line with the setting.
+
+    Args:
+        root: the course folder (default: ``paths.root()``); tests pass a copy.
+        check: only report; write nothing.
+
+    Returns:
+        ``(out_of_date, problems)``: files that differ(ed) from the setting (rewritten unless ``check``),
+        and what cannot be generated (a lesson with no ``COURSE_REPO = "..."`` line to set).
+    """
+    import nbformat
+    root = _root(root)
+    repo = repository_url(root)
+    out_of_date, problems = [], []
+    readme_path = root / "README.md"
+    readme = readme_path.read_text(encoding="utf-8")
+    a, b = _table_span(readme)
+    table = "\n" + lesson_table(root, readme) + "\n"
+    if readme[a:b] != table:
+        out_of_date.append("README.md (lesson table)")
+        if not check:
+            readme_path.write_text(readme[:a] + table + readme[b:], encoding="utf-8")
+    wanted = f'COURSE_REPO = "{repo}"'
+    for nb_path in lesson_paths(root):
+        rel = nb_path.relative_to(root).as_posix()
+        nb = nbformat.read(nb_path, as_version=4)
+        lines = _repo_lines(nb)
+        if not lines:
+            problems.append(f'{rel}: no COURSE_REPO = "..." line (the Colab set-up cell) to set')
+        elif any(line != wanted for line in lines):
+            out_of_date.append(f"{rel} (COURSE_REPO)")
+            if not check:                 # only that line changes; outputs stay as they are (stripped)
+                for cell in nb.cells:
+                    if cell.cell_type == "code":
+                        cell.source = REPO_LINE.sub(wanted, cell.source)
+                nbformat.write(nb, nb_path)
+    return out_of_date, problems

@@ -1,0 +1,122 @@
+"""The course book as a reader sees it: render it under the test profile, then open ``index.html`` and
+every lesson page in headless Chromium (``tests/browser.py``) and check that each page loads, that the
+index links every lesson, and that every figure is drawn.
+
+Rendering executes every lesson again (nbval executes them too, in the same ``make test``), after training
+the test-profile models the lessons need into the session's COURSE_HOME, where nbval's runs of the lessons
+find them later. Measured alone on 2 shared cores, one thread, ten lessons: about 4 minutes, nearly all of
+it training the models (about 100 s) and executing the lessons (about 130 s); opening the eleven pages in
+Chromium takes about 2 seconds.
+"""
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from browser import BrowserError, Chromium, find_chromium
+
+CHROMIUM = find_chromium()
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium): "
+                             "the course book is not checked in a browser")
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/svg+xml")
+ONE_PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+
+
+def _figures_in(executed_nb: Path) -> int:
+    """How many figures (image outputs) an executed notebook holds."""
+    import nbformat
+    nb = nbformat.read(executed_nb, as_version=4)
+    return sum(any(k in out.get("data", {}) for k in IMAGE_TYPES)
+               for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs)
+
+
+def _drawn(image: dict) -> bool:
+    return image["complete"] and image["naturalWidth"] > 0 and image["shownWidth"] > 0
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    """The course book rendered under the test profile into a temporary folder, and the lessons it holds.
+
+    Its models go to the test session's private COURSE_HOME (the root conftest.py), where the lessons nbval
+    executes later find them: every model seeds its own initial weights and data order, so it is the same
+    model whoever trains it first. torch's random state is restored afterwards all the same.
+    """
+    import torch
+    from course_lib.book import lesson_paths, run_course
+    from course_lib.config import get_profile, get_runtime
+    out = tmp_path_factory.mktemp("book")
+    lessons = lesson_paths()
+    with torch.random.fork_rng(devices=[]):
+        assert run_course(get_profile("test"), get_runtime(), out_dir=out) == 0
+    return out, lessons
+
+
+@pytest.fixture(scope="module")
+def pages(book):
+    """Every page of the book as Chromium loaded it: ``{"index": state, "<lesson stem>": state, ...}``."""
+    out, _ = book
+    with Chromium(CHROMIUM) as browser:
+        index = browser.open((out / "index.html").as_uri())
+        opened = {"index": index}
+        for link in _lesson_links(index):
+            target = Path(unquote(urlparse(link["href"]).path))
+            opened[target.stem] = browser.open(link["href"])     # raises BrowserError if it does not load
+    return opened
+
+
+def _lesson_links(index: dict) -> list[dict]:
+    return [link for link in index["links"] if link["href"].startswith("file:") and link["href"].endswith(".html")]
+
+
+def test_the_client_reports_broken_pages_and_images(tmp_path):
+    """The checks below can fail: a missing page raises, and a missing image is reported as not drawn."""
+    (tmp_path / "p.html").write_text(f'<title>t</title><h1>h</h1><img src="data:image/png;base64,{ONE_PIXEL}">'
+                                     f'<img src="missing.png" width="20" height="20">')
+    with Chromium(CHROMIUM) as browser:
+        page = browser.open((tmp_path / "p.html").as_uri())
+        with pytest.raises(BrowserError, match="ERR_FILE_NOT_FOUND"):
+            browser.open((tmp_path / "nope.html").as_uri())
+    assert page["readyState"] == "complete" and page["title"] == "t" and page["headings"] == ["h"]
+    assert [_drawn(i) for i in page["images"]] == [True, False]
+
+
+def test_index_links_every_lesson(book, pages):
+    from course_lib.book import _title
+    out, lessons = book
+    index = pages["index"]
+    assert index["title"] and index["headings"] == ["From Noise to Digits"]
+    links = _lesson_links(index)
+    linked = [(Path(unquote(urlparse(link["href"]).path)).name, link["text"]) for link in links]
+    for name, _ in linked:
+        assert (out / name).is_file(), f"index.html links {name}, which is not in the book"
+    expected = [(p.stem + ".html", _title(p)) for p in lessons]
+    assert linked == expected, "the index must link every lesson once, in order, under its title"
+
+
+def test_every_lesson_page_loads_with_its_title(book, pages):
+    from course_lib.book import _title
+    for nb_path in book[1]:
+        page = pages[nb_path.stem]
+        title = _title(nb_path)
+        assert page["readyState"] == "complete", f"{nb_path.stem}.html did not finish loading"
+        assert page["title"] == title, f"{nb_path.stem}.html: tab title {page['title']!r}, expected {title!r}"
+        assert [h.rstrip("¶").strip() for h in page["headings"]][:1] == [title], \
+            f"{nb_path.stem}.html: first heading {page['headings'][:1]}, expected {title!r}"
+        assert not page["exceptions"], f"{nb_path.stem}.html threw while loading: {page['exceptions']}"
+
+
+def test_every_figure_is_drawn(book, pages):
+    """Every <img> on every page decoded to a picture and is shown, and each lesson page shows (at least)
+    every figure its executed notebook holds: at least one, since every lesson draws under the test profile."""
+    out, lessons = book
+    for name, page in pages.items():
+        broken = [i["src"] for i in page["images"] if not _drawn(i)]
+        assert not broken, f"{name}: {len(broken)} of {len(page['images'])} images not drawn: {broken[:3]}"
+    for nb_path in lessons:
+        figures = _figures_in(out / "lessons" / nb_path.name)
+        shown = len(pages[nb_path.stem]["images"])
+        assert figures >= 1, f"{nb_path.name} drew no figure under the test profile"
+        assert shown >= figures, f"{nb_path.stem}.html shows {shown} images; its notebook holds {figures} figures"
