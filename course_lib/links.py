@@ -70,14 +70,8 @@ def lesson_paths(root: str | Path | None = None) -> list[Path]:
 
 def _heading(nb_path: Path) -> str:
     """A lesson's title: its first markdown heading, less a "Lesson 04 — " or "Appendix A1 — " prefix."""
-    import nbformat
-    nb = nbformat.read(nb_path, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("# "):
-                    return re.sub(r"^(Lesson|Appendix)\s+\S+\s*[—:-]\s*", "", line[2:].strip())
-    return nb_path.stem
+    from .book import _title
+    return re.sub(r"^(Lesson|Appendix)\s+\S+\s*[—:-]\s*", "", _title(nb_path))
 
 
 # -- the README's lesson table ---------------------------------------------------------------------------
