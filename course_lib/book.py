@@ -22,8 +22,9 @@ __all__ = ["lesson_paths", "execute_lesson", "render_index", "run_course", "ensu
 LESSON_MODELS = ("classifier", "denoiser", "class", "clip", "text2image")
 
 
-def lesson_paths() -> list[Path]:
-    return sorted((paths.root() / "lessons").glob("[0-9A-Z]*.ipynb"))
+def lesson_paths(root: str | Path | None = None) -> list[Path]:
+    """Every lesson, in course order: ``lessons/[0-9A-Z]*.ipynb`` under ``root`` (default: the course)."""
+    return sorted((Path(root) if root is not None else paths.root()).joinpath("lessons").glob("[0-9A-Z]*.ipynb"))
 
 
 def _library_hash() -> str:

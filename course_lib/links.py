@@ -64,8 +64,9 @@ def colab_url(lesson_path: str | Path, repository: str | None = None) -> str:
 
 
 def lesson_paths(root: str | Path | None = None) -> list[Path]:
-    """Every lesson, in course order (the course book's rule: ``lessons/[0-9A-Z]*.ipynb``)."""
-    return sorted((_root(root) / "lessons").glob("[0-9A-Z]*.ipynb"))
+    """Every lesson, in course order: the course book's rule (``book.lesson_paths``)."""
+    from .book import lesson_paths as book_lessons
+    return book_lessons(_root(root))
 
 
 def _heading(nb_path: Path) -> str:
