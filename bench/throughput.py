@@ -34,7 +34,7 @@ def extra(p):
 def time_model(name, profile, rt, steps, tmp) -> dict:
     train_fn = REGISTRY[name][1]
     res = train_fn(profile, Path(tmp) / f"{name}-{rt.precision}", rt, steps, False)
-    batch = profile.clip_batch if name == "clip" else profile.batch_size
+    batch = {"clip": profile.clip_batch, "denoiser": profile.denoiser_batch}.get(name, profile.batch_size)
     full = _steps_for(name, profile)
     return {"examples_per_s": round(res.items_per_s, 1), "batch_size": batch, "profile_steps": full,
             "timed_steps": steps, "estimated_full_training_s": round(full * batch / res.items_per_s, 1)}

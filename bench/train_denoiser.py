@@ -33,7 +33,7 @@ def extra(p):
     p.add_argument("--ddpm-n", type=int, default=None,
                    help="samples for DDPM-1000 quality (default: N on a GPU, 0 on a CPU)")
     p.add_argument("--autoguidance", type=float, nargs="*", default=None,
-                   help="autoguidance scales to measure with DDPM-50 (default: 1.5, the profile's, 3)")
+                   help="autoguidance scales to measure with DDPM-50 (default: the profile's, 3 and 4)")
 
 
 def timed_sample(model, n, schedule, rt, sampler, steps, seed):
@@ -71,7 +71,7 @@ def main() -> None:
         quality[name] = {k: ev[k] for k in ("n", "confident", "mean_confidence", "fid", "fid_floor", "histogram")}
         speed[name] = round(n / sec, 2)
     guide = get_guide(profile, rt)
-    scales = args.autoguidance if args.autoguidance is not None else sorted({1.5, profile.autoguidance, 3.0})
+    scales = args.autoguidance if args.autoguidance is not None else sorted({profile.autoguidance, 3.0, 4.0})
     for w in scales:
         x, sec = timed_sample(autoguided(model, guide, w), n, schedule, rt, "ddpm", 50, seed=1)
         ev = evaluate_samples(clf, x, real=real)

@@ -70,7 +70,7 @@ def drop_labels(labels: torch.Tensor, p_uncond: float, generator: torch.Generato
 # --------------------------------------------------------------------------- configs
 def denoiser_config(profile: Profile) -> dict:
     return {**unet_config_from_profile(profile).to_dict(), "T": profile.T, "schedule": profile.schedule,
-            "n_train": profile.n_train, "min_snr_gamma": profile.min_snr_gamma}
+            "n_train": profile.n_train, "min_snr_gamma": profile.min_snr_gamma, "batch_size": profile.denoiser_batch}
 
 
 def class_config(profile: Profile) -> dict:
@@ -100,16 +100,18 @@ def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = 
 
 # --------------------------------------------------------------------------- training
 def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime, progress, stop_after,
-                conditional: bool, seed: int = 0, guide_step: int | None = None) -> TrainResult:
+                conditional: bool, seed: int = 0, guide_step: int | None = None,
+                batch_size: int | None = None) -> TrainResult:
     rt = runtime or get_runtime()
     out = Path(out) if out is not None else paths.default_checkpoint(name)
     x, y = load_mnist("train", profile=profile, device=rt.device)
     schedule = make_schedule(profile.schedule, profile.T, rt.device)
     torch.manual_seed(seed)                    # the initial weights do not depend on what ran before
     model = _unet_from_config(cfg)
+    batch_size = batch_size or profile.batch_size
 
     def get_batch(g):
-        idx = batch_indices(len(x), profile.batch_size, g, rt.device)
+        idx = batch_indices(len(x), batch_size, g, rt.device)
         return x[idx], y[idx]
 
     def loss_fn(m, batch, g):
@@ -119,7 +121,7 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
 
     meta = {"kind": name, "profile": profile.name, "data": f"MNIST train, {len(x)} images"}
     return fit(model, loss_fn, get_batch, steps=steps, lr=profile.lr, warmup_steps=profile.warmup_steps,
-               batch_size=profile.batch_size, ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
+               batch_size=batch_size, ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
                checkpoint_every=profile.checkpoint_every, runtime=rt, desc=f"train {name}",
                progress=progress, T=profile.T, stop_after=stop_after, seed=seed, guide_step=guide_step)
 
@@ -128,13 +130,13 @@ def train_denoiser(profile: Profile, out=None, runtime: Runtime | None = None, s
                    progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train the unconditional denoiser for ``profile`` (resumes from ``out`` when it holds one).
 
-    The EMA weights after ``profile.guide_step`` steps are kept too (``guide.safetensors``), for
-    autoguidance; a run shorter than that keeps none.
+    Batches hold ``profile.denoiser_batch`` images. The EMA weights after ``profile.guide_step`` steps are
+    kept too (``guide.safetensors``), for autoguidance; a run shorter than that keeps none.
     """
     steps = steps or profile.train_steps
     guide_step = profile.guide_step if profile.guide_step < steps else None
-    return _train_unet("denoiser", denoiser_config(profile), profile, steps, out,
-                       runtime, progress, stop_after, conditional=False, guide_step=guide_step)
+    return _train_unet("denoiser", denoiser_config(profile), profile, steps, out, runtime, progress, stop_after,
+                       conditional=False, guide_step=guide_step, batch_size=profile.denoiser_batch)
 
 
 def train_class_model(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
