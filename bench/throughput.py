@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from course_lib.checkpoints import read_training  # noqa: E402
 from course_lib.config import get_runtime  # noqa: E402
 from course_lib.models import REGISTRY, _steps_for  # noqa: E402
 
@@ -34,7 +35,7 @@ def extra(p):
 def time_model(name, profile, rt, steps, tmp) -> dict:
     train_fn = REGISTRY[name][1]
     res = train_fn(profile, Path(tmp) / f"{name}-{rt.precision}", rt, steps, False)
-    batch = {"clip": profile.clip_batch, "denoiser": profile.denoiser_batch}.get(name, profile.batch_size)
+    batch = read_training(Path(tmp) / f"{name}-{rt.precision}")["batch_size"]      # as the model trained
     full = _steps_for(name, profile)
     return {"examples_per_s": round(res.items_per_s, 1), "batch_size": batch, "profile_steps": full,
             "timed_steps": steps, "estimated_full_training_s": round(full * batch / res.items_per_s, 1)}

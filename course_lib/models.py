@@ -100,15 +100,14 @@ def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = 
 
 # --------------------------------------------------------------------------- training
 def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime, progress, stop_after,
-                conditional: bool, seed: int = 0, guide_step: int | None = None,
-                batch_size: int | None = None) -> TrainResult:
+                conditional: bool, seed: int = 0, guide_step: int | None = None) -> TrainResult:
     rt = runtime or get_runtime()
     out = Path(out) if out is not None else paths.default_checkpoint(name)
     x, y = load_mnist("train", profile=profile, device=rt.device)
     schedule = make_schedule(profile.schedule, profile.T, rt.device)
     torch.manual_seed(seed)                    # the initial weights do not depend on what ran before
     model = _unet_from_config(cfg)
-    batch_size = batch_size or profile.batch_size
+    batch_size = cfg.get("batch_size", profile.batch_size)     # the denoiser's config names its own
 
     def get_batch(g):
         idx = batch_indices(len(x), batch_size, g, rt.device)
@@ -135,8 +134,8 @@ def train_denoiser(profile: Profile, out=None, runtime: Runtime | None = None, s
     """
     steps = steps or profile.train_steps
     guide_step = profile.guide_step if profile.guide_step < steps else None
-    return _train_unet("denoiser", denoiser_config(profile), profile, steps, out, runtime, progress, stop_after,
-                       conditional=False, guide_step=guide_step, batch_size=profile.denoiser_batch)
+    return _train_unet("denoiser", denoiser_config(profile), profile, steps, out,
+                       runtime, progress, stop_after, conditional=False, guide_step=guide_step)
 
 
 def train_class_model(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
