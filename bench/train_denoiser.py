@@ -40,8 +40,9 @@ def timed_sample(model, n, schedule, rt, sampler, steps, seed):
     if rt.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    x = sample(model, n, schedule, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(seed),
-               device=rt.device)
+    where = rt.device if rt.device.type == "cuda" else "cpu"        # on a GPU, draw the noise there
+    x = sample(model, n, schedule, sampler=sampler, steps=steps,
+               generator=torch.Generator(device=where).manual_seed(seed), device=rt.device)
     if rt.device.type == "cuda":
         torch.cuda.synchronize()
     return x, time.perf_counter() - t0

@@ -169,6 +169,6 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator, device: t
 
     Sampling is with replacement across batches (each batch has distinct indices when batch_size <= n).
     """
-    idx = torch.randperm(n, generator=generator)[:batch_size] if batch_size <= n else \
-        torch.randint(n, (batch_size,), generator=generator)
+    idx = torch.randperm(n, generator=generator, device=generator.device)[:batch_size] if batch_size <= n else \
+        torch.randint(n, (batch_size,), generator=generator, device=generator.device)
     return idx.to(device)

@@ -110,7 +110,7 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     B, C, H, W = x.shape
     m = max_shift
     padded = F.pad(x, (m, m, m, m), value=-1.0)                           # (B, C, H + 2m, W + 2m)
-    dy, dx = torch.randint(0, 2 * m + 1, (2, B), generator=generator).to(x.device)
+    dy, dx = torch.randint(0, 2 * m + 1, (2, B), generator=generator, device=generator.device).to(x.device)
     rows = (dy[:, None] + torch.arange(H, device=x.device))[:, None, :, None]   # (B, 1, H, 1)
     cols = (dx[:, None] + torch.arange(W, device=x.device))[:, None, None, :]   # (B, 1, 1, W)
     b = torch.arange(B, device=x.device)[:, None, None, None]
@@ -161,7 +161,7 @@ def train_classifier(profile: Profile, out=None, runtime: Runtime | None = None,
                  warmup_steps=min(profile.warmup_steps, steps // 10), batch_size=profile.batch_size,
                  ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
                  checkpoint_every=profile.checkpoint_every, runtime=rt, desc="train classifier",
-                 progress=progress, stop_after=stop_after)
+                 progress=progress, stop_after=stop_after, rng_device=rt.device)
     if result.step >= steps:
         acc, n = classifier_test_accuracy(result.ema_model, profile, return_n=True)
         _record_accuracy(out, acc, n)

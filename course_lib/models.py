@@ -40,7 +40,8 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: Schedule, generator: torch
         t ~ Uniform{0..T-1},  eps ~ N(0, I),  x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps  (Eq. 4)
         loss = || eps - eps_theta(x_t, t) ||^2
 
-    Random numbers come from ``generator`` (CPU) so a resumed run repeats them exactly.
+    Random numbers come from ``generator`` (on the CPU, or on the GPU where training runs there), so a
+    resumed run repeats them exactly.
     ``min_snr_gamma``: weight each example by min(SNR_t, gamma) / SNR_t (Min-SNR weighting for
     eps-prediction, Hang et al. 2023, Eq. 8), which stops the nearly clean steps from dominating.
 
@@ -48,8 +49,8 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: Schedule, generator: torch
         (loss, {"t": (B,), "per_example": (B,)}): the mean loss and its parts, for the loss-by-t plot.
     """
     B = x0.shape[0]
-    t = torch.randint(0, schedule.T, (B,), generator=generator).to(x0.device)
-    eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    t = torch.randint(0, schedule.T, (B,), generator=generator, device=generator.device).to(x0.device)
+    eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
     x_t = q_sample(x0, t, schedule, noise=eps)
     eps_hat = model(x_t, t, cond)
     per_example = (eps_hat.float() - eps).pow(2).mean(dim=(1, 2, 3))
@@ -63,7 +64,7 @@ def diffusion_loss(model, x0: torch.Tensor, schedule: Schedule, generator: torch
 def drop_labels(labels: torch.Tensor, p_uncond: float, generator: torch.Generator) -> torch.Tensor:
     """Classifier-free guidance training (Ho & Salimans 2022, Algorithm 1): replace each label by "no
     condition" (-1) with probability ``p_uncond``, so one network learns p(x|y) and p(x)."""
-    drop = torch.rand(labels.shape, generator=generator).to(labels.device) < p_uncond
+    drop = torch.rand(labels.shape, generator=generator, device=generator.device).to(labels.device) < p_uncond
     return torch.where(drop, torch.full_like(labels, -1), labels)
 
 
@@ -122,7 +123,8 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
     return fit(model, loss_fn, get_batch, steps=steps, lr=profile.lr, warmup_steps=profile.warmup_steps,
                batch_size=batch_size, ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
                checkpoint_every=profile.checkpoint_every, runtime=rt, desc=f"train {name}",
-               progress=progress, T=profile.T, stop_after=stop_after, seed=seed, guide_step=guide_step)
+               progress=progress, T=profile.T, stop_after=stop_after, seed=seed, guide_step=guide_step,
+               rng_device=rt.device)
 
 
 def train_denoiser(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,

@@ -28,7 +28,9 @@ from torch.optim.swa_utils import AveragedModel
 from . import checkpoints
 from .config import Runtime, autocast, get_runtime
 
-__all__ = ["TrainResult", "fit", "ema_avg_fn", "warmup_cosine_lr", "plot_losses"]
+SYNC_EVERY = 25          # on a GPU, read the losses (and check them for NaN) every this many steps
+
+__all__ = ["TrainResult", "fit", "ema_avg_fn", "ema_multi_avg_fn", "warmup_cosine_lr", "plot_losses"]
 
 
 def ema_avg_fn(decay: float) -> Callable:
@@ -44,6 +46,24 @@ def ema_avg_fn(decay: float) -> Callable:
         d = min(decay, (1.0 + n) / (10.0 + n))
         return d * averaged + (1.0 - d) * current
     return avg_fn
+
+
+def ema_multi_avg_fn(decay: float) -> Callable:
+    """``ema_avg_fn`` for whole lists of tensors at once (``AveragedModel(multi_avg_fn=...)``): the same
+    average, d_n = min(decay, (1 + n) / (10 + n)), in a few ``torch._foreach_*`` kernels instead of a few per
+    tensor. d is computed on the tensors' device, so on a GPU the update never waits for the GPU to finish.
+    """
+    @torch.no_grad()
+    def multi_avg_fn(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor
+                     ) -> None:
+        if not averaged[0].is_floating_point():       # integer buffers are copied, not averaged
+            torch._foreach_copy_(averaged, current)
+            return
+        n = num_averaged.to(torch.float64)
+        d = ((1.0 + n) / (10.0 + n)).clamp(max=decay).to(averaged[0].dtype)
+        torch._foreach_mul_(averaged, d)                                   # d * averaged
+        torch._foreach_add_(averaged, torch._foreach_mul(current, 1.0 - d))   # + (1 - d) * current
+    return multi_avg_fn
 
 
 def warmup_cosine_lr(step: int, steps: int, lr: float, warmup: int, final_frac: float = 0.1) -> float:
@@ -78,7 +98,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         runtime: Runtime | None = None, grad_clip: float = 1.0, weight_decay: float = 0.0, seed: int = 0,
         export: Callable[[nn.Module, Path], None] | None = None, desc: str = "training",
         progress: bool = True, t_bins: int = 10, T: int | None = None, stop_after: int | None = None,
-        guide_step: int | None = None) -> TrainResult:
+        guide_step: int | None = None, rng_device: torch.device | str | None = None) -> TrainResult:
     """Train ``model`` with AdamW, warm-up + cosine LR, gradient clipping, EMA and mixed precision.
 
     Args:
@@ -96,6 +116,12 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         guide_step: keep a copy of the EMA weights as they were after this step, saved with every later
             checkpoint as ``guide.safetensors``: the weaker, earlier self that autoguidance steers away
             from (``guidance.autoguided``). It costs no training at all.
+        rng_device: where the generator handed to ``get_batch`` and ``loss_fn`` lives (default: the CPU).
+            On a GPU, a generator there lets a step draw its batch and noise without copying from the host.
+
+    On a GPU the loop never waits for the GPU inside a step: the losses stay on the device and are read
+    (and checked for NaN) every ``SYNC_EVERY`` steps and before every checkpoint, so no checkpoint ever
+    holds weights trained on a NaN. On a CPU they are read every step.
 
     Raises:
         ValueError: if ``out`` holds a checkpoint of another config, naming the differing field.
@@ -104,10 +130,11 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
     rt = runtime or get_runtime()
     out = Path(out) if out is not None else None
     model.to(rt.device)
-    ema = AveragedModel(model, avg_fn=ema_avg_fn(ema_decay), use_buffers=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    ema = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(ema_decay), use_buffers=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
+                            fused=rt.device.type == "cuda")       # one kernel for the whole update on a GPU
     scaler = torch.amp.GradScaler("cuda") if rt.use_grad_scaler else None
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=rng_device or "cpu").manual_seed(seed)
     losses: list[float] = []
     bins = torch.zeros(t_bins, dtype=torch.float64), torch.zeros(t_bins, dtype=torch.float64)
     start, prior_seconds = 0, 0.0
@@ -131,7 +158,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
                              f"or delete {out} to start over.")
         rng = checkpoints.load_trainer_state(out, model=model, ema=ema, optimizer=opt)
         guide = checkpoints.load_guide_state(out)
-        gen.set_state(rng["generator"])
+        _restore_generator(gen, rng["generator"], seed, start=int(saved["step"]))
         torch.set_rng_state(rng["cpu"])
         start = int(saved["step"])
         prior_seconds = float(saved.get("train_seconds", 0.0))
@@ -143,8 +170,32 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
     train_model = torch.compile(model) if (rt.compile and rt.device.type == "cuda") else model
     last_good = str(out) if (out is not None and checkpoints.has_checkpoint(out)) else None
 
+    pending: list[tuple[int, torch.Tensor]] = []       # (step, loss on the device) not yet read
+    sync_every = 1 if rt.device.type == "cpu" else SYNC_EVERY
+    dev_bins: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def flush() -> None:
+        """Read the pending losses (one transfer), stop at the first NaN or inf, fold in the loss by t."""
+        nonlocal dev_bins
+        if pending:
+            values = torch.stack([v for _, v in pending]).float().cpu().tolist()
+            for (s_, _), v in zip(pending, values):
+                if not math.isfinite(v):
+                    bar.close()
+                    raise FloatingPointError(
+                        f"the loss became {v} at step {s_}. Last good checkpoint: "
+                        f"{last_good or 'none (no checkpoint was written yet)'}. Check the data range and the "
+                        f"learning rate (lr={lr}), then resume from that checkpoint.")
+            losses.extend(values)
+            pending.clear()
+        if dev_bins is not None:
+            bins[0].add_(dev_bins[0].cpu())
+            bins[1].add_(dev_bins[1].cpu())
+            dev_bins = None
+
     def save(step: int) -> None:
         nonlocal last_good
+        flush()                                        # never checkpoint weights trained on a NaN
         if out is None:
             return
         training.update(step=step, losses=[round(v, 6) for v in losses],
@@ -168,12 +219,9 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         with autocast(rt):
             res = loss_fn(train_model, batch, gen)
         loss, extras = (res if isinstance(res, tuple) else (res, {}))
-        if not torch.isfinite(loss.detach()):
-            bar.close()
-            raise FloatingPointError(
-                f"the loss became {loss.item()} at step {step}. Last good checkpoint: "
-                f"{last_good or 'none (no checkpoint was written yet)'}. Check the data range and the "
-                f"learning rate (lr={lr}), then resume from that checkpoint.")
+        pending.append((step, loss.detach()))
+        if len(pending) >= sync_every:
+            flush()                                    # on a CPU every step: a NaN stops before its update
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -188,19 +236,25 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         ema.update_parameters(model)
         if guide_step is not None and step + 1 == guide_step:
             guide = {k: v.detach().cpu().clone() for k, v in ema.module.state_dict().items()}
-        losses.append(loss.item())
         if T and "t" in extras and "per_example" in extras:
-            b = (extras["t"].detach().cpu() * t_bins // T).clamp(max=t_bins - 1)
-            bins[0].index_add_(0, b, extras["per_example"].detach().cpu().double())
-            bins[1].index_add_(0, b, torch.ones_like(b, dtype=torch.float64))
+            t_ = extras["t"].detach()
+            if dev_bins is None:
+                dev_bins = (torch.zeros(t_bins, dtype=torch.float64, device=t_.device),
+                            torch.zeros(t_bins, dtype=torch.float64, device=t_.device))
+            b = (t_ * t_bins // T).clamp(max=t_bins - 1)
+            dev_bins[0].index_add_(0, b, extras["per_example"].detach().double())
+            dev_bins[1].index_add_(0, b, torch.ones_like(b, dtype=torch.float64))
         done = step + 1 - start
-        if done % 10 == 0 or step + 1 == end:
+        if (done % 10 == 0 or step + 1 == end) and losses:
             rate = done * batch_size / (time.perf_counter() - t0)
             recent = losses[-50:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", img_s=f"{rate:.0f}")
         bar.update(1)
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < end:
             save(step + 1)
+    flush()
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
     bar.close()
     seconds = time.perf_counter() - t0
     n_done = (end - start)
@@ -214,6 +268,19 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         by_t = {"t_mid": centers, "loss": (bins[0] / bins[1].clamp(min=1)).tolist()}
     return TrainResult(model, ema.module, losses, end, seconds,
                        n_done * batch_size / seconds if seconds > 0 and n_done else 0.0, by_t, out, start)
+
+
+def _restore_generator(gen: torch.Generator, state: torch.Tensor, seed: int, start: int) -> None:
+    """Restore the trainer's generator; a state saved on another device (a GPU run resumed on a CPU, say)
+    cannot be, so the generator is re-seeded from (seed, step): the run goes on, just not bit-identically."""
+    try:
+        gen.set_state(state)
+    except RuntimeError:
+        import warnings
+        warnings.warn(f"the checkpoint's random state comes from another device than {gen.device}: "
+                      f"re-seeding at step {start}, so this resumed run will not repeat an uninterrupted one "
+                      f"exactly", stacklevel=3)
+        gen.manual_seed(seed * 1_000_003 + start)
 
 
 def plot_losses(result: TrainResult | dict, smooth: int = 50):
