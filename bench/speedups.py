@@ -4,7 +4,8 @@
        step's random numbers are drawn on the CPU (what a plain DataLoader loop does)
     2. + the whole dataset resident on the GPU, random numbers drawn there (``load_mnist(device=...)``)
     3. + bf16 autocast
-    4. + ``torch.compile``
+    4. + ``torch.compile`` (mode "default": fused kernels)
+    5. + CUDA graphs (``torch.compile`` mode "reduce-overhead", what ``COURSE_COMPILE=1`` uses)
 
 Every configuration trains the profile's denoiser (same UNet, batch, loss, EMA and optimizer as
 ``models.train_denoiser``) through ``train.fit``: first a warm-up call (cuDNN autotuning; for 4 the
@@ -30,11 +31,12 @@ from course_lib.models import _unet_from_config, denoiser_config, diffusion_loss
 from course_lib.schedules import make_schedule  # noqa: E402
 from course_lib.train import fit  # noqa: E402
 
-LEVERS = (  # name, data on the device, autocast dtype, compile
-    ("fp32, data on the host", False, None, False),
-    ("+ data resident on the GPU", True, None, False),
-    ("+ bf16 autocast", True, torch.bfloat16, False),
-    ("+ torch.compile", True, torch.bfloat16, True),
+LEVERS = (  # name, data on the device, autocast dtype, torch.compile mode (None: eager)
+    ("fp32, data on the host", False, None, None),
+    ("+ data resident on the GPU", True, None, None),
+    ("+ bf16 autocast", True, torch.bfloat16, None),
+    ("+ torch.compile", True, torch.bfloat16, "default"),
+    ("+ CUDA graphs (reduce-overhead)", True, torch.bfloat16, "reduce-overhead"),
 )
 
 
@@ -58,8 +60,8 @@ def main() -> None:
         return diffusion_loss(m, x0, schedule, g, min_snr_gamma=cfg.get("min_snr_gamma"))
 
     rows, previous = {}, None
-    for name, resident, dtype, compile_ in LEVERS:
-        run_rt = Runtime(rt.device, dtype, False, compile_)
+    for name, resident, dtype, mode in LEVERS:
+        run_rt = Runtime(rt.device, dtype, False, mode is not None, mode or "reduce-overhead")
         if resident:
             def get_batch(g):
                 return x_dev[batch_indices(len(x_dev), batch, g, rt.device)]
@@ -74,7 +76,7 @@ def main() -> None:
         warm = fit(model, loss_fn, get_batch, steps=args.warmup, **common_kw)
         timed = fit(model, loss_fn, get_batch, steps=args.steps, **common_kw)
         row = {"images_per_s": round(timed.items_per_s, 1), "warmup_call_s": round(warm.seconds, 1),
-               "timed_steps": args.steps, "precision": run_rt.precision, "compile": compile_,
+               "timed_steps": args.steps, "precision": run_rt.precision, "compile": mode or False,
                "data_on_gpu": resident}
         if previous is not None:
             row["speedup_over_previous"] = round(timed.items_per_s / previous, 2)

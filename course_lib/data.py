@@ -83,8 +83,8 @@ def _torchvision_arrays(raw: Path, split: str):
         from torchvision.datasets import MNIST
     except Exception:
         return None
-    for gz in FILES[split]:                      # torchvision reads the decompressed files, same bytes
-        out = raw / gz[:-3]
+    for gz in (*FILES["train"], *FILES["test"]):   # torchvision reads the decompressed files (same bytes),
+        out = raw / gz[:-3]                          # and wants all four before it reads either split
         if not out.is_file():
             with gzip.open(raw / gz, "rb") as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst)

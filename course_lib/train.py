@@ -98,7 +98,8 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         runtime: Runtime | None = None, grad_clip: float = 1.0, weight_decay: float = 0.0, seed: int = 0,
         export: Callable[[nn.Module, Path], None] | None = None, desc: str = "training",
         progress: bool = True, t_bins: int = 10, T: int | None = None, stop_after: int | None = None,
-        guide_step: int | None = None, rng_device: torch.device | str | None = None) -> TrainResult:
+        guide_step: int | None = None, rng_device: torch.device | str | None = None,
+        sync_every: int | None = None) -> TrainResult:
     """Train ``model`` with AdamW, warm-up + cosine LR, gradient clipping, EMA and mixed precision.
 
     Args:
@@ -119,9 +120,9 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         rng_device: where the generator handed to ``get_batch`` and ``loss_fn`` lives (default: the CPU).
             On a GPU, a generator there lets a step draw its batch and noise without copying from the host.
 
-    On a GPU the loop never waits for the GPU inside a step: the losses stay on the device and are read
-    (and checked for NaN) every ``SYNC_EVERY`` steps and before every checkpoint, so no checkpoint ever
-    holds weights trained on a NaN. On a CPU they are read every step.
+        sync_every: read the losses (and check them for NaN) every this many steps; default 1 on a CPU,
+            ``SYNC_EVERY`` on a GPU. They are also read before every checkpoint, so no checkpoint ever holds
+            weights trained on a NaN. On a GPU this keeps the loop from waiting for the GPU inside a step.
 
     Raises:
         ValueError: if ``out`` holds a checkpoint of another config, naming the differing field.
@@ -167,11 +168,14 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
             bins = (torch.tensor(saved["loss_by_t_sum"], dtype=torch.float64),
                     torch.tensor(saved["loss_by_t_count"], dtype=torch.float64))
 
-    train_model = torch.compile(model) if (rt.compile and rt.device.type == "cuda") else model
+    train_model = model
+    if rt.compile and rt.device.type == "cuda":     # the forward and backward pass; mode: Runtime.compile_mode
+        train_model = torch.compile(model, mode=None if rt.compile_mode == "default" else rt.compile_mode)
+    graphs = train_model is not model and rt.compile_mode in ("reduce-overhead", "max-autotune")  # CUDA graphs
     last_good = str(out) if (out is not None and checkpoints.has_checkpoint(out)) else None
 
     pending: list[tuple[int, torch.Tensor]] = []       # (step, loss on the device) not yet read
-    sync_every = 1 if rt.device.type == "cpu" else SYNC_EVERY
+    sync_every = sync_every or (1 if rt.device.type == "cpu" else SYNC_EVERY)
     dev_bins: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def flush() -> None:
@@ -216,6 +220,8 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         for g in opt.param_groups:
             g["lr"] = warmup_cosine_lr(step, steps, lr, warmup_steps)
         batch = get_batch(gen)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()    # a new step: the graphs' last outputs may be reused
         with autocast(rt):
             res = loss_fn(train_model, batch, gen)
         loss, extras = (res if isinstance(res, tuple) else (res, {}))

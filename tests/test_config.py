@@ -50,6 +50,19 @@ def test_runtime_on_cpu_is_bf16_only_with_hardware_bf16_and_never_compiles():
     assert not rt.use_grad_scaler and not rt.compile
 
 
+def test_compile_setting_reads_on_off_and_modes(monkeypatch):
+    assert config.compile_setting("0") == (False, "reduce-overhead")
+    assert config.compile_setting("1") == (True, "reduce-overhead")          # CUDA graphs: measured fastest
+    assert config.compile_setting("max-autotune") == (True, "max-autotune")
+    assert config.compile_setting(True) == (True, "reduce-overhead")
+    monkeypatch.setenv("COURSE_COMPILE", "default")
+    assert config.compile_setting(None) == (True, "default")
+    assert not get_runtime("cpu").compile                     # asked for, but compile is used on CUDA only
+    monkeypatch.setenv("COURSE_COMPILE", "fast")
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        get_runtime("cpu")
+
+
 def test_precision_override(monkeypatch):
     monkeypatch.setenv("COURSE_PRECISION", "fp32")
     rt = get_runtime("cpu")

@@ -89,3 +89,37 @@ def test_batch_indices_are_reproducible():
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     a, b = data.batch_indices(100, 10, g1), data.batch_indices(100, 10, g2)
     assert torch.equal(a, b) and len(set(a.tolist())) == 10
+
+
+def test_torchvision_path_finds_all_four_files_it_wants(tmp_path, monkeypatch, capsys):
+    """Where torchvision imports (Colab, a GPU machine), load_mnist reads through torchvision.datasets.MNIST,
+    which refuses to load either split unless all four decompressed IDX files exist (its _check_exists).
+    A fake torchvision with that rule stands in for the real one, which does not import here."""
+    import sys
+    import types
+    raw = tmp_path / "course" / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (tmp_path / "course" / "course_lib").mkdir()
+    for gz in (*data.FILES["train"], *data.FILES["test"]):
+        shutil.copy(paths.mnist_dir() / gz, raw / gz)           # what a clone holds: the .gz files only
+    monkeypatch.setenv("COURSE_ROOT", str(tmp_path / "course"))
+
+    class FakeMNIST:
+        def __init__(self, root, train=True, download=False):
+            folder = tmp_path / "course" / "data" / "MNIST" / "raw"
+            assert root == str(folder.parent.parent)
+            if not all((folder / gz[:-3]).is_file() for gz in (*data.FILES["train"], *data.FILES["test"])):
+                raise RuntimeError("Dataset not found. You can use download=True to download it")
+            img, lab = data.FILES["train" if train else "test"]
+            self.data = torch.from_numpy(data._read_idx(folder / img).copy())        # same bytes
+            self.targets = torch.from_numpy(data._read_idx(folder / lab).copy())
+
+    tv = types.ModuleType("torchvision")
+    tv.datasets = types.ModuleType("torchvision.datasets")
+    tv.datasets.MNIST = FakeMNIST
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", tv.datasets)
+    x, y = data.load_mnist("train", n=100, source="torchvision")
+    assert "via torchvision.datasets.MNIST" in capsys.readouterr().out
+    x_np, y_np = data.load_mnist("train", n=100, source="numpy", quiet=True)
+    assert torch.equal(x, x_np) and torch.equal(y, y_np)

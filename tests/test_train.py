@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from course_lib import checkpoints
 from course_lib.config import get_runtime
-from course_lib.train import ema_avg_fn, fit, warmup_cosine_lr
+from course_lib.train import _restore_generator, ema_avg_fn, ema_multi_avg_fn, fit, warmup_cosine_lr
 
 CPU = get_runtime("cpu")
 
@@ -74,6 +74,57 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
             config={"k": 1}, out=tmp_path / "n", checkpoint_every=20, runtime=CPU, progress=False)
     assert "step 29" in str(e.value) and str(tmp_path / "n") in str(e.value)
     assert checkpoints.read_training(tmp_path / "n")["step"] == 20
+
+
+@pytest.mark.parametrize("nan_call", [30, 19])
+def test_nan_found_late_still_names_its_step_and_never_reaches_a_checkpoint(tmp_path, nan_call):
+    """With the losses read only every 7 steps (what a GPU does, every 25), a NaN is still reported at its
+    own step, and a NaN just before a checkpoint (call 19, checkpoint after step 20) is caught before it."""
+    model, _, get_batch = tiny_problem()
+    calls = {"n": 0}
+
+    def loss_fn(m, batch, g):
+        calls["n"] += 1
+        x, y = batch
+        loss = (m(x) - y).pow(2).mean()
+        return loss * float("nan") if calls["n"] == nan_call else loss
+    with pytest.raises(FloatingPointError) as e:
+        fit(model, loss_fn, get_batch, steps=50, lr=1e-2, warmup_steps=1, batch_size=16, ema_decay=0.9,
+            config={"k": 1}, out=tmp_path / "n", checkpoint_every=20, runtime=CPU, progress=False, sync_every=7)
+    assert f"step {nan_call - 1}" in str(e.value)
+    if nan_call < 20:
+        assert not checkpoints.has_checkpoint(tmp_path / "n")
+        assert "none (no checkpoint was written yet)" in str(e.value)
+    else:
+        assert checkpoints.read_training(tmp_path / "n")["step"] == 20
+        saved = load_file(str(tmp_path / "n" / "model.safetensors"))
+        assert all(torch.isfinite(v).all() for v in saved.values())
+
+
+def test_losses_read_in_blocks_equal_losses_read_every_step():
+    assert run(steps=40, sync_every=9).losses == run(steps=40).losses
+
+
+def test_a_generator_state_from_another_device_reseeds_with_a_warning():
+    g = torch.Generator().manual_seed(0)
+    cuda_like_state = torch.zeros(16, dtype=torch.uint8)          # a CUDA generator's state is 16 bytes
+    with pytest.warns(UserWarning, match="another device"):
+        _restore_generator(g, cuda_like_state, seed=0, start=25)
+    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=torch.Generator().manual_seed(25)))
+
+
+def test_ema_for_lists_equals_ema_per_tensor():
+    avg, multi = ema_avg_fn(0.999), ema_multi_avg_fn(0.999)
+    current = [torch.randn(3, 4), torch.randn(5)]
+    for n in (0, 7, 10**6):
+        averaged = [torch.randn(3, 4), torch.randn(5)]
+        want = [avg(a.clone(), c, torch.tensor(n)) for a, c in zip(averaged, current)]
+        multi(averaged, current, torch.tensor(n))
+        for w, a in zip(want, averaged):
+            assert torch.allclose(w, a, atol=1e-6)
+    ids = [torch.arange(10)]
+    multi(ids, [torch.arange(10) * 3], torch.tensor(5))            # integer buffers are copied
+    assert torch.equal(ids[0], torch.arange(10) * 3)
 
 
 def test_interrupted_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
