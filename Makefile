@@ -12,6 +12,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.course-setup-done
 KERNEL := noise-to-digits
+# make test: one process per core (at most 4), one torch thread each; a lesson's cells stay in one process.
+PARALLEL := -n auto --maxprocesses 4 --dist loadscope
 QUIET_PIP := grep -v -e "is ignored: it is neither a file nor a directory" || true
 
 .PHONY: setup course test lab weights bench clean help
@@ -38,7 +40,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@echo "setup done: $(VENV)"
 
 test: setup
-	COURSE_PROFILE=test OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q --nbval-lax --nbval-current-env tests lessons
+	COURSE_PROFILE=test OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PARALLEL) --nbval-lax --nbval-current-env tests lessons
 
 course: setup
 	$(PY) -m course_lib course

@@ -95,7 +95,7 @@ li{{margin:.4rem 0}} .meta{{color:#777;font-size:.85em}}</style></head>
 
 def ensure_models(profile: Profile, runtime: Runtime, names=LESSON_MODELS) -> dict[str, str]:
     """Use finished user checkpoints or matching shipped weights; train (resuming) only what is missing."""
-    from .models import REGISTRY, find_matching
+    from .models import find_matching, train_missing
     used = {}
     for name in names:
         found = find_matching(name, profile)
@@ -105,9 +105,10 @@ def ensure_models(profile: Profile, runtime: Runtime, names=LESSON_MODELS) -> di
             continue
         print(f"[model] {name:<10} no finished model for the {profile.name!r} profile: training (resumable)")
         t0 = time.perf_counter()
-        REGISTRY[name][1](profile, None, runtime, None, True)
-        used[name] = str(paths.default_checkpoint(name))
-        print(f"[model] {name:<10} trained in {time.perf_counter() - t0:.0f} s")
+        folder, trained = train_missing(name, profile, runtime)
+        used[name] = str(folder)
+        print(f"[model] {name:<10} " + (f"trained in {time.perf_counter() - t0:.0f} s" if trained
+                                         else f"trained meanwhile by another process: using {folder}"))
     return used
 
 

@@ -13,6 +13,7 @@ partial checkpoint). The training step for the diffusion models lives here too: 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 from pathlib import Path
@@ -29,7 +30,7 @@ from .train import TrainResult, fit
 from .unet import UNet, UNetConfig, unet_config_from_profile
 
 __all__ = ["diffusion_loss", "denoiser_config", "class_config", "train_denoiser", "train_class_model",
-           "load_unet", "get_model", "get_guide", "find_matching", "REGISTRY", "drop_labels"]
+           "load_unet", "get_model", "get_guide", "find_matching", "train_missing", "REGISTRY", "drop_labels"]
 
 
 # --------------------------------------------------------------------------- the training step (lesson 03)
@@ -190,6 +191,41 @@ def find_matching(name: str, profile: Profile) -> Path | None:
     return None
 
 
+@contextlib.contextmanager
+def _training_lock(name: str):
+    """Hold an exclusive lock on training model ``name`` into its default checkpoint folder, so two processes
+    that both find it missing (two notebooks, parallel test workers) train it once: the second waits, then
+    finds it finished. POSIX ``flock``; where that does not exist (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:                               # Windows: no lock (one notebook at a time there)
+        yield
+        return
+    folder = paths.default_checkpoint(name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)                # released when the file closes, even on an exception
+        yield
+
+
+def train_missing(name: str, profile: Profile, runtime: Runtime | None = None, progress: bool = True
+                  ) -> tuple[Path, bool]:
+    """The finished model ``name`` for ``profile``: found, or trained now (resuming a partial checkpoint)
+    into ``paths.default_checkpoint(name)`` while holding that model's training lock.
+
+    Returns:
+        (folder, trained): where the model is, and whether this call trained it.
+    """
+    with _training_lock(name):
+        folder = find_matching(name, profile)        # looked for again: another process may have trained it
+        if folder is not None:
+            return folder, False
+        print(f"no finished {name!r} model for the {profile.name!r} profile yet: training one "
+              f"({_steps_for(name, profile)} steps) into {paths.default_checkpoint(name)}")
+        REGISTRY[name][1](profile, None, runtime or get_runtime(), None, progress)
+        return paths.default_checkpoint(name), True
+
+
 def get_guide(profile: Profile, runtime: Runtime | None = None):
     """The denoiser's guide for autoguidance: the same network's EMA weights early in its training
     (``profile.guide_step``), from the same checkpoint ``get_model("denoiser", ...)`` finds.
@@ -214,17 +250,16 @@ def get_model(name: str, profile: Profile, runtime: Runtime | None = None, train
     """
     rt = runtime or get_runtime()
     folder = Path(path) if path is not None else find_matching(name, profile)   # checks the name too
-    _, train_fn, load_fn = REGISTRY[name]
+    load_fn = REGISTRY[name][2]
     if folder is None:
         if not train_if_missing:
             looked = f"{paths.default_checkpoint(name)} and {paths.weights_dir() / name}"
             raise FileNotFoundError(f"no finished {name!r} model matches the {profile.name!r} profile's config "
                                     f"(looked in {looked}); train one with "
                                     f"`python -m course_lib train {name} --profile {profile.name}`")
-        print(f"no finished {name!r} model for the {profile.name!r} profile yet: training one "
-              f"({_steps_for(name, profile)} steps) into {paths.default_checkpoint(name)}")
-        train_fn(profile, None, rt, None, progress)
-        folder = paths.default_checkpoint(name)
+        folder, trained = train_missing(name, profile, rt, progress)
+        if not trained:
+            print(f"using the {name!r} model in {folder}")
     else:
         print(f"using the {name!r} model in {folder}")
     return load_fn(folder, rt.device)

@@ -3,11 +3,15 @@ text-to-image). It knows nothing about diffusion: a model, a loss function and a
 
     for step in range(start, steps):
         lr = warmup_cosine(step)                      # linear warm-up, then cosine decay to 10 %
-        batch = get_batch(generator)                   # indices drawn on the CPU, data already on the device
+        batch = get_batch(generator)                   # random indices into data already on the device
         loss = loss_fn(model, batch, generator)        # under autocast (bf16 / fp16 / fp32)
         loss.backward(); clip_grad_norm_(1.0); AdamW.step()
         ema.update_parameters(model)                   # AveragedModel, decay warmed up
         every N steps and at the end: atomic checkpoint
+
+On a GPU the same loop is kept from waiting on the GPU: the generator lives there, the losses are read
+every few steps rather than every step, AdamW is fused and the EMA updates all tensors in one go; with
+``COURSE_COMPILE=1`` the forward and backward pass run as CUDA graphs (``config.Runtime``).
 
 Resuming continues the run exactly: raw weights, EMA, optimizer moments, the generator and the CPU RNG
 are restored, and the learning rate is a pure function of the step, so on the CPU a resumed run reaches
@@ -119,7 +123,6 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
             from (``guidance.autoguided``). It costs no training at all.
         rng_device: where the generator handed to ``get_batch`` and ``loss_fn`` lives (default: the CPU).
             On a GPU, a generator there lets a step draw its batch and noise without copying from the host.
-
         sync_every: read the losses (and check them for NaN) every this many steps; default 1 on a CPU,
             ``SYNC_EVERY`` on a GPU. They are also read before every checkpoint, so no checkpoint ever holds
             weights trained on a NaN. On a GPU this keeps the loop from waiting for the GPU inside a step.

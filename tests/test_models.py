@@ -74,3 +74,32 @@ def test_denoiser_trains_with_its_own_batch_size_and_refuses_to_resume_with_anot
     assert training["batch_size"] == 8 and training["config"]["batch_size"] == 8
     with pytest.raises(ValueError, match="batch_size"):                 # the config names the differing field
         models.train_denoiser(prof.replace(denoiser_batch=16), out=tmp_path / "d", progress=False)
+
+
+def _get_model_in_a_process(profile, home, queue):
+    import contextlib
+    import io
+    import os
+    torch.set_num_threads(1)
+    os.environ["COURSE_HOME"] = home
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        models.get_model("denoiser", profile, progress=False)
+    queue.put("training one" in printed.getvalue())
+
+
+def test_two_processes_missing_the_same_model_train_it_once(test_profile, tmp_path):
+    """Two notebooks (or parallel test workers) that both find a model missing: one trains it, the other
+    waits for the training lock, then finds it finished and loads it."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    prof = test_profile.replace(train_steps=40, guide_step=10)
+    procs = [ctx.Process(target=_get_model_in_a_process, args=(prof, str(tmp_path), queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    trained = sorted(queue.get(timeout=5) for _ in procs)
+    assert trained == [False, True]
