@@ -60,26 +60,8 @@ def test_other_config_is_refused_naming_the_field(tmp_path):
         run(tmp_path / "c", steps=10, config={"kind": "tiny", "width": 32})
 
 
-def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
-    model, _, get_batch = tiny_problem()
-    calls = {"n": 0}
-
-    def loss_fn(m, batch, g):
-        calls["n"] += 1
-        x, y = batch
-        loss = (m(x) - y).pow(2).mean()
-        return loss * float("nan") if calls["n"] == 30 else loss
-    with pytest.raises(FloatingPointError) as e:
-        fit(model, loss_fn, get_batch, steps=50, lr=1e-2, warmup_steps=1, batch_size=16, ema_decay=0.9,
-            config={"k": 1}, out=tmp_path / "n", checkpoint_every=20, runtime=CPU, progress=False)
-    assert "step 29" in str(e.value) and str(tmp_path / "n") in str(e.value)
-    assert checkpoints.read_training(tmp_path / "n")["step"] == 20
-
-
-@pytest.mark.parametrize("nan_call", [30, 19])
-def test_nan_found_late_still_names_its_step_and_never_reaches_a_checkpoint(tmp_path, nan_call):
-    """With the losses read only every 7 steps (what a GPU does, every 25), a NaN is still reported at its
-    own step, and a NaN just before a checkpoint (call 19, checkpoint after step 20) is caught before it."""
+def train_with_a_nan(out, nan_call, **kw):
+    """Train the tiny problem for 50 steps (checkpoints every 20) with a NaN loss at call ``nan_call``."""
     model, _, get_batch = tiny_problem()
     calls = {"n": 0}
 
@@ -88,9 +70,23 @@ def test_nan_found_late_still_names_its_step_and_never_reaches_a_checkpoint(tmp_
         x, y = batch
         loss = (m(x) - y).pow(2).mean()
         return loss * float("nan") if calls["n"] == nan_call else loss
+    fit(model, loss_fn, get_batch, steps=50, lr=1e-2, warmup_steps=1, batch_size=16, ema_decay=0.9,
+        config={"k": 1}, out=out, checkpoint_every=20, runtime=CPU, progress=False, **kw)
+
+
+def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError) as e:
-        fit(model, loss_fn, get_batch, steps=50, lr=1e-2, warmup_steps=1, batch_size=16, ema_decay=0.9,
-            config={"k": 1}, out=tmp_path / "n", checkpoint_every=20, runtime=CPU, progress=False, sync_every=7)
+        train_with_a_nan(tmp_path / "n", 30)
+    assert "step 29" in str(e.value) and str(tmp_path / "n") in str(e.value)
+    assert checkpoints.read_training(tmp_path / "n")["step"] == 20
+
+
+@pytest.mark.parametrize("nan_call", [30, 19])
+def test_nan_found_late_still_names_its_step_and_never_reaches_a_checkpoint(tmp_path, nan_call):
+    """With the losses read only every 7 steps (what a GPU does, every 25), a NaN is still reported at its
+    own step, and a NaN just before a checkpoint (call 19, checkpoint after step 20) is caught before it."""
+    with pytest.raises(FloatingPointError) as e:
+        train_with_a_nan(tmp_path / "n", nan_call, sync_every=7)
     assert f"step {nan_call - 1}" in str(e.value)
     if nan_call < 20:
         assert not checkpoints.has_checkpoint(tmp_path / "n")
