@@ -13,7 +13,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.course-setup-done
 KERNEL := noise-to-digits
 # make test: one process per core (at most 4), one torch thread each; a lesson's cells stay in one process.
-PARALLEL := -n auto --maxprocesses 4 --dist loadscope
+PARALLEL := -n auto --maxprocesses 4 --dist loadscope --no-loadscope-reorder
 QUIET_PIP := grep -v -e "is ignored: it is neither a file nor a directory" || true
 
 .PHONY: setup course test lab weights bench clean help

@@ -6,7 +6,9 @@ cpu-profile models can still run `make test`. Thread and profile settings live i
 
 `make test` runs the suite in parallel processes (pytest-xdist, one torch thread each). The workers share
 the COURSE_HOME the main process made (they inherit its environment), so a test-profile model is trained
-once for all of them: ``models.train_missing`` holds a lock while it trains.
+once for all of them: ``models.train_missing`` holds a lock while it trains. The longest module, the browser
+test (it renders the whole course book), is collected first, so a worker starts it at once rather than
+leaving it for last while the other workers idle (`--no-loadscope-reorder` keeps this order).
 """
 import os
 import shutil
@@ -31,3 +33,10 @@ def pytest_unconfigure(config):
         shutil.rmtree(home, ignore_errors=True)
         if os.environ.get("COURSE_TEST_HOME") == home:
             del os.environ["COURSE_TEST_HOME"]
+
+
+FIRST = ("tests/test_browser.py",)        # the longest-running modules, started first
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: not item.nodeid.startswith(FIRST))       # stable: the rest keep their order
