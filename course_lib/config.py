@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["Profile", "PROFILES", "Runtime", "COMPILE_MODES", "compile_setting", "get_profile", "get_device", "get_runtime", "setup",
-           "seed_everything", "autocast", "cpu_has_bf16_units", "PRECISIONS"]
+__all__ = ["Profile", "PROFILES", "Runtime", "COMPILE_MODES", "compile_setting", "get_profile", "get_device",
+           "get_runtime", "setup", "seed_everything", "autocast", "cpu_has_bf16_units", "PRECISIONS"]
 
 
 @dataclass(frozen=True)
