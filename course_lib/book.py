@@ -95,20 +95,14 @@ li{{margin:.4rem 0}} .meta{{color:#777;font-size:.85em}}</style></head>
 
 def ensure_models(profile: Profile, runtime: Runtime, names=LESSON_MODELS) -> dict[str, str]:
     """Use finished user checkpoints or matching shipped weights; train (resuming) only what is missing."""
-    from .models import find_matching, train_missing
+    from .models import train_missing
     used = {}
     for name in names:
-        found = find_matching(name, profile)
-        if found is not None:
-            used[name] = str(found)
-            print(f"[model] {name:<10} using {found}")
-            continue
-        print(f"[model] {name:<10} no finished model for the {profile.name!r} profile: training (resumable)")
         t0 = time.perf_counter()
-        folder, trained = train_missing(name, profile, runtime)
+        folder, trained = train_missing(name, profile, runtime)     # says so when it has to train
         used[name] = str(folder)
         print(f"[model] {name:<10} " + (f"trained in {time.perf_counter() - t0:.0f} s" if trained
-                                         else f"trained meanwhile by another process: using {folder}"))
+                                         else f"using {folder}"))
     return used
 
 

@@ -244,7 +244,7 @@ def _runtime(device: torch.device, compile: bool, precision: str | None) -> Runt
         if key == "fp16" and device.type != "cuda":
             raise ValueError("fp16 autocast needs a CUDA GPU; on this device use bf16 or fp32")
         dtype = PRECISIONS[key]
-        return Runtime(device, dtype, dtype is torch.float16, compile and device.type == "cuda")
+        return Runtime(device, dtype, dtype is torch.float16, compile)
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
         if major >= 8:

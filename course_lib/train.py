@@ -41,21 +41,23 @@ def ema_avg_fn(decay: float) -> Callable:
     """Exponential moving average with a warm-up: d_n = min(decay, (1 + n) / (10 + n)).
 
     Early on the average follows the model closely (d is small), so early EMA weights are not just the
-    initial random ones; later it averages over about 1 / (1 - decay) steps.
+    initial random ones; it averages over roughly the last tenth of the steps so far, until the warm-up
+    reaches ``decay`` (after about 9,000 steps for 0.999) and the average spans about 1 / (1 - decay) steps.
+    One tensor at a time, for reading and testing; training uses ``ema_multi_avg_fn``, the same average.
     """
+    multi = ema_multi_avg_fn(decay)
+
     def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        if not averaged.is_floating_point():          # integer buffers (e.g. position ids) are copied, not averaged
-            return current
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        return d * averaged + (1.0 - d) * current
+        out = averaged.clone()
+        multi([out], [current], torch.as_tensor(num_averaged))
+        return out
     return avg_fn
 
 
 def ema_multi_avg_fn(decay: float) -> Callable:
-    """``ema_avg_fn`` for whole lists of tensors at once (``AveragedModel(multi_avg_fn=...)``): the same
-    average, d_n = min(decay, (1 + n) / (10 + n)), in a few ``torch._foreach_*`` kernels instead of a few per
-    tensor. d is computed on the tensors' device, so on a GPU the update never waits for the GPU to finish.
+    """The EMA of ``ema_avg_fn`` for whole lists of tensors at once (``AveragedModel(multi_avg_fn=...)``),
+    d_n = min(decay, (1 + n) / (10 + n)), in a few ``torch._foreach_*`` kernels instead of a few per tensor.
+    d is computed on the tensors' device, so on a GPU the update never waits for the GPU to finish.
     """
     @torch.no_grad()
     def multi_avg_fn(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor
