@@ -9,9 +9,10 @@ text-to-image). It knows nothing about diffusion: a model, a loss function and a
         ema.update_parameters(model)                   # AveragedModel, decay warmed up
         every N steps and at the end: atomic checkpoint
 
-On a GPU the same loop is kept from waiting on the GPU: the generator lives there, the losses are read
-every few steps rather than every step, AdamW is fused and the EMA updates all tensors in one go; with
-``COURSE_COMPILE=1`` the forward and backward pass run as CUDA graphs (``config.Runtime``).
+AdamW is fused (one kernel for the whole update, on a CPU too). On a GPU the loop is kept from waiting on
+the GPU: the generator lives there, the losses are read every few steps rather than every step, and the EMA
+updates all tensors in one go; with ``COURSE_COMPILE=1`` the forward and backward pass run as CUDA graphs
+(``config.Runtime``).
 
 Resuming continues the run exactly: raw weights, EMA, optimizer moments, the generator and the CPU RNG
 are restored, and the learning rate is a pure function of the step, so on the CPU a resumed run reaches
@@ -137,8 +138,9 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
     out = Path(out) if out is not None else None
     model.to(rt.device)
     ema = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(ema_decay), use_buffers=True)
+    # fused: one kernel for the whole update (on a 2-core CPU too: 2 ms a step instead of 9 for the cpu UNet)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
-                            fused=rt.device.type == "cuda")       # one kernel for the whole update on a GPU
+                            fused=rt.device.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler("cuda") if rt.use_grad_scaler else None
     gen = torch.Generator(device=rng_device or "cpu").manual_seed(seed)
     losses: list[float] = []
