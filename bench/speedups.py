@@ -70,7 +70,7 @@ def main() -> None:
                 return x_host[batch_indices(len(x_host), batch, g)].to(rt.device)
         torch.manual_seed(0)
         model = _unet_from_config(cfg)
-        common_kw = dict(lr=profile.lr, warmup_steps=profile.warmup_steps, batch_size=batch,
+        common_kw = dict(lr=profile.denoiser_lr, warmup_steps=profile.warmup_steps, batch_size=batch,
                          ema_decay=profile.ema_decay, config=cfg, runtime=run_rt, progress=False,
                          rng_device=rt.device if resident else None)
         warm = fit(model, loss_fn, get_batch, steps=args.warmup, **common_kw)

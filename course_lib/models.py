@@ -72,7 +72,8 @@ def drop_labels(labels: torch.Tensor, p_uncond: float, generator: torch.Generato
 # --------------------------------------------------------------------------- configs
 def denoiser_config(profile: Profile) -> dict:
     return {**unet_config_from_profile(profile).to_dict(), "T": profile.T, "schedule": profile.schedule,
-            "n_train": profile.n_train, "min_snr_gamma": profile.min_snr_gamma, "batch_size": profile.denoiser_batch}
+            "n_train": profile.n_train, "min_snr_gamma": profile.min_snr_gamma,
+            "batch_size": profile.denoiser_batch, "lr": profile.denoiser_lr}
 
 
 def class_config(profile: Profile) -> dict:
@@ -110,6 +111,7 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
     torch.manual_seed(seed)                    # the initial weights do not depend on what ran before
     model = _unet_from_config(cfg)
     batch_size = cfg.get("batch_size", profile.batch_size)     # the denoiser's config names its own
+    lr = cfg.get("lr", profile.lr)                              # (batch size and learning rate)
 
     def get_batch(g):
         idx = batch_indices(len(x), batch_size, g, rt.device)
@@ -121,7 +123,7 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
         return diffusion_loss(m, x0, schedule, g, cond, min_snr_gamma=cfg.get("min_snr_gamma"))
 
     meta = {"kind": name, "profile": profile.name, "data": f"MNIST train, {len(x)} images"}
-    return fit(model, loss_fn, get_batch, steps=steps, lr=profile.lr, warmup_steps=profile.warmup_steps,
+    return fit(model, loss_fn, get_batch, steps=steps, lr=lr, warmup_steps=profile.warmup_steps,
                batch_size=batch_size, ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
                checkpoint_every=profile.checkpoint_every, runtime=rt, desc=f"train {name}",
                progress=progress, T=profile.T, stop_after=stop_after, seed=seed, guide_step=guide_step,
@@ -132,8 +134,9 @@ def train_denoiser(profile: Profile, out=None, runtime: Runtime | None = None, s
                    progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train the unconditional denoiser for ``profile`` (resumes from ``out`` when it holds one).
 
-    Batches hold ``profile.denoiser_batch`` images. The EMA weights after ``profile.guide_step`` steps are
-    kept too (``guide.safetensors``), for autoguidance; a run shorter than that keeps none.
+    Batches hold ``profile.denoiser_batch`` images, at learning rate ``profile.denoiser_lr``. The EMA weights
+    after ``profile.guide_step`` steps are kept too (``guide.safetensors``), for autoguidance; a run shorter
+    than that keeps none.
     """
     steps = steps or profile.train_steps
     guide_step = profile.guide_step if profile.guide_step < steps else None
