@@ -105,9 +105,9 @@ PROFILES: dict[str, Profile] = {
         name="cpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
         channels=(32, 64), attention=False, time_dim=128,
         batch_size=128, lr=2e-3, warmup_steps=100, lesson_train_steps=100,
-        # the denoiser: batches of 32 learn more per image than 128, and at a learning rate of 4e-3 more than
-        # at 2e-3 (README, "How the cpu recipe was chosen"); 4,900 steps fit in 10 minutes on 2 AVX2 cores
-        # (5,200 took 615 s on 2026-11-26, 271 images/s)
+        # the denoiser: batches of 32 learn more per image than 128; a learning rate of 4e-3 measured best of
+        # 2e-3, 4e-3 and 8e-3 in one run each, by about 3 points (README, "How the cpu recipe was chosen");
+        # 4,900 steps fit in 10 minutes on 2 AVX2 cores (569 s; 5,200 took 615 s on 2026-11-26)
         train_steps=4_900, denoiser_batch=32, denoiser_lr=4e-3, guide_step=1_400,
         class_train_steps=4_000, p_uncond=0.1, min_snr_gamma=5.0, ema_decay=0.999, checkpoint_every=250,
         sample_steps=25, n_show=16, n_eval=1_000, max_frames=25, guidance=3.0, autoguidance=2.0,
