@@ -56,8 +56,9 @@ def ema_avg_fn(decay: float) -> Callable:
 
 
 def ema_multi_avg_fn(decay: float) -> Callable:
-    """The EMA of ``ema_avg_fn`` for whole lists of tensors at once (``AveragedModel(multi_avg_fn=...)``),
-    d_n = min(decay, (1 + n) / (10 + n)), in a few ``torch._foreach_*`` kernels instead of a few per tensor.
+    """The warmed-up EMA, d_n = min(decay, (1 + n) / (10 + n)) (see ``ema_avg_fn``), for whole lists of
+    tensors at once (``AveragedModel(multi_avg_fn=...)``): a few ``torch._foreach_*`` kernels, not a few
+    per tensor.
     d is computed on the tensors' device, so on a GPU the update never waits for the GPU to finish.
     """
     @torch.no_grad()

@@ -64,7 +64,7 @@ def test_get_guide_loads_the_early_ema_weights_and_says_when_there_are_none(test
         models.load_unet(tmp_path / "short", guide=True)
 
 
-def test_denoiser_trains_with_its_own_batch_size_and_lr_and_refuses_to_resume_with_others(test_profile, tmp_path):
+def test_denoiser_has_its_own_batch_size_and_lr_and_resumes_only_with_them(test_profile, tmp_path):
     import pytest
     from course_lib.checkpoints import read_training
     prof = test_profile.replace(train_steps=3, denoiser_batch=8, denoiser_lr=4e-3)
@@ -72,9 +72,9 @@ def test_denoiser_trains_with_its_own_batch_size_and_lr_and_refuses_to_resume_wi
     models.train_denoiser(prof, out=tmp_path / "d", progress=False, stop_after=1)
     training = read_training(tmp_path / "d")
     assert training["batch_size"] == 8 and training["config"]["batch_size"] == 8
+    assert training["lr"] == prof.denoiser_lr != prof.lr
     with pytest.raises(ValueError, match="batch_size"):                 # the config names the differing field
         models.train_denoiser(prof.replace(denoiser_batch=16), out=tmp_path / "d", progress=False)
-    assert training["lr"] == prof.denoiser_lr != prof.lr                 # and its own learning rate
     with pytest.raises(ValueError, match="lr: 0.004 -> 0.001"):
         models.train_denoiser(prof.replace(denoiser_lr=1e-3), out=tmp_path / "d", progress=False)
 
