@@ -8,7 +8,8 @@ For the active profile (``COURSE_PROFILE``, else auto; or ``--profile``) it gets
     fid         classifier-feature FID against N real test digits, next to fid_floor (real vs real, same N)
     seconds     sampling time (DDIM, ``profile.sample_steps`` steps, guided: one doubled batch per step)
 
-plus the unconditional denoiser's FID at the same N when a finished ``denoiser`` model exists. Targets:
+plus the unconditional denoiser's FID at the same N when a finished ``denoiser`` model exists (DDIM, a
+k-means cluster drawn per sample, no guidance: the mixture sum_c p(c) p(x | c)). Targets:
 
     cpu   accuracy >= 97 % at some w, with FID at that w no worse than the unconditional model's (N = 1,000)
     gpu   accuracy >= 99.5 % at some w, with FID at that w within 2x the real-vs-real floor (N = 10,000)
@@ -30,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from course_lib.clusters import draw_clusters  # noqa: E402
 from course_lib.config import Profile, Runtime  # noqa: E402
 from course_lib.guidance import guided  # noqa: E402
 from course_lib.metrics import evaluate_samples, real_images  # noqa: E402
@@ -57,7 +59,7 @@ def timed_get(name: str, profile: Profile, rt: Runtime, train: bool) -> tuple[to
 @torch.no_grad()
 def draw(model, labels: torch.Tensor | None, n: int, profile: Profile, rt: Runtime, schedule
          ) -> tuple[torch.Tensor, float]:
-    """n samples in chunks of CHUNK (labels None: unconditional). Returns (samples on the CPU, seconds)."""
+    """n samples in chunks of CHUNK (labels: class labels, clusters or None). Returns (samples on the CPU, seconds)."""
     g = torch.Generator().manual_seed(SEED)
     out = []
     if rt.device.type == "cuda":
@@ -132,7 +134,8 @@ def main() -> int:
     except FileNotFoundError:
         print("no finished unconditional 'denoiser' model for this profile: skipping its FID")
     else:
-        samples, secs = draw(denoiser, None, n, profile, rt, schedule)
+        clusters = draw_clusters(denoiser.cluster_sizes, n, torch.Generator().manual_seed(SEED))
+        samples, secs = draw(denoiser, clusters, n, profile, rt, schedule)
         r = evaluate_samples(clf, samples, None, real)
         uncond = {"fid": r["fid"], "fid_floor": r["fid_floor"], "confident": r["confident"],
                   "histogram": r["histogram"], "sampling_s": round(secs, 2)}

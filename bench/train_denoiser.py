@@ -1,11 +1,18 @@
 """Benchmark: the unconditional denoiser for the active profile.
 
 Records training images/s and wall time (from the model's training.json: the run that produced it, or a
-fresh one if none matches the profile), sample quality at the end (confident fraction, FID beside the
-real-vs-real floor at the same N, class histogram) for DDIM-50, DDIM-20 and DDPM on a respaced 50-step chain,
-the last also with autoguidance (the model's own early EMA weights as the guide) at several scales, and
-sampling images/s for DDPM-1000, DDIM-50 and DDIM-20. On a CPU, DDPM-1000 is timed on a small batch only; its quality at
-N=10,000 belongs on a GPU.
+fresh one if none matches the profile; k-means timed apart), sample quality at the end (confident
+fraction, FID beside the real-vs-real floor at the same N, class histogram) and sampling images/s. Every
+sample is drawn with a k-means cluster c ~ p(c) (``clusters.draw_clusters``), the same clusters for every
+sampler:
+
+- w = 1, the mixture sum_c p(c) p(x | c): DDIM-50, DDIM-20, DDPM on a respaced 50-step chain (``ddpm50``)
+  and, on a GPU, DDPM-1000;
+- self-guided towards the cluster (``self_guided_w*``) at several scales, DDPM-50 and DDIM-50;
+- the "no cluster" prediction alone (``ddpm50_no_cluster``), what the network learnt without a cluster;
+- autoguidance (the model's own early EMA weights as the guide) on the mixture, DDPM-50.
+
+On a CPU, DDPM-1000 is timed on a small batch only; its quality at N=10,000 belongs on a GPU.
 
     python bench/train_denoiser.py [--profile cpu] [--threads 2] [--ddpm-n 0]
 """
@@ -21,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from course_lib.metrics import evaluate_samples, real_images  # noqa: E402
-from course_lib.guidance import autoguided  # noqa: E402
+from course_lib.clusters import draw_clusters  # noqa: E402
+from course_lib.guidance import autoguided, guided  # noqa: E402
 from course_lib.models import REGISTRY, find_matching, get_guide, get_model  # noqa: E402
 from course_lib.checkpoints import read_training  # noqa: E402
 from course_lib.samplers import sample  # noqa: E402
@@ -33,7 +41,9 @@ def extra(p):
     p.add_argument("--ddpm-n", type=int, default=None,
                    help="samples for DDPM-1000 quality (default: N on a GPU, 0 on a CPU)")
     p.add_argument("--autoguidance", type=float, nargs="*", default=None,
-                   help="autoguidance scales to measure with DDPM-50 (default: the profile's, 3 and 4)")
+                   help="autoguidance scales to measure with DDPM-50 (default: the profile's)")
+    p.add_argument("--self-guidance", type=float, nargs="*", default=None,
+                   help="self-guidance scales to measure with DDPM-50 (default: 1.5, the profile's, 3)")
 
 
 # issue 5's targets: (training wall-clock limit in s, confident fraction, FID limit as a multiple of the floor)
@@ -59,13 +69,13 @@ def targets_met(profile_name: str, train: dict, quality: dict) -> dict:
     return met
 
 
-def timed_sample(model, n, schedule, rt, sampler, steps, seed):
+def timed_sample(model, n, schedule, rt, sampler, steps, seed, cond=None):
     if rt.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     where = rt.device if rt.device.type == "cuda" else "cpu"        # on a GPU, draw the noise there
     x = sample(model, n, schedule, sampler=sampler, steps=steps,
-               generator=torch.Generator(device=where).manual_seed(seed), device=rt.device)
+               generator=torch.Generator(device=where).manual_seed(seed), cond=cond, device=rt.device)
     if rt.device.type == "cuda":
         torch.cuda.synchronize()
     return x, time.perf_counter() - t0
@@ -89,29 +99,35 @@ def main() -> None:
     real = real_images(profile, n, rt.device)
     schedule = make_schedule(profile.schedule, profile.T, rt.device)
     quality, speed = {}, {}
+    KEYS = ("n", "confident", "mean_confidence", "fid", "fid_floor", "histogram")
+
+    def measure(name, m, sampler, steps, cond, count=n):
+        x, sec = timed_sample(m, count, schedule, rt, sampler, steps, seed=1, cond=cond)
+        ev = evaluate_samples(clf, x, real=real if count == n else real_images(profile, count, rt.device))
+        quality[name] = {k: ev[k] for k in KEYS}
+        speed[name] = round(count / sec, 2)
+
+    clusters = draw_clusters(model.cluster_sizes, n, torch.Generator().manual_seed(1), rt.device)
+    train["clusters"] = len(model.cluster_sizes)
+    train["cluster_seconds"] = tr.get("cluster_seconds")
     for name, sampler, steps in (("ddim50", "ddim", 50), ("ddim20", "ddim", 20), ("ddpm50", "ddpm", 50)):
-        x, sec = timed_sample(model, n, schedule, rt, sampler, steps, seed=1)
-        ev = evaluate_samples(clf, x, real=real)
-        quality[name] = {k: ev[k] for k in ("n", "confident", "mean_confidence", "fid", "fid_floor", "histogram")}
-        speed[name] = round(n / sec, 2)
+        measure(name, model, sampler, steps, clusters)
+    measure("ddpm50_no_cluster", model, "ddpm", 50, None)
+    for w in args.self_guidance if args.self_guidance is not None else sorted({1.5, profile.self_guidance, 3.0}):
+        measure(f"ddpm50_self_guided_w{w:g}", guided(model, w), "ddpm", 50, clusters)
+    measure(f"ddim50_self_guided_w{profile.self_guidance:g}", guided(model, profile.self_guidance), "ddim", 50,
+            clusters)
     guide = get_guide(profile, rt)
-    scales = args.autoguidance if args.autoguidance is not None else sorted({profile.autoguidance, 3.0, 4.0})
-    for w in scales:
-        x, sec = timed_sample(autoguided(model, guide, w), n, schedule, rt, "ddpm", 50, seed=1)
-        ev = evaluate_samples(clf, x, real=real)
-        quality[f"ddpm50_autoguided_w{w:g}"] = {k: ev[k] for k in ("n", "confident", "mean_confidence", "fid",
-                                                                    "fid_floor", "histogram")}
-        speed[f"ddpm50_autoguided_w{w:g}"] = round(n / sec, 2)
+    for w in args.autoguidance if args.autoguidance is not None else [profile.autoguidance]:
+        measure(f"ddpm50_autoguided_w{w:g}", autoguided(model, guide, w), "ddpm", 50, clusters)
     train["guide_step"] = tr.get("guide_step")
     ddpm_n = args.ddpm_n if args.ddpm_n is not None else (n if rt.device.type == "cuda" else 0)
     if ddpm_n:
-        x, sec = timed_sample(model, ddpm_n, schedule, rt, "ddpm", None, seed=1)
-        ev = evaluate_samples(clf, x, real=real_images(profile, ddpm_n, rt.device))
-        quality["ddpm1000"] = {k: ev[k] for k in ("n", "confident", "mean_confidence", "fid", "fid_floor", "histogram")}
-        speed["ddpm1000"] = round(ddpm_n / sec, 2)
+        measure("ddpm1000", model, "ddpm", None, clusters[:ddpm_n] if ddpm_n <= n else
+                draw_clusters(model.cluster_sizes, ddpm_n, torch.Generator().manual_seed(1), rt.device), ddpm_n)
     else:
         small = 16
-        _, sec = timed_sample(model, small, schedule, rt, "ddpm", None, seed=1)
+        _, sec = timed_sample(model, small, schedule, rt, "ddpm", None, seed=1, cond=clusters[:small])
         speed["ddpm1000"] = round(small / sec, 2)
         speed["ddpm1000_note"] = f"timed on a batch of {small}; quality at N={n} not measured on this device"
     targets = targets_met(profile.name, train, quality)

@@ -84,6 +84,7 @@ def _save_images(images, labels, out: str) -> None:
 
 def cmd_sample(args) -> int:
     import torch
+    from .clusters import draw_clusters
     from .guidance import autoguided, guided
     from .models import load_unet
     from .samplers import sample
@@ -91,20 +92,26 @@ def cmd_sample(args) -> int:
     profile, rt = _profile_and_runtime(args)
     try:
         model, cfg = load_unet(args.checkpoint, rt.device)
+        sizes = getattr(model, "cluster_sizes", None)      # the denoiser's k-means clusters
         if args.autoguidance is not None:
             model = autoguided(model, load_unet(args.checkpoint, rt.device, guide=True)[0], args.autoguidance)
     except FileNotFoundError as e:
         raise SystemExit(str(e))
     labels = _parse_labels(args.labels, args.n)
+    g = torch.Generator().manual_seed(args.seed)
+    cond = labels
     if labels is not None:
-        if not cfg.get("num_classes"):
+        if not cfg.get("num_classes") or cfg.get("clusters"):
             raise SystemExit(f"{args.checkpoint} is an unconditional model: --labels needs a class model "
                              f"(python -m course_lib train class)")
         args.n = len(labels)
         model = guided(model, args.guidance if args.guidance is not None else profile.guidance)
-        labels = labels.to(rt.device)
+        labels = cond = labels.to(rt.device)
+    elif cfg.get("clusters"):              # the denoiser: a k-means cluster per sample, then self-guidance
+        cond = draw_clusters(sizes, args.n, g, rt.device)
+        if args.autoguidance is None:
+            model = guided(model, args.guidance if args.guidance is not None else profile.self_guidance)
     schedule = make_schedule(cfg["schedule"], cfg["T"], rt.device)
-    g = torch.Generator().manual_seed(args.seed)
     frames, captions = [], []
 
     def keep(step: dict) -> None:                       # the reverse process, for --strip
@@ -112,7 +119,7 @@ def cmd_sample(args) -> int:
         captions.append(f"t={step['t']}")
     t0 = time.perf_counter()
     images = sample(model, args.n, schedule, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                    generator=g, cond=labels, device=rt.device, callback=keep if args.strip else None)
+                    generator=g, cond=cond, device=rt.device, callback=keep if args.strip else None)
     print(f"sampled {args.n} images with {args.sampler} in {time.perf_counter() - t0:.1f} s")
     _save_images(images, labels, args.out)
     if args.strip:
@@ -208,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--labels", help="class model only: 'all' (balanced over 0-9) or digits like 0,1,7")
     sp.add_argument("--guidance", type=float, default=None,
-                    help="classifier-free guidance scale w (default: the profile's, 3)")
+                    help="guidance scale w: class models towards the label (default: the profile's, 3); "
+                         "the denoiser towards a drawn k-means cluster (default 2; 1: no guidance)")
     sp.add_argument("--out", required=True, help="FILE.png (a grid) or FILE.pt (images, labels)")
     sp.add_argument("--autoguidance", type=float, default=None,
                     help="autoguidance scale w (a denoiser trained with a guide, e.g. 2): steer away from the "

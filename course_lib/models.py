@@ -16,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from . import checkpoints, paths
+from .clusters import kmeans
 from .config import Profile, Runtime, get_runtime
 from .data import batch_indices, load_mnist
 from .forward import q_sample
@@ -71,9 +73,12 @@ def drop_labels(labels: torch.Tensor, p_uncond: float, generator: torch.Generato
 
 # --------------------------------------------------------------------------- configs
 def denoiser_config(profile: Profile) -> dict:
-    return {**unet_config_from_profile(profile).to_dict(), "T": profile.T, "schedule": profile.schedule,
-            "n_train": profile.n_train, "min_snr_gamma": profile.min_snr_gamma,
-            "batch_size": profile.denoiser_batch, "lr": profile.denoiser_lr}
+    """The unconditional denoiser: told the k-means cluster of each digit (``num_classes`` = clusters, found
+    without labels, ``clusters.py``), or "no cluster" with probability ``p_uncond``."""
+    return {**unet_config_from_profile(profile, num_classes=profile.denoiser_clusters).to_dict(),
+            "T": profile.T, "schedule": profile.schedule, "n_train": profile.n_train,
+            "min_snr_gamma": profile.min_snr_gamma, "batch_size": profile.denoiser_batch,
+            "lr": profile.denoiser_lr, "clusters": "k-means on pixels, seed 0", "p_uncond": profile.p_uncond}
 
 
 def class_config(profile: Profile) -> dict:
@@ -91,13 +96,16 @@ def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = 
     """Load a UNet checkpoint folder: (model in eval mode, its config dict with T and schedule).
 
     ``raw=True`` loads the raw (not averaged) weights, ``guide=True`` the early EMA weights kept for
-    autoguidance (``guidance.autoguided``)."""
+    autoguidance (``guidance.autoguided``). A denoiser trained on clusters gets ``model.cluster_sizes`` (k,),
+    for ``clusters.draw_clusters``."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no model at {path} (looked for {path / 'config.json'})")
     cfg = json.loads((path / "config.json").read_text())
     model = _unet_from_config(cfg)
     checkpoints.load_weights(model, path, device=device, raw=raw, guide=guide)
+    if cfg.get("clusters"):                    # the denoiser: how often each cluster occurred in training
+        model.cluster_sizes = torch.tensor(checkpoints.read_training(path)["cluster_sizes"])
     return model.eval(), cfg
 
 
@@ -107,6 +115,13 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
     rt = runtime or get_runtime()
     out = Path(out) if out is not None else paths.default_checkpoint(name)
     x, y = load_mnist("train", profile=profile, device=rt.device)
+    meta = {"kind": name, "profile": profile.name, "data": f"MNIST train, {len(x)} images"}
+    if cfg.get("clusters"):                    # the denoiser: k-means clusters replace the labels
+        start = time.perf_counter()
+        found = kmeans(x.cpu(), cfg["num_classes"], seed=0)
+        y = found.assign.to(rt.device)
+        meta.update(cluster_sizes=found.sizes.tolist(),                 # p(c), for sampling (draw_clusters)
+                    cluster_seconds=round(time.perf_counter() - start, 1))
     schedule = make_schedule(profile.schedule, profile.T, rt.device)
     torch.manual_seed(seed)                    # the initial weights do not depend on what ran before
     model = _unet_from_config(cfg)
@@ -119,29 +134,34 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
 
     def loss_fn(m, batch, g):
         x0, labels = batch
-        cond = drop_labels(labels, profile.p_uncond, g) if conditional else None
+        cond = drop_labels(labels, cfg["p_uncond"], g) if conditional else None
         return diffusion_loss(m, x0, schedule, g, cond, min_snr_gamma=cfg.get("min_snr_gamma"))
 
-    meta = {"kind": name, "profile": profile.name, "data": f"MNIST train, {len(x)} images"}
-    return fit(model, loss_fn, get_batch, steps=steps, lr=lr, warmup_steps=profile.warmup_steps,
-               batch_size=batch_size, ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
-               checkpoint_every=profile.checkpoint_every, runtime=rt, desc=f"train {name}",
-               progress=progress, T=profile.T, stop_after=stop_after, seed=seed, guide_step=guide_step,
-               rng_device=rt.device)
+    result = fit(model, loss_fn, get_batch, steps=steps, lr=lr, warmup_steps=profile.warmup_steps,
+                 batch_size=batch_size, ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
+                 checkpoint_every=profile.checkpoint_every, runtime=rt, desc=f"train {name}",
+                 progress=progress, T=profile.T, stop_after=stop_after, seed=seed, guide_step=guide_step,
+                 rng_device=rt.device)
+    if "cluster_sizes" in meta:                # as load_unet gives them, so the result samples the same way
+        result.model.cluster_sizes = result.ema_model.cluster_sizes = torch.tensor(meta["cluster_sizes"])
+    return result
 
 
 def train_denoiser(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
                    progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train the unconditional denoiser for ``profile`` (resumes from ``out`` when it holds one).
 
-    Batches hold ``profile.denoiser_batch`` images, at learning rate ``profile.denoiser_lr``. The EMA weights
-    after ``profile.guide_step`` steps are kept too (``guide.safetensors``), for autoguidance; a run shorter
-    than that keeps none.
+    It is told the k-means cluster of each training digit (``profile.denoiser_clusters`` clusters, found
+    without labels), or "no cluster" with probability ``profile.p_uncond``; the cluster sizes are saved in
+    ``training.json`` (``cluster_sizes``), and ``load_unet`` sets them as ``model.cluster_sizes`` for
+    ``clusters.draw_clusters``. Batches hold ``profile.denoiser_batch`` images, at learning rate
+    ``profile.denoiser_lr``. The EMA weights after ``profile.guide_step`` steps are kept too
+    (``guide.safetensors``), for autoguidance; a run shorter than that keeps none.
     """
     steps = steps or profile.train_steps
     guide_step = profile.guide_step if profile.guide_step < steps else None
     return _train_unet("denoiser", denoiser_config(profile), profile, steps, out,
-                       runtime, progress, stop_after, conditional=False, guide_step=guide_step)
+                       runtime, progress, stop_after, conditional=True, guide_step=guide_step)
 
 
 def train_class_model(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,

@@ -47,29 +47,34 @@ def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
         from .metrics import classifier_test_accuracy
         return {"test_accuracy": round(classifier_test_accuracy(model, profile), 4)}
     if name in ("denoiser", "class"):
-        from .guidance import guided
+        from .clusters import draw_clusters
+        from .guidance import autoguided, guided
         from .metrics import evaluate_samples
         from .samplers import sample
         from .schedules import make_schedule
         clf = get_model("classifier", profile, rt)
         n = profile.n_eval
-        labels = (torch.arange(n) % 10).to(rt.device) if name == "class" else None
-        m = guided(model, profile.guidance) if name == "class" else model
-        # unconditional: ancestral sampling on a respaced chain beats deterministic DDIM here (bench/);
-        # guided: DDIM with eta = 0
-        sampler, steps = ("ddim", profile.sample_steps) if name == "class" else ("ddpm", 2 * profile.sample_steps)
-        x = sample(m, n, make_schedule(profile.schedule, profile.T, rt.device), sampler=sampler, steps=steps,
-                   generator=g, cond=labels, device=rt.device)
-        ev = evaluate_samples(clf, x, labels)
-        keys = ("confident", "accuracy") if name == "class" else ("confident",)
-        out = {k: round(float(ev[k]), 4) for k in keys if k in ev}
-        out.update(n=n, sampler=f"{sampler}-{steps}", **({"guidance": profile.guidance} if name == "class" else {}))
-        if name == "denoiser" and (folder / "guide.safetensors").is_file():      # autoguidance (lesson 04)
-            from .guidance import autoguided
+        schedule = make_schedule(profile.schedule, profile.T, rt.device)
+        if name == "class":                    # guided: DDIM with eta = 0
+            labels = (torch.arange(n) % 10).to(rt.device)
+            x = sample(guided(model, profile.guidance), n, schedule, steps=profile.sample_steps, generator=g,
+                       cond=labels, device=rt.device)
+            ev = evaluate_samples(clf, x, labels)
+            return {"confident": round(float(ev["confident"]), 4), "accuracy": round(float(ev["accuracy"]), 4),
+                    "n": n, "sampler": f"ddim-{profile.sample_steps}", "guidance": profile.guidance}
+        # the denoiser: a cluster drawn per sample, ancestral sampling on a respaced chain (bench/)
+        steps = 2 * profile.sample_steps
+        out = {"n": n, "sampler": f"ddpm-{steps}"}
+        for key, w in (("confident_mixture", 1.0), ("confident", profile.self_guidance)):
+            clusters = draw_clusters(model.cluster_sizes, n, torch.Generator().manual_seed(0), rt.device)
+            x = sample(guided(model, w), n, schedule, sampler="ddpm", steps=steps,
+                       generator=torch.Generator().manual_seed(0), cond=clusters, device=rt.device)
+            out[key] = round(float(evaluate_samples(clf, x)["confident"]), 4)
+        out["self_guidance"] = profile.self_guidance
+        if (folder / "guide.safetensors").is_file():      # autoguidance (lesson 04), no cluster
             from .models import load_unet
             guide = load_unet(folder, rt.device, guide=True)[0]
-            x = sample(autoguided(model, guide, profile.autoguidance), n,
-                       make_schedule(profile.schedule, profile.T, rt.device), sampler=sampler, steps=steps,
+            x = sample(autoguided(model, guide, profile.autoguidance), n, schedule, sampler="ddpm", steps=steps,
                        generator=torch.Generator().manual_seed(0), device=rt.device)
             out.update(confident_autoguided=round(float(evaluate_samples(clf, x)["confident"]), 4),
                        autoguidance=profile.autoguidance)

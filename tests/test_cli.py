@@ -75,6 +75,8 @@ def test_bad_output_suffix_is_clear(tmp_path, cli):
     assert r.returncode == 0
     r = cli("sample", "--checkpoint", str(tmp_path / "d"), "--n", "2", "--steps", "2", "--out", str(tmp_path / "x.jpg"))
     assert r.returncode != 0 and ".png" in r.stderr
+    r = cli("sample", "--checkpoint", str(tmp_path / "d"), "--labels", "1,2", "--out", str(tmp_path / "x.png"))
+    assert r.returncode != 0 and "unconditional model" in r.stderr     # its clusters are not digits
 
 
 def test_autoguided_sampling_and_the_reverse_process_strip(tmp_path, cli):
