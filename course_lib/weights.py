@@ -48,7 +48,7 @@ def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
         return {"test_accuracy": round(classifier_test_accuracy(model, profile), 4)}
     if name in ("denoiser", "class"):
         from .clusters import draw_clusters
-        from .guidance import autoguided, guided
+        from .guidance import guided
         from .metrics import evaluate_samples
         from .samplers import sample
         from .schedules import make_schedule
@@ -71,13 +71,6 @@ def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
                        generator=torch.Generator().manual_seed(0), cond=clusters, device=rt.device)
             out[key] = round(float(evaluate_samples(clf, x)["confident"]), 4)
         out["self_guidance"] = profile.self_guidance
-        if (folder / "guide.safetensors").is_file():      # autoguidance (lesson 04), no cluster
-            from .models import load_unet
-            guide = load_unet(folder, rt.device, guide=True)[0]
-            x = sample(autoguided(model, guide, profile.autoguidance), n, schedule, sampler="ddpm", steps=steps,
-                       generator=torch.Generator().manual_seed(0), device=rt.device)
-            out.update(confident_autoguided=round(float(evaluate_samples(clf, x)["confident"]), 4),
-                       autoguidance=profile.autoguidance)
         return out
     if name == "clip":
         from .clip import zero_shot_accuracy
