@@ -2,7 +2,8 @@
 
     name         what                                             lesson
     classifier   small MNIST classifier used to *measure* samples   04
-    denoiser     unconditional UNet, eps-prediction                 03-04
+    denoiser     unconditional UNet, eps-prediction, told k-means   03-04
+                 clusters of the digits (no labels)
     class        class-conditional UNet (classifier-free guidance)  05
     clip         CLIP on captioned digits (transformers classes)    07
     text2image   text-conditional UNet + the frozen CLIP text side  08
@@ -111,7 +112,9 @@ def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = 
 
 # --------------------------------------------------------------------------- training
 def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime, progress, stop_after,
-                conditional: bool, seed: int = 0, guide_step: int | None = None) -> TrainResult:
+                seed: int = 0, guide_step: int | None = None) -> TrainResult:
+    """Train a UNet on (image, condition) pairs, the condition dropped to "none" with probability
+    ``cfg["p_uncond"]``: the label for the class model, the k-means cluster for the denoiser."""
     rt = runtime or get_runtime()
     out = Path(out) if out is not None else paths.default_checkpoint(name)
     x, y = load_mnist("train", profile=profile, device=rt.device)
@@ -134,7 +137,7 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
 
     def loss_fn(m, batch, g):
         x0, labels = batch
-        cond = drop_labels(labels, cfg["p_uncond"], g) if conditional else None
+        cond = drop_labels(labels, cfg["p_uncond"], g)
         return diffusion_loss(m, x0, schedule, g, cond, min_snr_gamma=cfg.get("min_snr_gamma"))
 
     result = fit(model, loss_fn, get_batch, steps=steps, lr=lr, warmup_steps=profile.warmup_steps,
@@ -161,14 +164,14 @@ def train_denoiser(profile: Profile, out=None, runtime: Runtime | None = None, s
     steps = steps or profile.train_steps
     guide_step = profile.guide_step if profile.guide_step < steps else None
     return _train_unet("denoiser", denoiser_config(profile), profile, steps, out,
-                       runtime, progress, stop_after, conditional=True, guide_step=guide_step)
+                       runtime, progress, stop_after, guide_step=guide_step)
 
 
 def train_class_model(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
                       progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train the class-conditional denoiser, dropping labels with probability ``profile.p_uncond``."""
     return _train_unet("class", class_config(profile), profile, steps or profile.class_train_steps, out,
-                       runtime, progress, stop_after, conditional=True)
+                       runtime, progress, stop_after)
 
 
 # --------------------------------------------------------------------------- the registry
