@@ -97,16 +97,18 @@ def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = 
     """Load a UNet checkpoint folder: (model in eval mode, its config dict with T and schedule).
 
     ``raw=True`` loads the raw (not averaged) weights, ``guide=True`` the early EMA weights kept for
-    autoguidance (``guidance.autoguided``). A denoiser trained on clusters gets ``model.cluster_sizes`` (k,),
-    for ``clusters.draw_clusters``."""
+    autoguidance (``guidance.autoguided``). A denoiser trained by ``train_denoiser`` gets
+    ``model.cluster_sizes`` (k,), for ``clusters.draw_clusters`` (a run of ``fit`` alone records none)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no model at {path} (looked for {path / 'config.json'})")
     cfg = json.loads((path / "config.json").read_text())
     model = _unet_from_config(cfg)
     checkpoints.load_weights(model, path, device=device, raw=raw, guide=guide)
-    if cfg.get("clusters"):                    # the denoiser: how often each cluster occurred in training
-        model.cluster_sizes = torch.tensor(checkpoints.read_training(path)["cluster_sizes"])
+    has_training = cfg.get("clusters") and (path / "training.json").is_file()
+    sizes = checkpoints.read_training(path).get("cluster_sizes") if has_training else None
+    if sizes is not None:                      # the denoiser: how often each cluster occurred in training
+        model.cluster_sizes = torch.tensor(sizes)
     return model.eval(), cfg
 
 
