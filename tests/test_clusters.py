@@ -68,3 +68,14 @@ def test_the_denoiser_is_trained_on_clusters_and_loads_their_sizes(test_profile,
     x, t = torch.randn(4, 1, 28, 28), torch.full((4,), 500)
     with torch.no_grad():                                   # the cluster changes the prediction
         assert not torch.equal(model(x, t, torch.tensor([0, 1, 2, 3])), model(x, t, None))
+
+
+def test_a_resume_that_finds_other_clusters_is_refused(test_profile, tmp_path, monkeypatch):
+    prof = test_profile.replace(train_steps=4)
+    models.train_denoiser(prof, out=tmp_path / "d", progress=False, stop_after=2)
+    real_kmeans = models.kmeans
+    monkeypatch.setattr(models, "kmeans", lambda x, k, seed=0: real_kmeans(x, k, seed=seed + 1))
+    with pytest.raises(ValueError, match="k-means clusters computed here differ"):
+        models.train_denoiser(prof, out=tmp_path / "d", progress=False)
+    monkeypatch.setattr(models, "kmeans", real_kmeans)                 # the same clusters: it resumes
+    assert models.train_denoiser(prof, out=tmp_path / "d", progress=False).step == 4
