@@ -65,8 +65,8 @@ def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
         # the denoiser: a cluster drawn per sample, ancestral sampling on a respaced chain (bench/)
         steps = 2 * profile.sample_steps
         out = {"n": n, "sampler": f"ddpm-{steps}"}
+        clusters = draw_clusters(model.cluster_sizes, n, torch.Generator().manual_seed(0), rt.device)
         for key, w in (("confident_mixture", 1.0), ("confident", profile.self_guidance)):
-            clusters = draw_clusters(model.cluster_sizes, n, torch.Generator().manual_seed(0), rt.device)
             x = sample(guided(model, w), n, schedule, sampler="ddpm", steps=steps,
                        generator=torch.Generator().manual_seed(0), cond=clusters, device=rt.device)
             out[key] = round(float(evaluate_samples(clf, x)["confident"]), 4)
