@@ -127,7 +127,9 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
         y = found.assign.to(rt.device)
         meta.update(cluster_sizes=found.sizes.tolist(),                 # p(c), for sampling (draw_clusters)
                     cluster_seconds=round(time.perf_counter() - start, 1))
-        saved = checkpoints.read_training(out).get("cluster_sizes") if checkpoints.has_checkpoint(out) else None
+        saved = checkpoints.read_training(out) if checkpoints.has_checkpoint(out) else {}
+        saved = (saved.get("cluster_sizes")                 # another config: fit names the field
+                 if checkpoints.config_difference(saved.get("config"), cfg) is None else None)
         if saved is not None and saved != meta["cluster_sizes"]:     # a resume must see the same clusters
             raise ValueError(f"the k-means clusters computed here differ from those {out} was trained with "
                              f"(cluster sizes {saved[:5]}... there, {meta['cluster_sizes'][:5]}... here; another "

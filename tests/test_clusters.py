@@ -79,3 +79,11 @@ def test_a_resume_that_finds_other_clusters_is_refused(test_profile, tmp_path, m
         models.train_denoiser(prof, out=tmp_path / "d", progress=False)
     monkeypatch.setattr(models, "kmeans", real_kmeans)                 # the same clusters: it resumes
     assert models.train_denoiser(prof, out=tmp_path / "d", progress=False).step == 4
+
+
+def test_training_into_another_configs_folder_names_the_config_not_the_clusters(test_profile, tmp_path):
+    prof = test_profile.replace(train_steps=4)
+    models.train_denoiser(prof, out=tmp_path / "d", progress=False, stop_after=2)
+    other = prof.replace(denoiser_clusters=prof.denoiser_clusters + 1)      # another profile's denoiser
+    with pytest.raises(ValueError, match="another model config .*num_classes"):
+        models.train_denoiser(other, out=tmp_path / "d", progress=False)
