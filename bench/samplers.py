@@ -7,13 +7,15 @@ digits with DDPM-1000, DDPM-50 and DDIM-50 from the same start noise x_T and the
 confident fraction, FID beside the real-vs-real floor at the same N, and sampling time. DDPM-1000 is
 20x the work of the 50-step samplers: at N = 1,000 on 2 CPU cores it takes about 25 minutes for w = 1
 and twice that for a guided w. The JSON is saved after every measurement, so a stopped run keeps what it
-has measured.
+has measured; ``--add`` measures more scales into the same JSON.
 
-    python bench/samplers.py [--profile cpu] [--threads 2] [--n 1000] [--guidance 1 2]
+    python bench/samplers.py [--profile cpu] [--threads 2] [--n 1000] [--guidance 1 2] [--add]
 """
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -36,6 +38,9 @@ def extra(p):
     p.add_argument("--n", type=int, default=None, help="samples per measurement (default: profile.n_eval)")
     p.add_argument("--guidance", type=float, nargs="*", default=None,
                    help="self-guidance scales (default: 1 and the profile's)")
+    p.add_argument("--add", action="store_true",
+                   help="keep the other scales already in the JSON (same profile and N), so scales can be "
+                        "measured in separate runs; each scale records the run that measured it")
 
 
 def compare(results: dict) -> dict:
@@ -59,10 +64,17 @@ def main() -> None:
     schedule = make_schedule(profile.schedule, profile.T, rt.device)
     clusters = draw_clusters(model.cluster_sizes, n, torch.Generator().manual_seed(1), rt.device)
     scales = args.guidance if args.guidance is not None else sorted({1.0, profile.self_guidance})
-    results, speed = {}, {}
+    results, speed, runs = {}, {}, {}
+    earlier = common.RESULTS / f"samplers-{profile.name}.json"
+    if args.add and earlier.is_file():
+        old = json.loads(earlier.read_text())
+        if old.get("n") == n:
+            results, speed = old["quality"], old["sampling_images_per_s"]
+            runs = old.get("measured_by") or {k: {"date": old["date"], "machine": old["machine"]} for k in results}
     for w in scales:
         key = f"w{w:g}"
         results[key], speed[key] = {}, {}
+        runs[key] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": common.machine(rt)}
         for name, sampler, steps in SAMPLERS:
             x, sec = timed_sample(guided(model, w), n, schedule, rt, sampler, steps, seed=1, cond=clusters)
             ev = evaluate_samples(clf, x, real=real)
@@ -71,7 +83,7 @@ def main() -> None:
             print(f"w = {w:g}, {name}: confident {ev['confident']:.3f}, FID {ev['fid']:.2f} "
                   f"(floor {ev['fid_floor']:.2f}), {sec:.0f} s", flush=True)
             common.save("samplers", profile, rt, {"n": n, "quality": results, "sampling_images_per_s": speed,
-                                                   "ddim50_vs_ddpm1000": compare(results)})
+                                                   "ddim50_vs_ddpm1000": compare(results), "measured_by": runs})
 
 
 if __name__ == "__main__":
