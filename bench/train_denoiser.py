@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from course_lib.metrics import evaluate_samples, real_images  # noqa: E402
+from course_lib.data import load_mnist  # noqa: E402
+from course_lib.metrics import class_histogram, classify, evaluate_samples, real_images  # noqa: E402
 from course_lib.clusters import draw_clusters  # noqa: E402
 from course_lib.guidance import autoguided, guided  # noqa: E402
 from course_lib.models import REGISTRY, find_matching, get_guide, get_model  # noqa: E402
@@ -77,8 +78,6 @@ def real_histogram_spread(clf, profile, n: int, device, draws: int = 200) -> dic
     11.4 %, fives 8.9 %), and at N = 1,000 sampling noise alone moves each count by about 10. The
     classifier's histogram of ``draws`` random N-subsets of the test set (seed 0): the median max/min and
     the fraction of subsets above 1.5, the context for the "roughly uniform" target."""
-    from course_lib.data import load_mnist
-    from course_lib.metrics import class_histogram, classify
     x, _ = load_mnist("test", device=device, quiet=True)
     probs, _ = classify(clf, x)
     g = torch.Generator().manual_seed(0)
