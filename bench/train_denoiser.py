@@ -15,7 +15,8 @@ sampler:
 Beside the class histograms it records how uneven real digits' histogram is at the same N
 (``real_histogram``), the yardstick for "roughly uniform".
 
-On a CPU, DDPM-1000 is timed on a small batch only; its quality at N=10,000 belongs on a GPU.
+On a CPU, DDPM-1000 is timed on a small batch only; its quality at N=10,000 belongs on a GPU
+(``bench/samplers.py`` measures it against DDIM-50 at N=1,000 on a CPU).
 
     python bench/train_denoiser.py [--profile cpu] [--threads 2] [--ddpm-n 0]
 """
