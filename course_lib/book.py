@@ -46,6 +46,8 @@ def execute_lesson(nb_path: Path, out_dir: Path, timeout: int | None = None) -> 
     nb = nbformat.read(nb_path, as_version=4)
     t0 = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   # the kernel's own log only warns that a local kernel talks over TCP without encryption
+                   extra_arguments=["--IPKernelApp.log_level=ERROR"],
                    resources={"metadata": {"path": str(nb_path.parent)}}).execute()
     seconds = time.perf_counter() - t0
     (out_dir / "lessons").mkdir(parents=True, exist_ok=True)
