@@ -97,7 +97,7 @@ def test_committed_table_keeps_its_text_and_times():
     header, *rows = _table(readme).strip().splitlines()
     assert header.startswith("| # | lesson | what you build |") and header.endswith("| Colab |")
     assert ("| 04 | [Sampling](lessons/04_sampling.ipynb) | DDPM and DDIM, measuring sample quality, guidance "
-            "without labels | 6 min (AMD) | 40 s | [![Open in Colab]") in "\n".join(rows)
+            "without labels | 5 min | 40 s | [![Open in Colab]") in "\n".join(rows)
 
 
 def test_a_new_lesson_gets_a_row_from_its_heading(course_copy):
