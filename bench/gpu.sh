@@ -12,9 +12,11 @@
 #   speedups  bench/speedups.py: each GPU lever (resident data, bf16, torch.compile) in turn.
 #
 # After every stage the JSONs it wrote (bench/results/*-gpu.json) are copied to $OUT when it is set, so a
-# call that runs out of time still returns what it measured. Expected time on one H100, from the 2026-11-26 run
-# (before the denoiser's clusters): denoiser about 6 min (training 183 s, or 115 s with COURSE_COMPILE=1),
-# samplers about 3 min (DDPM-1000 guided: two network calls per step), speedups about 1 min.
+# call that runs out of time still returns what it measured. Expected time on one H100, estimated from the
+# 2026-11-26 run (before the denoiser's clusters): denoiser about 5-6 min (training 183 s, or 115 s with
+# COURSE_COMPILE=1), samplers about 3 min (guided DDPM-1000: two network calls per step), speedups about
+# 1 min. Under the device tool's 10-minute limit per call, run the stages as separate calls on the warm
+# machine (`bash bench/gpu.sh denoiser`, then `bash bench/gpu.sh samplers`): the models stay in checkpoints/.
 # Set PY to choose the python (default python3); COURSE_PROFILE=test runs the same plumbing on a CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +30,7 @@ keep() {
         find bench/results -name "*-$COURSE_PROFILE.json" -newer "$started" -exec cp {} "$OUT"/ \;
     fi
 }
-trap keep EXIT
+trap 'keep; rm -f "$started"' EXIT
 trap "exit 143" TERM INT                # a timeout's SIGTERM: copy what was measured, then stop
 
 stages=("$@")
