@@ -153,7 +153,7 @@ def main() -> None:
         small = 16
         _, sec = timed_sample(model, small, schedule, rt, "ddpm", None, seed=1, cond=clusters[:small])
         speed["ddpm1000"] = round(small / sec, 2)
-        speed["ddpm1000_note"] = f"timed on a batch of {small}; quality at N={n} not measured on this device"
+        speed["ddpm1000_note"] = f"timed on a batch of {small}; its quality: bench/samplers.py"
     targets = targets_met(profile.name, train, quality)
     common.save("train_denoiser", profile, rt, {"n": n, "train": train, "quality": quality,
                                                  "sampling_images_per_s": speed, "targets_met": targets,
