@@ -27,7 +27,8 @@ import common  # noqa: E402
 
 from course_lib.config import Runtime  # noqa: E402
 from course_lib.data import batch_indices, load_mnist  # noqa: E402
-from course_lib.models import _unet_from_config, denoiser_config, diffusion_loss  # noqa: E402
+from course_lib.forward import simple_loss  # noqa: E402
+from course_lib.models import _unet_from_config, denoiser_config  # noqa: E402
 from course_lib.schedules import make_schedule  # noqa: E402
 from course_lib.train import fit  # noqa: E402
 
@@ -57,7 +58,7 @@ def main() -> None:
     schedule = make_schedule(profile.schedule, profile.T, rt.device)
 
     def loss_fn(m, x0, g):
-        return diffusion_loss(m, x0, schedule, g, min_snr_gamma=cfg.get("min_snr_gamma"))
+        return simple_loss(m, x0, schedule, generator=g, min_snr_gamma=cfg.get("min_snr_gamma"), return_parts=True)
 
     rows, previous = {}, None
     for name, resident, dtype, mode in LEVERS:

@@ -17,6 +17,7 @@ an ``int`` (the same step for the whole batch) or a ``(B,)`` long tensor (one st
     predict_x0_from_eps             x0_hat                      Eq. (15)
     elbo_terms                      L_T, L_{t-1}, L_0           Eq. (5), Sec. 3.3
     simple_loss                     L_simple                    Eq. (14)
+    min_snr_weight                  Min-SNR-gamma weight w_t    Hang et al. 2023, Eq. (8)
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from .schedules import Schedule
 
 __all__ = ["extract", "q_step", "q_sample", "run_chain", "posterior_coefficients", "q_posterior",
            "predict_x0_from_eps", "predict_eps_from_x0", "posterior_mean_from_eps", "model_log_variance",
-           "elbo_weights", "gaussian_kl", "discretized_gaussian_log_likelihood", "elbo_terms", "simple_loss"]
+           "elbo_weights", "gaussian_kl", "discretized_gaussian_log_likelihood", "elbo_terms", "min_snr_weight", "simple_loss"]
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -458,11 +459,36 @@ def elbo_terms(model: Callable, x0: torch.Tensor, schedule: Schedule,
             "total": prior + T * terms_t.mean(1), "units": "bits/dim" if bits_per_dim else "nats"}
 
 
+def min_snr_weight(schedule: Schedule, gamma: float, t: torch.Tensor | None = None) -> torch.Tensor:
+    """w_t = min(SNR_t, gamma) / SNR_t, with SNR_t = alpha_bar_t / (1 - alpha_bar_t): the Min-SNR-gamma
+    weighting for an eps-predicting network (Hang et al. 2023, Eq. 8).
+
+    Like the ELBO's weights (``elbo_weights``, DDPM Eq. 12) and L_simple's (all 1), it re-weights the
+    per-step terms of the bound: steps whose SNR is above ``gamma`` (the nearly clean ones) are weighted
+    down by ``gamma / SNR_t``, the noisier ones keep weight 1.
+
+    Args:
+        schedule: the noise schedule.
+        gamma: the SNR cap (the paper and this course use 5).
+        t: ``(B,)`` long, 0-based; default: every step, ``0 .. T-1``.
+
+    Returns:
+        ``(T,)`` or ``(B,)`` the weights, in (0, 1].
+    """
+    if not (isinstance(gamma, numbers.Real) and math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"min_snr_gamma must be a positive finite number, got {gamma!r}")
+    snr = schedule.snr if t is None else schedule.snr[t]
+    return snr.clamp(max=gamma) / snr
+
+
 def simple_loss(model: Callable, x0: torch.Tensor, schedule: Schedule, t: int | torch.Tensor | None = None,
                 noise: torch.Tensor | None = None, generator: torch.Generator | None = None, cond=None,
-                axis: int = 0) -> torch.Tensor:
+                axis: int = 0, min_snr_gamma: float | None = None, return_parts: bool = False):
     """L_simple = E_{t, x_0, eps} || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
     (Ho et al. 2020, DDPM Eq. 14 and Algorithm 1): the ELBO's KL terms with their weights (Eq. 12) set to 1.
+    With ``min_snr_gamma``, each example's error is weighted by ``min_snr_weight`` instead (Hang et al. 2023):
+    the same terms of the bound, another choice of weights. This is the one loss every diffusion network in
+    the course trains on.
 
     Args:
         model: ``model(x_t, t, cond=None) -> eps``.
@@ -470,12 +496,17 @@ def simple_loss(model: Callable, x0: torch.Tensor, schedule: Schedule, t: int | 
         schedule: the noise schedule.
         t: ``int`` or ``(B,)`` long, 0-based; default: drawn uniformly from ``0 .. T-1`` per example.
         noise: ``(B, C, H, W)`` the eps; default: drawn from ``generator``.
-        generator: a ``torch.Generator`` for t and the noise (t is drawn first).
+        generator: a ``torch.Generator`` for t and the noise (t is drawn first; on the CPU, or on the GPU
+            where training runs there), so a resumed run repeats them exactly.
         cond: passed to the model unchanged (e.g. class labels).
         axis: passed to ``q_sample``; keep 0. Another axis trains with appendix A1's broadcasting bug.
+        min_snr_gamma: ``None`` (every weight 1, Eq. 14) or the Min-SNR cap ``gamma`` (e.g. 5).
+        return_parts: also return ``{"t": (B,), "per_example": (B,)}`` (the unweighted squared error of
+            each example), which ``train.fit`` uses to plot the loss against t.
 
     Returns:
-        a scalar: the mean squared error over the batch and every dimension (float32).
+        a scalar (float32): the (weighted) mean squared error over the batch and every dimension; with
+        ``return_parts``, ``(loss, parts)``.
     """
     B = x0.shape[0]
     if t is None:                                                     # Algorithm 1, line 3: t ~ Uniform
@@ -487,4 +518,7 @@ def simple_loss(model: Callable, x0: torch.Tensor, schedule: Schedule, t: int | 
     eps = _noise_like(x0, generator) if noise is None else _check_noise(noise, x0)   # line 4
     x_t = q_sample(x0, t, schedule, noise=eps, axis=axis)                           # DDPM Eq. (4)
     eps_theta = _call_model(model, x_t, t, cond)
-    return F.mse_loss(eps_theta, eps.float())                                        # line 5, Eq. (14)
+    per_example = (eps_theta.float() - eps.float()).pow(2).flatten(1).mean(1)      # line 5, Eq. (14)
+    weighted = per_example if min_snr_gamma is None else per_example * min_snr_weight(schedule, min_snr_gamma, t)
+    loss = weighted.mean()
+    return (loss, {"t": t, "per_example": per_example.detach()}) if return_parts else loss

@@ -10,7 +10,7 @@
 
 ``get_model(name, profile)`` is what lessons call: the user's checkpoint if it matches the profile's config
 and finished training, else the shipped reference weights if they match, else it trains (resuming any
-partial checkpoint). The training step for the diffusion models lives here too: it is lesson 03's loop.
+partial checkpoint). The diffusion models train on ``forward.simple_loss`` through ``train.fit``.
 """
 from __future__ import annotations
 
@@ -27,44 +27,16 @@ from . import checkpoints, paths
 from .clusters import kmeans
 from .config import Profile, Runtime, get_runtime
 from .data import batch_indices, load_mnist
-from .forward import q_sample
+from .forward import simple_loss
 from .schedules import Schedule, make_schedule
 from .train import TrainResult, fit
 from .unet import UNet, UNetConfig, unet_config_from_profile
 
-__all__ = ["diffusion_loss", "denoiser_config", "class_config", "train_denoiser", "train_class_model",
+__all__ = ["denoiser_config", "class_config", "train_denoiser", "train_class_model",
            "load_unet", "get_model", "get_guide", "find_matching", "train_missing", "REGISTRY", "drop_labels"]
 
 
-# --------------------------------------------------------------------------- the training step (lesson 03)
-def diffusion_loss(model, x0: torch.Tensor, schedule: Schedule, generator: torch.Generator, cond=None,
-                   min_snr_gamma: float | None = None):
-    """DDPM's simple loss (Ho et al. 2020, Eq. 14 / Algorithm 1), per example:
-
-        t ~ Uniform{0..T-1},  eps ~ N(0, I),  x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps  (Eq. 4)
-        loss = || eps - eps_theta(x_t, t) ||^2
-
-    Random numbers come from ``generator`` (on the CPU, or on the GPU where training runs there), so a
-    resumed run repeats them exactly.
-    ``min_snr_gamma``: weight each example by min(SNR_t, gamma) / SNR_t (Min-SNR weighting for
-    eps-prediction, Hang et al. 2023, Eq. 8), which stops the nearly clean steps from dominating.
-
-    Returns:
-        (loss, {"t": (B,), "per_example": (B,)}): the mean loss and its parts, for the loss-by-t plot.
-    """
-    B = x0.shape[0]
-    t = torch.randint(0, schedule.T, (B,), generator=generator, device=generator.device).to(x0.device)
-    eps = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
-    x_t = q_sample(x0, t, schedule, noise=eps)
-    eps_hat = model(x_t, t, cond)
-    per_example = (eps_hat.float() - eps).pow(2).mean(dim=(1, 2, 3))
-    loss = per_example
-    if min_snr_gamma is not None:
-        snr = schedule.snr[t]
-        loss = per_example * snr.clamp(max=min_snr_gamma) / snr
-    return loss.mean(), {"t": t, "per_example": per_example.detach()}
-
-
+# --------------------------------------------------------------------------- classifier-free guidance training
 def drop_labels(labels: torch.Tensor, p_uncond: float, generator: torch.Generator) -> torch.Tensor:
     """Classifier-free guidance training (Ho & Salimans 2022, Algorithm 1): replace each label by "no
     condition" (-1) with probability ``p_uncond``, so one network learns p(x|y) and p(x)."""
@@ -146,7 +118,8 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
     def loss_fn(m, batch, g):
         x0, labels = batch
         cond = drop_labels(labels, cfg["p_uncond"], g)
-        return diffusion_loss(m, x0, schedule, g, cond, min_snr_gamma=cfg.get("min_snr_gamma"))
+        return simple_loss(m, x0, schedule, generator=g, cond=cond, min_snr_gamma=cfg.get("min_snr_gamma"),
+                           return_parts=True)                                      # DDPM Eq. (14)
 
     result = fit(model, loss_fn, get_batch, steps=steps, lr=lr, warmup_steps=profile.warmup_steps,
                  batch_size=batch_size, ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,

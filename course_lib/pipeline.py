@@ -53,8 +53,8 @@ from torch import nn
 from . import captions, checkpoints, paths
 from .config import Profile, Runtime, get_runtime
 from .data import batch_indices, load_mnist
+from .forward import simple_loss
 from .guidance import Guided
-from .models import diffusion_loss
 from .samplers import SAMPLERS
 from .schedules import Schedule, make_schedule
 from .text import MAX_LENGTH, SPECIAL_TOKENS, validate_prompt
@@ -381,7 +381,7 @@ def train_text2image(profile: Profile, out=None, runtime: Runtime | None = None,
 
     Each batch: random training digits, a fresh random true caption each (``captions.random_captions``),
     the caption replaced by the empty prompt with probability ``profile.p_uncond``, and DDPM's simple loss
-    (``models.diffusion_loss``) with the caption's encoding as ``cond``.
+    (``forward.simple_loss``) with the caption's encoding as ``cond``.
 
     The CLIP comes from ``clip.get_clip`` (a finished matching model, else trained now), except when ``out``
     already holds a checkpoint of this config: then training resumes with the text encoder saved there.
@@ -429,7 +429,7 @@ def train_text2image(profile: Profile, out=None, runtime: Runtime | None = None,
 
     def loss_fn(m, batch, g):
         x0, rows = batch
-        return diffusion_loss(m, x0, schedule, g, table.lookup(rows))
+        return simple_loss(m, x0, schedule, generator=g, cond=table.lookup(rows), return_parts=True)
 
     def export(unet: nn.Module, folder: Path) -> None:
         _write_pipeline(folder, unet, encoder, tokenizer, {**cfg, "sampling": _sampling_defaults(profile)})

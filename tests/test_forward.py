@@ -276,3 +276,29 @@ def test_simple_loss_of_zero_predictor_is_one():
     x0 = torch.zeros(64, 1, 8, 8)
     loss = F.simple_loss(lambda x, t, cond=None: torch.zeros_like(x), x0, s, generator=torch.Generator().manual_seed(0))
     assert abs(loss.item() - 1) < Z * math.sqrt(2 / x0.numel())
+
+
+class _Fixed(torch.nn.Module):
+    def forward(self, x, t, cond=None):
+        return 0.3 * x
+
+
+def test_min_snr_weight_caps_the_snr_and_reweights_the_simple_loss():
+    """w_t = min(SNR_t, 5) / SNR_t: 1 where the step is noisy, gamma / SNR_t below; the loss draws the same
+    t and noise with and without it, and only the per-example weights differ."""
+    s = make_schedule("cosine", 1000)
+    w = F.min_snr_weight(s, 5.0)
+    assert w.shape == (1000,) and (w > 0).all() and (w <= 1).all()
+    assert torch.allclose(w[s.snr <= 5], torch.ones(1)) and torch.allclose(w[s.snr > 5], 5 / s.snr[s.snr > 5])
+    x0 = torch.rand(8, 1, 28, 28) * 2 - 1
+    plain, parts = F.simple_loss(_Fixed(), x0, s, generator=torch.Generator().manual_seed(0), return_parts=True)
+    assert torch.allclose(plain, parts["per_example"].mean())
+    assert torch.equal(plain, F.simple_loss(_Fixed(), x0, s, generator=torch.Generator().manual_seed(0)))
+    weighted, parts_w = F.simple_loss(_Fixed(), x0, s, generator=torch.Generator().manual_seed(0),
+                                      min_snr_gamma=5.0, return_parts=True)
+    assert torch.equal(parts["t"], parts_w["t"])
+    expected = (parts["per_example"] * F.min_snr_weight(s, 5.0, parts["t"])).mean()
+    assert torch.allclose(weighted, expected) and not torch.allclose(weighted, plain)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="min_snr_gamma"):
+            F.min_snr_weight(s, bad)
