@@ -12,11 +12,68 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 MODEL_NAMES = ("classifier", "denoiser", "class", "clip", "text2image")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a count of images or steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    """argparse type: a finite number (NaN or inf would turn every image into NaN)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def _check_out_file(out: str) -> Path:
+    """Refuse, before any compute, an --out that cannot be written: a wrong suffix, a folder, or a folder
+    that cannot be created or written."""
+    path = Path(out).expanduser()
+    if path.suffix not in (".png", ".pt"):
+        raise SystemExit(f"error: --out must end in .png (a grid) or .pt (tensors), got {out!r}")
+    if path.is_dir():
+        raise SystemExit(f"error: --out {out} is a folder; give a file name ending in .png or .pt")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"error: cannot create the folder of --out {out} ({e.strerror or e})")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise SystemExit(f"error: cannot write --out {out}: {path.parent} is not writable")
+    return path
+
+
+def _describe_model(folder: Path) -> str:
+    """``FOLDER (cpu profile, 4000 of 4000 steps)``: which model a command uses."""
+    from .checkpoints import read_json
+    tr_path = Path(folder) / "training.json"
+    if not tr_path.is_file():
+        return str(folder)
+    tr = read_json(tr_path)
+    return f"{folder} ({tr.get('profile', '?')} profile, {tr.get('step', '?')} of {tr.get('steps', '?')} steps)"
 
 
 def _profile_and_runtime(args):
@@ -32,6 +89,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from . import paths
+    from .checkpoints import check_training_target
     from .models import REGISTRY
     from .train import TrainResult
     profile, rt = _profile_and_runtime(args)
@@ -40,8 +99,10 @@ def cmd_train(args) -> int:
                  "clip": "clip_steps", "text2image": "t2i_train_steps"}[args.model]
         profile = profile.replace(**{field: args.steps})
     _, train_fn, _ = REGISTRY[args.model]
+    out = Path(args.out).expanduser() if args.out else paths.default_checkpoint(args.model)
+    check_training_target(out)                          # before the data, the clusters or any step
     try:
-        res: TrainResult = train_fn(profile, args.out, rt, None, not args.no_progress)
+        res: TrainResult = train_fn(profile, out, rt, None, not args.no_progress)
     except (ValueError, FloatingPointError) as e:       # another config or schedule in --out, a NaN loss
         raise SystemExit(f"error: {e}")
     last = sum(res.losses[-50:]) / max(1, len(res.losses[-50:]))
@@ -89,6 +150,7 @@ def cmd_sample(args) -> int:
     from .models import load_unet
     from .samplers import sample
     from .schedules import make_schedule
+    out = _check_out_file(args.out)                     # before loading or sampling anything
     profile, rt = _profile_and_runtime(args)
     try:
         model, cfg = load_unet(args.checkpoint, rt.device)
@@ -120,8 +182,9 @@ def cmd_sample(args) -> int:
     t0 = time.perf_counter()
     images = sample(model, args.n, schedule, sampler=args.sampler, steps=args.steps, eta=args.eta,
                     generator=g, cond=cond, device=rt.device, callback=keep if args.strip else None)
-    print(f"sampled {args.n} images with {args.sampler} in {time.perf_counter() - t0:.1f} s")
-    _save_images(images, labels, args.out)
+    print(f"sampled {args.n} images from {_describe_model(Path(args.checkpoint))} with {args.sampler} "
+          f"in {time.perf_counter() - t0:.1f} s")
+    _save_images(images, labels, str(out))
     if args.strip:
         from .plotting import show_strip
         fig = show_strip(frames + [images.cpu()], captions + ["x0"], n=min(args.n, 8), max_frames=11)
@@ -130,16 +193,32 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def cmd_generate(args) -> int:
+def _text2image_folder(checkpoint: str | None) -> Path:
+    """``--checkpoint`` if given; else the user's text-to-image checkpoint if it finished training, else the
+    shipped weights (an interrupted run in checkpoints/ is not silently preferred: resume it first)."""
     from . import paths
+    from .checkpoints import read_json
+    if checkpoint is not None:
+        return paths.find_model("text2image", checkpoint)
+    mine = paths.default_checkpoint("text2image")
+    if (mine / "training.json").is_file():
+        tr = read_json(mine / "training.json")
+        if tr.get("step", 0) >= tr.get("steps", float("inf")):
+            return mine
+        print(f"note: {mine} has not finished training (step {tr.get('step')} of {tr.get('steps')}); using the "
+              f"shipped weights (resume it with python -m course_lib train text2image)")
+    return paths.find_model("text2image", paths.weights_dir() / "text2image")
+
+
+def cmd_generate(args) -> int:
     from .pipeline import TextToImage
     from .plotting import save_grid
+    _check_out_file(args.out)                           # before loading or sampling anything
     profile, rt = _profile_and_runtime(args)
-    if not (args.out.endswith(".png") or args.out.endswith(".pt")):
-        raise SystemExit(f"error: --out must end in .png (a grid) or .pt (tensors), got {args.out!r}")
     try:
-        folder = paths.find_model("text2image", args.checkpoint)
+        folder = _text2image_folder(args.checkpoint)
         pipe = TextToImage.from_pretrained(folder, device=rt.device)
+        print(f"model: {_describe_model(folder)}")
         t0 = time.perf_counter()
         images, labels = pipe.generate_with_labels(args.prompts, n_per_prompt=args.n, steps=args.steps,
                                                    guidance=args.guidance, seed=args.seed, sampler=args.sampler)
@@ -201,24 +280,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("train", "train one model (resuming if --out holds a checkpoint of the same config)")
     sp.add_argument("model", choices=MODEL_NAMES)
-    sp.add_argument("--steps", type=int, help="total optimizer steps (default: the profile's)")
+    sp.add_argument("--steps", type=_positive_int, help="total optimizer steps (default: the profile's)")
     sp.add_argument("--out", help="checkpoint folder (default: checkpoints/<model>/, or $COURSE_HOME/<model>/)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_train)
 
     sp = add("sample", "sample images from a denoiser or class model checkpoint")
     sp.add_argument("--checkpoint", required=True, help="a model folder (e.g. checkpoints/denoiser)")
-    sp.add_argument("--n", type=int, default=16, help="number of images (default 16)")
-    sp.add_argument("--steps", type=int, default=None, help="sampling steps (default: sampler's default)")
+    sp.add_argument("--n", type=_positive_int, default=16, help="number of images (default 16)")
+    sp.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: sampler's default)")
     sp.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
-    sp.add_argument("--eta", type=float, default=None, help="DDIM eta (0: deterministic)")
+    sp.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta (0: deterministic)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--labels", help="class model only: 'all' (balanced over 0-9) or digits like 0,1,7")
-    sp.add_argument("--guidance", type=float, default=None,
+    sp.add_argument("--guidance", type=_finite_float, default=None,
                     help="guidance scale w: class models towards the label (default: the profile's, 3); "
                          "the denoiser towards a drawn k-means cluster (default 2; 1: no guidance)")
     sp.add_argument("--out", required=True, help="FILE.png (a grid) or FILE.pt (images, labels)")
-    sp.add_argument("--autoguidance", type=float, default=None,
+    sp.add_argument("--autoguidance", type=_finite_float, default=None,
                     help="autoguidance scale w (a denoiser trained with a guide, e.g. 2): steer away from the "
                          "model's early weights")
     sp.add_argument("--strip", default=None,
@@ -229,9 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("prompts", nargs="+", help='prompts such as "a thin two" "a 9"')
     sp.add_argument("--checkpoint", default=None,
                     help="a text2image folder (default: checkpoints/text2image, else the shipped weights)")
-    sp.add_argument("-n", type=int, default=16, help="images per prompt (default 16)")
-    sp.add_argument("--guidance", type=float, default=None, help="guidance scale w (default: the model's, 3)")
-    sp.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's profile's)")
+    sp.add_argument("-n", type=_positive_int, default=16, help="images per prompt (default 16)")
+    sp.add_argument("--guidance", type=_finite_float, default=None, help="guidance scale w (default: the model's, 3)")
+    sp.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's profile's)")
     sp.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
     sp.add_argument("--seed", type=int, default=0, help="the same seed gives every prompt the same start noises")
     sp.add_argument("-o", "--out", required=True, help="FILE.png (one row per prompt) or FILE.pt (images, labels)")
@@ -261,7 +340,10 @@ def main(argv=None) -> int:
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
-        print("\ninterrupted: checkpoints written so far are kept; run the same command again to resume.")
+        if args.command in ("train", "weights", "course"):
+            print("\ninterrupted: checkpoints written so far are kept; run the same command again to resume.")
+        else:
+            print("\ninterrupted: nothing was written.")
         return 130
     except ValueError as e:            # bad input: a clear one-line error, no traceback
         print(f"error: {e}", file=sys.stderr)

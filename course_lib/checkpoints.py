@@ -12,14 +12,21 @@
             rng.safetensors         the CPU RNG and the trainer's generator state
 
 A write goes to a temporary sibling folder first, which then replaces the old one by renaming, so an
-interrupted write leaves the previous checkpoint intact. The shipped reference weights in ``data/weights/``
-keep only ``config.json``, ``model.safetensors`` and ``training.json``.
+interrupted write leaves the previous checkpoint intact; the next training start recovers the newest complete
+checkpoint from those siblings and removes them (``recover_interrupted_write``). The shipped reference
+weights in ``data/weights/`` keep only ``config.json``, ``model.safetensors`` and ``training.json``.
+
+Nothing the user made is ever deleted: training writes only into a new or empty folder, or into a checkpoint
+of its own (``check_training_target``), and never into the shipped ``data/weights/`` (``make weights``
+refreshes those by copying). A file that cannot be read raises ``CheckpointError``, one line naming the
+file and what to do.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -27,9 +34,155 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["save_checkpoint", "read_training", "load_trainer_state", "load_weights", "optimizer_to_tensors",
+from . import paths
+
+__all__ = ["CheckpointError", "check_training_target", "recover_interrupted_write", "read_json", "save_checkpoint", "read_training", "load_trainer_state", "load_weights", "optimizer_to_tensors",
            "optimizer_from_tensors", "config_difference", "atomic_folder", "has_checkpoint", "load_guide_state",
            "GUIDE_FILE"]
+
+
+class CheckpointError(ValueError):
+    """A model or checkpoint folder that cannot be used as asked: a corrupted or missing file, another
+    model's files, or a folder training must not write into. Its message is one line: the file, and what
+    to do about it."""
+
+
+def _fix_for(folder: Path) -> str:
+    """What to do about a bad file in ``folder``: the shipped weights come back from git, a user's
+    checkpoint is retrained."""
+    try:
+        shipped = Path(folder).resolve().is_relative_to(paths.weights_dir().resolve())
+    except (OSError, FileNotFoundError):
+        shipped = False
+    if shipped:
+        return "restore the shipped weights with `git checkout -- data/weights` (or re-clone the course)"
+    return f"delete {folder} and train again (python -m course_lib train ...), or point to another folder"
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file of a model folder, or a ``CheckpointError`` naming it (missing or not valid JSON)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing {path}; {_fix_for(path.parent)}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); {_fix_for(path.parent)}") from None
+
+
+def read_tensors(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with a ``CheckpointError`` naming the file if it is truncated, empty
+    or not a safetensors file at all (safetensors never runs code from the file: nothing is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing {path}; {_fix_for(path.parent)}")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:                      # SafetensorError, OSError, or a header that is not JSON
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path} is corrupted or not a safetensors file ({why}); "
+                              f"{_fix_for(path.parent)}") from None
+
+
+def load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """``module.load_state_dict(tensors)``, or a ``CheckpointError`` naming ``path`` when its tensors do not
+    fit the module (another model's weights, or a config.json that does not describe them)."""
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+        raise CheckpointError(f"the weights in {path} do not fit the model its folder's config.json describes "
+                              f"({detail[:200]}); {_fix_for(Path(path).parent)}") from None
+
+
+# --------------------------------------------------------------------------- where training may write
+def _describe(folder: Path, limit: int = 4) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_training_target(folder: str | os.PathLike) -> Path:
+    """Refuse, before any compute, a folder training must not write into: the shipped ``data/weights/``,
+    a file, a folder that is neither empty nor a training checkpoint (a checkpoint write replaces the whole
+    folder, so anything else in it would be lost), or one that cannot be written.
+
+    Returns:
+        the folder (it may not exist yet: the first checkpoint creates it).
+    Raises:
+        CheckpointError: naming the folder and what is in it.
+    """
+    folder = Path(folder)
+    resolved = folder.resolve()
+    if resolved == paths.weights_dir().resolve() or resolved.is_relative_to(paths.weights_dir().resolve()):
+        raise CheckpointError(f"{folder} is inside the shipped weights ({paths.weights_dir()}): training never writes "
+                              f"there (`make weights` refreshes them from checkpoints/); train into checkpoints/ "
+                              f"(the default) or another --out folder")
+    recover_interrupted_write(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder} is a file, not a folder: choose a new or empty folder for --out")
+    if folder.is_dir() and any(folder.iterdir()) and not has_checkpoint(folder):
+        raise CheckpointError(f"{folder} is not empty and is not a training checkpoint (it holds {_describe(folder)}); "
+                              f"training replaces its folder at every checkpoint, so it refuses: choose a new or "
+                              f"empty folder for --out")
+    try:                                       # the folder beside which checkpoints are written: made now,
+        folder.parent.mkdir(parents=True, exist_ok=True)          # as the first checkpoint would, and probed
+        tempfile.TemporaryFile(dir=folder.parent).close()
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoints to {folder} ({e.strerror or e}: {e.filename or folder.parent}); "
+                              f"check --out, or COURSE_HOME") from None
+    return folder
+
+
+def _saved_step(folder: Path) -> int | None:
+    """The step of a complete checkpoint (``training.json`` is written last), else None."""
+    try:
+        if (folder / "trainer").is_dir():
+            return int(json.loads((folder / "training.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def recover_interrupted_write(folder: str | os.PathLike) -> list[str]:
+    """Clean up after a checkpoint write that was killed: ``atomic_folder`` leaves ``.NAME.tmp-*`` (a write in
+    progress) and, killed between its two renames, ``.NAME.old-*`` (the previous checkpoint) with ``NAME``
+    itself missing. The newest complete checkpoint among them and ``NAME`` becomes ``NAME``; the other
+    siblings are removed (they are ours: only ``atomic_folder`` makes such names).
+
+    Returns:
+        one line per thing done, for the log (empty if there was nothing to recover).
+    """
+    folder = Path(folder)
+    siblings = sorted(folder.parent.glob(f".{glob_escape(folder.name)}.tmp-*")) + \
+        sorted(folder.parent.glob(f".{glob_escape(folder.name)}.old-*"))
+    if not siblings:
+        return []
+    done = []
+    if not folder.exists() or has_checkpoint(folder):
+        best, best_step = (folder, _saved_step(folder)) if folder.exists() else (None, None)
+        for p in siblings:                                       # tmp first: on a tie it is the newer write
+            step = _saved_step(p)
+            if step is not None and (best_step is None or step > best_step):
+                best, best_step = p, step
+        if best is not None and best != folder:
+            if folder.exists():
+                stale = folder.parent / f".{folder.name}.old-recovered"
+                os.replace(folder, stale)
+                siblings.append(stale)
+            os.replace(best, folder)
+            done.append(f"recovered the checkpoint of step {best_step} in {folder} from an interrupted write")
+    for p in siblings:
+        if p.exists():
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p.name}, left by an interrupted write")
+    for line in done:
+        print(line)
+    return done
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def config_difference(saved: Any, new: Any, prefix: str = "") -> str | None:
@@ -143,25 +296,34 @@ GUIDE_FILE = "guide.safetensors"
 def load_guide_state(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:
     """The guide weights a checkpoint folder holds (``guide.safetensors``), or None."""
     path = Path(folder) / GUIDE_FILE
-    return load_file(str(path)) if path.is_file() else None
+    return read_tensors(path) if path.is_file() else None
 
 
 def read_training(folder: str | os.PathLike) -> dict:
     path = Path(folder) / "training.json"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {Path(folder)} (looked for {path})")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def load_trainer_state(folder: str | os.PathLike, *, model: torch.nn.Module, ema: torch.nn.Module,
                        optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """Restore raw weights, EMA and optimizer in place; return the saved RNG states."""
     t = Path(folder) / "trainer"
-    model.load_state_dict(load_file(str(t / "raw_model.safetensors")))
-    ema.load_state_dict(load_file(str(t / "ema.safetensors")))
-    groups = json.loads((t / "optimizer_groups.json").read_text())
-    optimizer_from_tensors(optimizer, load_file(str(t / "optimizer.safetensors")), groups)
-    return load_file(str(t / "rng.safetensors"))
+    load_state(model, read_tensors(t / "raw_model.safetensors"), t / "raw_model.safetensors")
+    load_state(ema, read_tensors(t / "ema.safetensors"), t / "ema.safetensors")
+    groups = read_json(t / "optimizer_groups.json")
+    try:
+        optimizer_from_tensors(optimizer, read_tensors(t / "optimizer.safetensors"), groups)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{t / 'optimizer.safetensors'} does not fit this model's optimizer ({e}); "
+                              f"{_fix_for(Path(folder))}") from None
+    rng = read_tensors(t / "rng.safetensors")
+    if not {"generator", "cpu"} <= set(rng):
+        raise CheckpointError(f"{t / 'rng.safetensors'} lacks the generator states; {_fix_for(Path(folder))}")
+    return rng
 
 
 def load_weights(module: torch.nn.Module, folder: str | os.PathLike, device: torch.device | str = "cpu",
@@ -177,5 +339,5 @@ def load_weights(module: torch.nn.Module, folder: str | os.PathLike, device: tor
                " (this model was trained without guide_step: retrain it with the current profile to get one)"
                if guide else "")
         raise FileNotFoundError(f"no weights at {path}{why}")
-    module.load_state_dict(load_file(str(path), device=str(device)))
+    load_state(module, read_tensors(path, device=device), path)
     return module.to(device)

@@ -142,9 +142,18 @@ def get_device(name: str | None = None) -> torch.device:
     """``COURSE_DEVICE`` if set, else the best available: cuda, then mps, then cpu."""
     name = name or os.environ.get("COURSE_DEVICE")
     if name:
-        dev = torch.device(name)
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError(f"COURSE_DEVICE={name!r} is not a device: use cpu, cuda, cuda:0 or mps, "
+                             f"or unset it") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"COURSE_DEVICE={name!r} but CUDA is not available here; use 'cpu' or unset it.")
+        mps = getattr(torch.backends, "mps", None)
+        if dev.type == "mps" and not (mps is not None and mps.is_available()):
+            raise ValueError(f"COURSE_DEVICE={name!r} but Apple's mps is not available here; use 'cpu' or unset it.")
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"COURSE_DEVICE={name!r}: the course runs on cpu, cuda or mps")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -18,12 +18,21 @@ early in training (``fit(guide_step=...)``), so it costs no extra training, only
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-__all__ = ["Guided", "guided", "null_labels", "cfg_combine", "AutoGuided", "autoguided"]
+__all__ = ["check_scale", "Guided", "guided", "null_labels", "cfg_combine", "AutoGuided", "autoguided"]
+
+
+def check_scale(w: float, name: str = "guidance scale w") -> float:
+    """A guidance scale as a float, refusing NaN and infinities (they would turn every image into NaN)."""
+    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w):
+        raise ValueError(f"the {name} must be a finite number, got {w!r}")
+    return float(w)
 
 
 def null_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -58,7 +67,7 @@ class Guided(nn.Module):
 
     def __init__(self, model: Callable, w: float, null_cond: Callable[[Any], Any] = null_labels):
         super().__init__()
-        self.model, self.w, self.null_cond = model, float(w), null_cond
+        self.model, self.w, self.null_cond = model, check_scale(w), null_cond
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         if cond is None:
@@ -91,7 +100,7 @@ class AutoGuided(nn.Module):
 
     def __init__(self, model: Callable, guide: Callable, w: float):
         super().__init__()
-        self.model, self.guide, self.w = model, guide, float(w)
+        self.model, self.guide, self.w = model, guide, check_scale(w, "autoguidance scale w")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         eps_model = self.model(x, t, cond)

@@ -121,7 +121,7 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
 def _record_accuracy(out: Path, accuracy: float, n: int) -> None:
     """Add the test accuracy to ``training.json`` (written to a temporary file, then renamed)."""
     path = out / "training.json"
-    training = json.loads(path.read_text())
+    training = checkpoints.read_json(path)
     training.update(test_accuracy=round(accuracy, 6), test_images=n)
     tmp = path.with_name(".training.json.tmp")
     tmp.write_text(json.dumps(training, indent=1))
@@ -176,7 +176,11 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no classifier at {path} (looked for {path / 'config.json'})")
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = checkpoints.read_json(path / "config.json")
+    if not isinstance(cfg, dict) or cfg.get("kind") != "classifier" or "channels" not in cfg:
+        raise checkpoints.CheckpointError(f"{path / 'config.json'} is not the course classifier's config "
+                                          f"(kind {cfg.get('kind') if isinstance(cfg, dict) else None!r}); pass the "
+                                          f"classifier's folder (e.g. data/weights/classifier)")
     model = Classifier(ClassifierConfig.from_dict(cfg))
     checkpoints.load_weights(model, path, device=device)
     return model.eval()
@@ -189,6 +193,11 @@ def classify(clf: Classifier, x: torch.Tensor, batch_size: int = 1000) -> tuple[
 
     Args: x: (N, 1, 28, 28) in [-1, 1]. Returns: probs (N, 10) and features (N, F), float32 on the CPU.
     """
+    if x.dim() != 4 or x.shape[1:] != (1, 28, 28):
+        raise ValueError(f"expected images of shape (N, 1, 28, 28), got {tuple(x.shape)}")
+    if x.numel() and float(x.min()) >= 0 and float(x.max()) > 2:
+        raise ValueError(f"images must be in [-1, 1] (background -1), but these are in [{float(x.min()):g}, "
+                         f"{float(x.max()):g}]: pixels in 0..255? map them with x / 127.5 - 1")
     device = next(clf.parameters()).device
     probs, feats = [], []
     for chunk in x.split(batch_size):

@@ -74,9 +74,19 @@ def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no model at {path} (looked for {path / 'config.json'})")
-    cfg = json.loads((path / "config.json").read_text())
-    model = _unet_from_config(cfg)
+    cfg = checkpoints.read_json(path / "config.json")
+    missing = [k for k in ("channels", "T", "schedule") if not isinstance(cfg, dict) or k not in cfg]
+    if missing:
+        raise checkpoints.CheckpointError(
+            f"{path / 'config.json'} is not a course UNet's config (no {', '.join(missing)}): {path} holds another "
+            f"kind of model; pass a denoiser or class model folder (e.g. data/weights/class)")
+    try:
+        model = _unet_from_config(cfg)
+    except (TypeError, ValueError, KeyError) as e:
+        raise checkpoints.CheckpointError(f"{path / 'config.json'} does not describe a UNet this course can build "
+                                          f"({e}); delete the folder or restore it") from None
     checkpoints.load_weights(model, path, device=device, raw=raw, guide=guide)
+    model.T = int(cfg["T"])                    # the chain it was trained on, checked by samplers.sample
     has_training = cfg.get("clusters") and (path / "training.json").is_file()
     sizes = checkpoints.read_training(path).get("cluster_sizes") if has_training else None
     if sizes is not None:                      # the denoiser: how often each cluster occurred in training

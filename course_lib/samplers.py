@@ -23,6 +23,7 @@ moved to x_T's device), so a seed reproduces a sample exactly.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Callable, Sequence
 
@@ -31,7 +32,7 @@ import torch
 from .forward import extract, predict_eps_from_x0, predict_x0_from_eps, q_posterior
 from .schedules import Schedule, snr
 
-__all__ = ["timesteps", "respace", "dynamic_threshold", "denoise", "ddim_step", "ddpm_sample", "ddim_sample",
+__all__ = ["check_model_inputs", "timesteps", "respace", "dynamic_threshold", "denoise", "ddim_step", "ddpm_sample", "ddim_sample",
            "sample", "SAMPLERS", "DDIM_DEFAULT_STEPS", "DYNAMIC_PERCENTILE"]
 
 DDIM_DEFAULT_STEPS = 50         # Song et al. 2021, Table 1 reports S in {10, 20, 50, 100}: 50 is close to 1000
@@ -153,8 +154,8 @@ def _setup(x_T: torch.Tensor, schedule: Schedule, steps, eta: float) -> tuple[Sc
     if not isinstance(x_T, torch.Tensor) or x_T.dim() < 2:
         raise ValueError(f"x_T must be a batch tensor (B, C, H, W), got {type(x_T).__name__}"
                          + (f" of shape {tuple(x_T.shape)}" if isinstance(x_T, torch.Tensor) else ""))
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    if not (isinstance(eta, numbers.Real) and math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     if schedule.device != x_T.device:
         schedule = schedule.to(x_T.device)
     return schedule, timesteps(schedule.T, steps)
@@ -324,6 +325,37 @@ def ddim_sample(model: Callable, x_T: torch.Tensor, schedule: Schedule, *, steps
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddpm": ddpm_sample, "ddim": ddim_sample}
 
 
+def _base_model(model: Callable) -> Callable:
+    """The network inside guidance wrappers (``Guided.model``, ``AutoGuided.model``)."""
+    while hasattr(model, "model") and isinstance(getattr(model, "model"), torch.nn.Module):
+        model = model.model
+    return model
+
+
+def check_model_inputs(model: Callable, schedule: Schedule, cond=None) -> None:
+    """Refuse, before sampling, a schedule of another length than the chain the model was trained on
+    (``model.T``, set by ``models.load_unet``) and class labels the model does not know (0 .. num_classes - 1,
+    or -1 for "no condition").
+
+    Raises:
+        ValueError: naming the mismatch.
+    """
+    base = _base_model(model)
+    trained_T = getattr(base, "T", None)
+    if isinstance(trained_T, int) and trained_T != schedule.T:
+        raise ValueError(f"the model was trained on a chain of T={trained_T} steps, but the schedule has "
+                         f"T={schedule.T}: make it with make_schedule(..., {trained_T})")
+    k = getattr(getattr(base, "config", None), "num_classes", 0)
+    if isinstance(cond, torch.Tensor) and not cond.dtype.is_floating_point and cond.numel():
+        if not k:
+            raise ValueError("labels were given, but this model is not class-conditional (num_classes = 0)")
+        lo, hi = int(cond.min()), int(cond.max())
+        if lo < -1 or hi >= k:
+            bad = lo if lo < -1 else hi
+            raise ValueError(f"label {bad} is out of range: this model knows labels 0 to {k - 1} "
+                             f"(and -1 for 'no condition')")
+
+
 def sample(model: Callable, n: int, schedule: Schedule, *, sampler: str = "ddim", steps=None,
            eta: float | None = None, generator: torch.Generator | None = None, cond=None,
            device: torch.device | str = "cpu", clip_x0: bool | str = True,
@@ -337,11 +369,17 @@ def sample(model: Callable, n: int, schedule: Schedule, *, sampler: str = "ddim"
         shape: one sample's shape (C, H, W).
     Returns:
         (n, 1, 28, 28) float32 samples, roughly in [-1, 1].
+    Raises:
+        ValueError: before any compute, for a bad ``n`` or ``eta``, an unknown sampler, a schedule of another
+            T than the model's, or labels the model does not know (``check_model_inputs``).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if not (isinstance(n, numbers.Integral) and n >= 1):
+        raise ValueError(f"n must be a whole number >= 1, got {n!r}")
+    if eta is not None and not (isinstance(eta, numbers.Real) and math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    check_model_inputs(model, schedule, cond)
     x_T = _randn((n, *shape), generator, torch.device(device))
     kwargs = {} if eta is None else {"eta": eta}
     return SAMPLERS[sampler](model, x_T, schedule, steps=steps, clip_x0=clip_x0, generator=generator,

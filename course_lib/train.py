@@ -132,11 +132,16 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
             weights trained on a NaN. On a GPU this keeps the loop from waiting for the GPU inside a step.
 
     Raises:
-        ValueError: if ``out`` holds a checkpoint of another config, naming the differing field.
+        ValueError: if ``out`` holds a checkpoint of another config, naming the differing field, or is a
+            folder training must not write into (``checkpoints.check_training_target``).
         FloatingPointError: when the loss becomes NaN or inf, naming the step and the last good checkpoint.
     """
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     rt = runtime or get_runtime()
-    out = Path(out) if out is not None else None
+    out = checkpoints.check_training_target(out) if out is not None else None   # before any compute
     model.to(rt.device)
     ema = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(ema_decay), use_buffers=True)
     # fused: one kernel for the whole update (on a 2-core CPU too: 2 ms a step instead of 9 for the cpu UNet)
@@ -157,7 +162,11 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
 
     if out is not None and checkpoints.has_checkpoint(out):
         saved = checkpoints.read_training(out)
-        diff = checkpoints.config_difference(saved["config"], config)
+        kinds = saved.get("kind"), (meta or {}).get("kind")
+        if None not in kinds and kinds[0] != kinds[1]:
+            raise ValueError(f"{out} holds a checkpoint of the {kinds[0]} model, not of {kinds[1]}; "
+                             f"use another --out folder, or delete {out} to start over.")
+        diff = checkpoints.config_difference(saved.get("config"), config)
         if diff:
             raise ValueError(f"{out} holds a checkpoint of another model config ({diff}); "
                              f"use another --out folder, or delete {out} to start over.")
