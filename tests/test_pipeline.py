@@ -173,7 +173,7 @@ def test_cli_writes_a_png_and_a_pt(tmp_path, capsys):
     assert main(args + ["-o", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert main(args + ["-o", str(pt)]) == 0
-    images, labels = torch.load(pt)
+    images, labels = torch.load(pt, weights_only=True)
     assert images.dtype == torch.float32 and images.shape == (6, 1, 28, 28)
     assert images.min() >= -1 and images.max() <= 1
     assert labels.dtype == torch.long and labels.tolist() == [2, 2, 2, 9, 9, 9]
