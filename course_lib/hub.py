@@ -1,0 +1,93 @@
+"""The Hugging Face Hub, asked with a deadline. Pretrained models load the real way
+(``from_pretrained(hub_id)``) where the Hub answers, and nothing in the course waits on a network that
+does not: a captive portal or a broken proxy accepts connections and never answers, and left to itself
+transformers then waits 10 s per request, for several requests and retries.
+
+- ``offline_env()``: ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` is set (tests and CI set it).
+- ``hub_answers(repo_id, timeout_s)``: one real HTTP request (a HEAD of the repository's ``config.json`` at
+  ``$HF_ENDPOINT``, default https://huggingface.co), run in a daemon thread and given up after
+  ``timeout_s`` seconds, whatever the DNS lookup, the connection or the server does.
+- ``in_hub_cache(repo_id)``: a copy in the local Hugging Face cache (no network).
+- ``bounded_hub_timeouts()``: huggingface_hub's own per-request timeouts, while ``from_pretrained`` runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import urllib.error
+import urllib.request
+
+__all__ = ["offline_env", "endpoint", "hub_answers", "in_hub_cache", "bounded_hub_timeouts"]
+
+REQUEST_TIMEOUT_S = 10          # huggingface_hub's per-request timeout while a model downloads
+
+
+def offline_env() -> bool:
+    """Is the Hub switched off by the environment (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)?"""
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def endpoint() -> str:
+    """The Hub's address: ``$HF_ENDPOINT`` (a mirror), else https://huggingface.co."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_answers(repo_id: str, timeout_s: float = 1.5) -> tuple[bool, str]:
+    """Does the Hub answer an HTTP request for ``repo_id`` within ``timeout_s`` seconds?
+
+    Any HTTP answer counts (200, a redirect, 401 for a gated model): the Hub is there. No answer in time,
+    a refused connection or a failed DNS lookup does not.
+
+    Returns:
+        (answered, why): ``why`` says what happened, for the error message.
+    """
+    if offline_env():
+        return False, "HF_HUB_OFFLINE is set"
+    url = f"{endpoint()}/{repo_id}/resolve/main/config.json"
+    result: list[tuple[bool, str]] = []
+
+    def probe() -> None:
+        try:
+            req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "noise-to-digits"})
+            with urllib.request.urlopen(req, timeout=timeout_s) as r:
+                result.append((True, f"HTTP {r.status}"))
+        except urllib.error.HTTPError as e:                      # an answer, e.g. 401 or 404
+            result.append((True, f"HTTP {e.code}"))
+        except Exception as e:                                   # timeout, refused, DNS, TLS
+            result.append((False, f"{type(e).__name__}: {e}"))
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if not result:
+        return False, f"{endpoint()} did not answer within {timeout_s:g} s"
+    ok, why = result[0]
+    return ok, (why if ok else f"{endpoint()} could not be reached ({why[:120]})")
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Is ``repo_id`` in the local Hugging Face cache? (huggingface_hub only: no network, no transformers)"""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def bounded_hub_timeouts(seconds: float = REQUEST_TIMEOUT_S):
+    """Inside: huggingface_hub gives up a request that gets no answer for ``seconds`` (its metadata and
+    download timeouts; a download that keeps receiving data goes on)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    saved = constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT
+    constants.HF_HUB_ETAG_TIMEOUT = constants.HF_HUB_DOWNLOAD_TIMEOUT = seconds
+    try:
+        yield
+    finally:
+        constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT = saved
