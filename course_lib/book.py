@@ -4,6 +4,24 @@ into ``build/``, and render a static HTML course book (``build/index.html``) a p
 Re-running resumes instead of starting over: a lesson is executed again only when its notebook, the
 library or the profile changed since its last successful run (recorded in ``build/manifest.json``), and
 model training resumes from its last checkpoint.
+
+The index is the first page an instructor opens. Each lesson gets its title (linking to its page), the time
+it took, one line on what you build in it, and a small picture from its own executed output:
+
+- **The line** is the lesson's "what you build" cell in the README's lesson table, read with the parser that
+  ``links.py`` maintains that table with (``python -m course_lib links``). That table is already the one
+  place this sentence is written and reviewed, and ``links`` gives every new lesson a row, so nothing here
+  repeats it by hand. (The lessons' first paragraphs are stories that open the lesson, not summaries, and
+  a notebook metadata field would be a second copy to keep in step.) A lesson with no row, or "—" there,
+  shows no line.
+- **The picture** is the first image output of a code cell tagged ``book-thumbnail``, if a lesson has one,
+  else the lesson's *last* image output (lessons build up to their result; their first figure is often the
+  same grid of training digits). It is read from the executed notebook in ``build/lessons/``, so lessons
+  that were kept unchanged on a resumed run still show theirs. PNG, JPEG and GIF outputs qualify (an SVG
+  cannot be shrunk without a renderer); a lesson without one shows no picture. The picture is embedded in
+  ``index.html`` as a data URI, shrunk to fit ``THUMB_PX`` with a ``THUMB_COLORS`` palette (as it is, if it
+  already fits), so the index stays one small file (about 10 kB a lesson; TV static, which does not
+  compress, about 20 kB).
 """
 from __future__ import annotations
 
@@ -11,15 +29,22 @@ import hashlib
 import html
 import json
 import os
+import re
 import time
 from pathlib import Path
 
 from . import paths
 from .config import Profile, Runtime
 
-__all__ = ["lesson_paths", "execute_lesson", "render_index", "run_course", "ensure_models"]
+__all__ = ["lesson_paths", "execute_lesson", "lesson_summary", "thumbnail", "render_index", "run_course",
+           "ensure_models"]
 
 LESSON_MODELS = ("classifier", "denoiser", "class", "clip", "text2image")
+THUMB_TAG = "book-thumbnail"             # tag a code cell with it to choose the lesson's picture on the index
+THUMB_PX = (320, 180)                    # a thumbnail's largest (width, height) in pixels; shown at half size
+THUMB_COLORS = 64                        # a shrunk thumbnail's palette: a third of the bytes of full colour
+THUMB_TYPES = ("image/png", "image/jpeg", "image/gif")   # outputs Pillow can shrink
+SUMMARY_COLUMN = "what you build"        # the README lesson table's column the index quotes
 
 
 def lesson_paths(root: str | Path | None = None) -> list[Path]:
@@ -72,15 +97,125 @@ def _title(nb_path: Path) -> str:
     return nb_path.stem
 
 
-def render_index(out_dir: Path, entries: list[dict], profile: Profile, runtime: Runtime) -> Path:
-    """``build/index.html``: one link per executed lesson, with its time and profile."""
-    rows = "\n".join(
-        f'<li><a href="{html.escape(e["html"])}">{html.escape(e["title"])}</a>'
-        f' <span class="meta">{e["seconds"]:.0f} s</span></li>' for e in entries)
+def lesson_summary(nb_name: str, root: str | Path | None = None) -> str | None:
+    """What you build in a lesson, in one line: its "what you build" cell in the README's lesson table.
+
+    Args:
+        nb_name: the lesson's file name, e.g. ``"01_forward_noising.ipynb"``.
+        root: the course folder whose ``README.md`` is read (default: the course).
+
+    Returns:
+        The cell's markdown text, or ``None`` where there is no README, table, row or column, or the cell
+        is empty or "—".
+    """
+    # links.py owns the table's format; it imports this module's lesson_paths and _title, so import lazily
+    from .links import _existing_table, _table_span
+    readme_path = (Path(root) if root is not None else paths.root()) / "README.md"
+    if not readme_path.is_file():
+        return None
+    readme = readme_path.read_text(encoding="utf-8")
+    try:
+        a, b = _table_span(readme)
+    except ValueError:                   # no lesson table
+        return None
+    header, rows = _existing_table(readme[a:b])
+    cells = rows.get(nb_name)
+    if SUMMARY_COLUMN not in header or cells is None or header.index(SUMMARY_COLUMN) >= len(cells):
+        return None
+    text = cells[header.index(SUMMARY_COLUMN)].replace("\\|", "|").strip()
+    return text if text not in ("", "—", "-") else None
+
+
+def _inline_markdown(text: str) -> str:
+    """A table cell's markdown as HTML: escaped, with `code` spans and **bold**; a [link](url) keeps only
+    its text (a README-relative address would not resolve from ``build/``)."""
+    out = html.escape(re.sub(r"\[([^\]]+)\]\([^)\s]+\)", r"\1", text), quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
+def _image_outputs(cell: dict) -> list[tuple[str, str]]:
+    """A code cell's image outputs as ``(mime type, base64 text)``, in output order."""
+    found = []
+    for out in cell.get("outputs", []):
+        data = out.get("data", {})
+        for mime in THUMB_TYPES:
+            if mime in data:
+                b64 = data[mime]
+                found.append((mime, "".join(b64) if isinstance(b64, list) else b64))
+                break
+    return found
+
+
+def thumbnail(executed_nb: str | Path, max_px: tuple[int, int] = THUMB_PX) -> bytes | None:
+    """A lesson's picture for the index, from its executed notebook (the rule is in the module docstring).
+
+    Args:
+        executed_nb: an executed notebook, e.g. ``build/lessons/01_forward_noising.ipynb``.
+        max_px: the largest (width, height); a bigger image is shrunk to fit, keeping its aspect ratio.
+
+    Returns:
+        PNG bytes (the output's own bytes when it is a PNG that already fits), or ``None`` when the
+        notebook is missing or has no image output that decodes.
+    """
+    import base64
+    import io
+    from PIL import Image
+    try:
+        nb = json.loads(Path(executed_nb).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    code = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
+    tagged = [img for c in code if THUMB_TAG in c.get("metadata", {}).get("tags", []) for img in _image_outputs(c)]
+    candidates = tagged or [img for c in code for img in _image_outputs(c)][::-1]   # else the last image
+    for mime, b64 in candidates:
+        try:
+            raw = base64.b64decode(b64)
+            with Image.open(io.BytesIO(raw)) as im:
+                if mime == "image/png" and im.width <= max_px[0] and im.height <= max_px[1]:
+                    return raw
+                im.seek(0)                                             # a GIF: its first frame
+                rgba = im.convert("RGBA")
+        except Exception:                # a broken output is skipped, not an error: the next one is tried
+            continue
+        flat = Image.new("RGB", rgba.size, "white")                    # figures are drawn on white
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        flat.thumbnail(max_px, Image.LANCZOS)
+        buf = io.BytesIO()
+        flat.quantize(THUMB_COLORS).save(buf, format="PNG", optimize=True)
+        return buf.getvalue()
+    return None
+
+
+def render_index(out_dir: Path, entries: list[dict], profile: Profile, runtime: Runtime,
+                 root: str | Path | None = None) -> Path:
+    """``build/index.html``: per executed lesson, its title linking to its page, the time it took, what you
+    build in it (``lesson_summary``) and a picture from its executed notebook in ``out_dir/lessons/``
+    (``thumbnail``).
+
+    Args:
+        entries: ``{"title", "html", "seconds"}`` per lesson, in course order (the manifest's records).
+        root: the course folder whose README gives the lines (default: the course).
+    """
+    import base64
+    rows = []
+    for e in entries:
+        nb_name = Path(e["html"]).with_suffix(".ipynb").name
+        png = thumbnail(Path(out_dir) / "lessons" / nb_name)
+        picture = (f'<img class="thumb" alt="a figure from {html.escape(e["title"])}" '
+                   f'src="data:image/png;base64,{base64.b64encode(png).decode()}">' if png
+                   else '<span class="thumb"></span>')
+        summary = lesson_summary(nb_name, root)
+        line = f'<br><span class="what">{_inline_markdown(summary)}</span>' if summary else ""
+        rows.append(f'<li>{picture}<div><a href="{html.escape(e["html"])}">{html.escape(e["title"])}</a>'
+                    f' <span class="meta">{e["seconds"]:.0f} s</span>{line}</div></li>')
+    rows = "\n".join(rows)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>From Noise to Digits: the course book</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:46rem;margin:3rem auto;line-height:1.5;padding:0 1rem}}
-li{{margin:.4rem 0}} .meta{{color:#777;font-size:.85em}}</style></head>
+<style>body{{font-family:system-ui,sans-serif;max-width:50rem;margin:3rem auto;line-height:1.5;padding:0 1rem}}
+ol{{list-style:none;padding:0}} li{{display:flex;gap:1rem;align-items:center;margin:.8rem 0}}
+.thumb{{flex:none;width:160px;max-height:90px;object-fit:contain}} .what{{color:#444}}
+.meta{{color:#777;font-size:.85em}}</style></head>
 <body><h1>From Noise to Digits</h1>
 <p>Every lesson below was executed on <b>{html.escape(runtime.device.type)}</b> with the
 <b>{html.escape(profile.name)}</b> profile ({html.escape(runtime.precision)}), with its pictures and animations.</p>
