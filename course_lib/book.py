@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from . import paths
+from .links import lesson_paths, lesson_title, readme_lesson_rows
 from .config import Profile, Runtime
 
 __all__ = ["lesson_paths", "execute_lesson", "lesson_summary", "thumbnail", "render_index", "run_course",
@@ -45,11 +46,6 @@ THUMB_PX = (320, 180)                    # a thumbnail's largest (width, height)
 THUMB_COLORS = 64                        # a shrunk thumbnail's palette: a third of the bytes of full colour
 THUMB_TYPES = ("image/png", "image/jpeg", "image/gif")   # outputs Pillow can shrink
 SUMMARY_COLUMN = "what you build"        # the README lesson table's column the index quotes
-
-
-def lesson_paths(root: str | Path | None = None) -> list[Path]:
-    """Every lesson, in course order: ``lessons/[0-9A-Z]*.ipynb`` under ``root`` (default: the course)."""
-    return sorted((Path(root) if root is not None else paths.root()).joinpath("lessons").glob("[0-9A-Z]*.ipynb"))
 
 
 def _library_hash() -> str:
@@ -78,23 +74,12 @@ def execute_lesson(nb_path: Path, out_dir: Path, timeout: int | None = None) -> 
     (out_dir / "lessons").mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / "lessons" / nb_path.name)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(   # the page title: the lesson's heading
-        nb, resources={"metadata": {"name": _title(nb_path)}})
+        nb, resources={"metadata": {"name": lesson_title(nb_path)}})
     html_path = out_dir / (nb_path.stem + ".html")
     tmp = html_path.with_suffix(".html.tmp")
     tmp.write_text(body, encoding="utf-8")
     os.replace(tmp, html_path)
     return html_path, seconds
-
-
-def _title(nb_path: Path) -> str:
-    import nbformat
-    nb = nbformat.read(nb_path, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("# "):
-                    return line[2:].strip()
-    return nb_path.stem
 
 
 def lesson_summary(nb_name: str, root: str | Path | None = None) -> str | None:
@@ -108,17 +93,10 @@ def lesson_summary(nb_name: str, root: str | Path | None = None) -> str | None:
         The cell's markdown text, or ``None`` where there is no README, table, row or column, or the cell
         is empty or "—".
     """
-    # links.py owns the table's format; it imports this module's lesson_paths and _title, so import lazily
-    from .links import _existing_table, _table_span
-    readme_path = (Path(root) if root is not None else paths.root()) / "README.md"
-    if not readme_path.is_file():
+    found = readme_lesson_rows(root)
+    if found is None:                    # no README or no lesson table
         return None
-    readme = readme_path.read_text(encoding="utf-8")
-    try:
-        a, b = _table_span(readme)
-    except ValueError:                   # no lesson table
-        return None
-    header, rows = _existing_table(readme[a:b])
+    header, rows = found
     cells = rows.get(nb_name)
     if SUMMARY_COLUMN not in header or cells is None or header.index(SUMMARY_COLUMN) >= len(cells):
         return None
@@ -270,7 +248,7 @@ def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = F
         if nb_path in todo and (force or not rec or rec["key"] != key or not html_path.is_file()):
             print(f"[lesson] {nb_path.name}: executing ...", flush=True)
             _, seconds = execute_lesson(nb_path, out_dir)
-            rec = {"key": key, "seconds": seconds, "title": _title(nb_path), "html": html_path.name}
+            rec = {"key": key, "seconds": seconds, "title": lesson_title(nb_path), "html": html_path.name}
             manifest[nb_path.name] = rec
             manifest_path.write_text(json.dumps(manifest, indent=1))   # progress survives an interruption
             print(f"[lesson] {nb_path.name}: done in {seconds:.0f} s")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import paths
 
-__all__ = ["repository_url", "colab_url", "lesson_paths", "lesson_table", "sync"]
+__all__ = ["repository_url", "colab_url", "lesson_paths", "lesson_title", "lesson_table", "readme_lesson_rows", "sync"]
 
 BRANCH = "main"                          # the branch Colab opens lessons from
 START, END = "<!-- lessons:start -->", "<!-- lessons:end -->"
@@ -64,15 +64,26 @@ def colab_url(lesson_path: str | Path, repository: str | None = None) -> str:
 
 
 def lesson_paths(root: str | Path | None = None) -> list[Path]:
-    """Every lesson, in course order: the course book's rule (``book.lesson_paths``)."""
-    from .book import lesson_paths as book_lessons
-    return book_lessons(_root(root))
+    """Every lesson, in course order: ``lessons/[0-9A-Z]*.ipynb`` under ``root`` (default: the course); the
+    course book (``book.py``) and the README's table both list them so."""
+    return sorted(_root(root).joinpath("lessons").glob("[0-9A-Z]*.ipynb"))
+
+
+def lesson_title(nb_path: Path) -> str:
+    """A lesson's first markdown heading (e.g. "Lesson 04 — Sampling"), else its file name."""
+    import nbformat
+    nb = nbformat.read(nb_path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return Path(nb_path).stem
 
 
 def _heading(nb_path: Path) -> str:
     """A lesson's title: its first markdown heading, less a "Lesson 04 — " or "Appendix A1 — " prefix."""
-    from .book import _title
-    return re.sub(r"^(Lesson|Appendix)\s+\S+\s*[—:-]\s*", "", _title(nb_path))
+    return re.sub(r"^(Lesson|Appendix)\s+\S+\s*[—:-]\s*", "", lesson_title(nb_path))
 
 
 # -- the README's lesson table ---------------------------------------------------------------------------
@@ -108,6 +119,20 @@ def _table_span(readme: str) -> tuple[int, int]:
     if start < 0 or end < start:
         raise ValueError(f"README.md has no lesson table between {START} and {END}")
     return start + len(START), end
+
+
+def readme_lesson_rows(root: str | Path | None = None) -> tuple[list[str], dict[str, list[str]]] | None:
+    """The README's lesson table as (header cells, {lesson file name: row cells}); None where there is no
+    README or no table (what the course book's index reads its lines from)."""
+    readme_path = _root(root) / "README.md"
+    if not readme_path.is_file():
+        return None
+    readme = readme_path.read_text(encoding="utf-8")
+    try:
+        a, b = _table_span(readme)
+    except ValueError:
+        return None
+    return _existing_table(readme[a:b])
 
 
 def lesson_table(root: str | Path | None = None, readme: str | None = None) -> str:

@@ -51,7 +51,7 @@ def test_lesson_executes_to_html_and_index_links_it(tmp_path):
     page = html_path.read_text()
     assert "data:image/png;base64" in page and "<title>Lesson 00 — From static to digits</title>" in page
     assert (tmp_path / "lessons" / nb.name).is_file()
-    entry = {"title": book._title(nb), "html": html_path.name, "seconds": seconds}
+    entry = {"title": book.lesson_title(nb), "html": html_path.name, "seconds": seconds}
     index = book.render_index(tmp_path, [entry], get_profile("test"), get_runtime("cpu")).read_text()
     assert f'href="{html_path.name}"' in index and "Lesson 00" in index
     # the line: this lesson's "what you build" cell of the README's lesson table
