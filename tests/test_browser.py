@@ -84,7 +84,7 @@ def test_the_client_reports_broken_pages_and_images(tmp_path):
 
 
 def test_index_links_every_lesson(book, pages):
-    from course_lib.book import _title
+    from course_lib.links import lesson_title as _title
     out, lessons = book
     index = pages["index"]
     assert index["title"] and index["headings"] == ["From Noise to Digits"]
@@ -97,7 +97,7 @@ def test_index_links_every_lesson(book, pages):
 
 
 def test_every_lesson_page_loads_with_its_title(book, pages):
-    from course_lib.book import _title
+    from course_lib.links import lesson_title as _title
     for nb_path in book[1]:
         page = pages[nb_path.stem]
         title = _title(nb_path)
