@@ -177,8 +177,9 @@ def check_resumable(folder: str | os.PathLike | None, config: dict, steps: int |
                          f"use another --out folder, or delete {out} to start over.")
     if "cluster_sizes" in meta and saved.get("cluster_sizes", meta["cluster_sizes"]) != meta["cluster_sizes"]:
         raise ValueError(f"the k-means clusters computed here differ from those {out} was trained with "
-                         f"(cluster sizes {saved['cluster_sizes'][:5]}... there, {meta['cluster_sizes'][:5]}... here; another "
-                         f"machine or torch version?): resume it where it started, or train into another folder")
+                         f"(cluster sizes {saved['cluster_sizes'][:5]}... there, {meta['cluster_sizes'][:5]}... "
+                         f"here; another machine or torch version?): resume it where it started, or train into "
+                         f"another folder")
     if steps is not None and saved.get("steps", steps) != steps:
         raise ValueError(f"{out} holds a checkpoint of a {saved['steps']}-step run, not of this {steps}-step "
                          f"one (its learning-rate schedule would not match); use another --out folder, "

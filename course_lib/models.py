@@ -162,10 +162,10 @@ REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
                    _lazy("metrics", "load_classifier")),
     "denoiser": (denoiser_config, train_denoiser, lambda path, device: load_unet(path, device)[0]),
     "class": (class_config, train_class_model, lambda path, device: load_unet(path, device)[0]),
-    "clip": (_lazy("clip", "clip_config_from_profile"), _lazy("clip", "train_clip"),
+    "clip": (_lazy("clip", "clip_config_from_profile"), _lazy("clip_training", "train_clip"),
              _lazy("clip", "load_clip")),
-    "text2image": (_lazy("pipeline", "text2image_config"), _lazy("pipeline", "train_text2image"),
-                   _lazy("pipeline", "load_text2image")),
+    "text2image": (_lazy("text2image_training", "text2image_config"),
+                   _lazy("text2image_training", "train_text2image"), _lazy("pipeline", "load_text2image")),
 }
 
 
