@@ -19,7 +19,8 @@ import common  # noqa: E402
 
 from course_lib import captions  # noqa: E402
 from course_lib.checkpoints import read_training  # noqa: E402
-from course_lib.clip import clip_config_from_profile, evaluate_clip, train_clip  # noqa: E402
+from course_lib.clip import clip_config_from_profile  # noqa: E402
+from course_lib.clip_training import evaluate_clip, train_clip  # noqa: E402
 from course_lib.data import load_mnist  # noqa: E402
 from course_lib.text import load_tokenizer  # noqa: E402
 

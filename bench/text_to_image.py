@@ -9,10 +9,11 @@ when missing) and records:
                     names, overall and per kind of prompt
     fid             classifier-feature FID of those samples against real test digits, next to the real-vs-real
                     floor at the same N
-    attributes      for "thin"/"thick" and "left"/"right" on paired noise (``pipeline.attribute_control``): the
-                    measured difference in standard units and the fraction of pairs ordered the right way
+    attributes      for "thin"/"thick" and "left"/"right" on paired noise
+                    (``text2image_training.attribute_control``): the measured difference in standard units and
+                    the fraction of pairs ordered the right way
     seconds_per_image   generation time (DDIM, the profile's steps and guidance scale)
-    quick_accuracy_by_guidance   ``pipeline.prompt_accuracy`` (bare prompts, a quick N) at w in SWEEP
+    quick_accuracy_by_guidance   ``text2image_training.prompt_accuracy`` (bare prompts, a quick N) at w in SWEEP
 
 Targets:
     cpu   training <= 15 min on 2 cores; digit accuracy >= 95 %; both attributes ordered in >= 90 % of pairs
@@ -37,7 +38,8 @@ from course_lib import paths  # noqa: E402
 from course_lib.checkpoints import read_training  # noqa: E402
 from course_lib.metrics import classify, evaluate_samples, real_images  # noqa: E402
 from course_lib.models import find_matching, get_model  # noqa: E402
-from course_lib.pipeline import ATTRIBUTE_PAIRS, attribute_control, benchmark_prompts, prompt_accuracy  # noqa: E402
+from course_lib.pipeline import ATTRIBUTE_PAIRS, benchmark_prompts  # noqa: E402
+from course_lib.text2image_training import attribute_control, prompt_accuracy  # noqa: E402
 
 SEED = 0
 SWEEP = (1.0, 2.0, 3.0, 5.0)        # guidance scales of the quick accuracy sweep (prompts "zero".."9", bare)

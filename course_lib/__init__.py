@@ -11,15 +11,17 @@ One idea per module, in the order the lessons meet them:
     forward     the diffusion model: the forward Markov chain, its posterior, the ELBO
     unet        the denoising model: a small UNet, model(x, t, cond) -> predicted noise
     train       one training loop for every model (AdamW, warm-up + cosine, EMA, mixed precision)
-    checkpoints safetensors folders, written atomically, resumed exactly
-    models      the diffusion loss, and finding, loading or training each model of the course
+    checkpoints safetensors folders, written atomically, resumed exactly (and which runs may resume them)
+    models      the denoiser and class-model runs; finding, loading or training each model of the course
     samplers    DDPM and DDIM
     metrics     the course classifier, confident fraction, class histogram, FID
     guidance    classifier-free guidance and autoguidance, as model wrappers
     captions    captions from image moments (thick/thin, slant, width)
     text        the tokenizer
-    clip        CLIP on captioned digits
-    pipeline    text to image
+    clip        CLIP on captioned digits: the network, embeddings, zero-shot reading, loading (no data)
+    clip_training   its caption dataset, contrastive loss and training run (train.fit); find or train it
+    pipeline    text to image: the frozen text encoder and TextToImage (from_pretrained, sampling; no data)
+    text2image_training   its captioned dataset, encoding cache and training run (train.fit); measuring it
     diagnostics the checks that catch the classic diffusion bugs (appendix A1)
     book        `make course`: execute every lesson and render the course book
     weights     `make weights`: train, measure and export the reference weights

@@ -38,7 +38,7 @@ from . import paths
 
 __all__ = ["CheckpointError", "check_training_target", "recover_interrupted_write", "read_json", "save_checkpoint", "read_training", "load_trainer_state", "load_weights", "optimizer_to_tensors",
            "optimizer_from_tensors", "config_difference", "atomic_folder", "has_checkpoint", "load_guide_state",
-           "GUIDE_FILE"]
+           "GUIDE_FILE", "check_resumable"]
 
 
 class CheckpointError(ValueError):
@@ -304,6 +304,45 @@ def read_training(folder: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {Path(folder)} (looked for {path})")
     return read_json(path)
+
+
+def check_resumable(folder: str | os.PathLike | None, config: dict, steps: int | None = None,
+                    meta: dict | None = None) -> dict | None:
+    """Can a run of ``config`` resume the checkpoint in ``folder``? Its training record if so, None when
+    there is nothing to resume (no folder, or no checkpoint in it).
+
+    A checkpoint resumes only the run it came from; checked in this order:
+
+    0. the kind of model (``meta["kind"]``, where both record one);
+    1. the model config: equal field by field (``config_difference``);
+    2. what ``meta`` recomputes at every start from the data: the denoiser's k-means ``cluster_sizes``
+       (k-means runs again on each start, so another machine or torch version could find other clusters);
+    3. the number of ``steps`` (None: not checked): the learning-rate schedule is a function of it.
+
+    Raises:
+        ValueError: naming what differs and how to start over.
+    """
+    if folder is None or not has_checkpoint(folder):
+        return None
+    out, saved, meta = Path(folder), read_training(folder), meta or {}
+    kinds = saved.get("kind"), meta.get("kind")
+    if None not in kinds and kinds[0] != kinds[1]:
+        raise ValueError(f"{out} holds a checkpoint of the {kinds[0]} model, not of {kinds[1]}; "
+                         f"use another --out folder, or delete {out} to start over.")
+    diff = config_difference(saved.get("config"), config)
+    if diff:
+        raise ValueError(f"{out} holds a checkpoint of another model config ({diff}); "
+                         f"use another --out folder, or delete {out} to start over.")
+    if "cluster_sizes" in meta and saved.get("cluster_sizes", meta["cluster_sizes"]) != meta["cluster_sizes"]:
+        raise ValueError(f"the k-means clusters computed here differ from those {out} was trained with "
+                         f"(cluster sizes {saved['cluster_sizes'][:5]}... there, {meta['cluster_sizes'][:5]}... "
+                         f"here; another machine or torch version?): resume it where it started, or train into "
+                         f"another folder")
+    if steps is not None and saved.get("steps", steps) != steps:
+        raise ValueError(f"{out} holds a checkpoint of a {saved['steps']}-step run, not of this {steps}-step "
+                         f"one (its learning-rate schedule would not match); use another --out folder, "
+                         f"or delete {out} to start over.")
+    return saved
 
 
 def load_trainer_state(folder: str | os.PathLike, *, model: torch.nn.Module, ema: torch.nn.Module,

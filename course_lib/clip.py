@@ -5,15 +5,19 @@ Fig. 3 (the pseudocode): an image encoder and a text encoder map a batch of B im
 to unit vectors; the B x B matrix of cosine similarities, times a learned temperature exp(t), is read as
 logits, and a symmetric cross-entropy pulls each image towards its caption and away from the others.
 
-The model is transformers' own ``CLIPModel`` (a ViT over 28 x 28 x 1 patches and a causal text transformer
-over ``course_lib.text``'s closed vocabulary), sized by the profile's ``clip_*`` fields and trained by the
-course's one loop, ``course_lib.train.fit``. A checkpoint folder loads with ``CLIPModel.from_pretrained``
-and ``PreTrainedTokenizerFast.from_pretrained``.
+This module is the network and what is done with it; it knows no data and no training loop:
 
-Many captions in a batch are true of many images ("the number seven" of every seven; "a thick 7" of every
-thick seven), so the loss does not treat them as negatives: its target for image i is spread evenly over the
-captions that are true of it (``captions.compatible``), and likewise for each caption (a multi-positive
-contrastive loss, as in Khosla et al. 2020, Eq. 2). With one true caption per image it is exactly CLIP's loss.
+    clip_config_from_profile, build_clip    the model, sized by the profile's ``clip_*`` fields
+    embed_images, embed_text, similarity    unit vectors and their cosine similarities
+    zero_shot_classify, nearest_captions,   reading digits and captions off the similarities
+    attribute_accuracy
+    load_clip, save_clip                    a CLIP folder (transformers' files and the tokenizer)
+    load_pretrained_clip, ...               OpenAI's CLIP, for comparison
+
+The model is transformers' own ``CLIPModel`` (a ViT over 28 x 28 x 1 patches and a causal text transformer
+over ``course_lib.text``'s closed vocabulary). A folder loads with ``CLIPModel.from_pretrained`` and
+``PreTrainedTokenizerFast.from_pretrained``. Its training (the caption dataset, the contrastive loss, the
+course's one loop) is in ``course_lib.clip_training``, with ``get_clip`` (find or train the course CLIP).
 
 OpenAI's pretrained ``openai/clip-vit-base-patch32`` loads with ``load_pretrained_clip`` where there is a
 network (or a cached copy); offline it fails in about two seconds with ``PretrainedCLIPUnavailable``.
@@ -30,21 +34,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import captions, checkpoints, paths
-from .config import Profile, Runtime, get_runtime
-from .data import batch_indices, load_mnist
+from . import captions, paths
+from .config import Profile
 from .text import END, MAX_LENGTH, PAD, SPECIAL_TOKENS, START, encode, load_tokenizer
-from .train import TrainResult, fit
 
-__all__ = ["clip_config_from_profile", "build_clip", "clip_loss", "embed_text", "embed_images", "similarity",
-           "project_2d", "zero_shot_logits", "zero_shot_classify", "zero_shot_accuracy", "nearest_captions",
-           "attribute_accuracy", "evaluate_clip", "make_batch_fn", "contrastive_step", "train_clip", "load_clip",
-           "get_clip", "DIGIT_TEMPLATE", "PRETRAINED", "PretrainedCLIPUnavailable", "hub_reachable",
+__all__ = ["clip_config_from_profile", "build_clip", "embed_text", "embed_images", "similarity", "project_2d",
+           "zero_shot_logits", "zero_shot_classify", "nearest_captions", "attribute_accuracy", "load_clip",
+           "save_clip", "DIGIT_TEMPLATE", "PRETRAINED", "PretrainedCLIPUnavailable", "hub_reachable",
            "load_pretrained_clip", "pretrained_embed_images", "pretrained_embed_text"]
 
 DIGIT_TEMPLATE = "a photo of the digit {}"      # the zero-shot prompt, as in Radford et al. (2021), Sec. 3.1.4
 LOGIT_SCALE_INIT = math.log(1 / 0.07)           # Radford et al. (2021), Sec. 2.5: temperature 0.07 at start
-LOGIT_SCALE_MAX = math.log(100.0)               # ... and clipped so the logits are scaled by at most 100
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -79,43 +79,6 @@ def build_clip(config: dict):
     if cfg.text_config.eos_token_id == 2:        # transformers would pool at the largest id (legacy CLIP)
         raise ValueError("the end token must not have id 2 (see course_lib.text)")
     return CLIPModel(cfg)
-
-
-def _reset_position_ids(model) -> None:
-    """Restore the integer ``position_ids`` buffers (an EMA average of integers can round them down)."""
-    for emb in (model.text_model.embeddings, model.vision_model.embeddings):
-        n = emb.position_ids.shape[-1]
-        emb.position_ids.copy_(torch.arange(n, device=emb.position_ids.device).expand(1, -1))
-
-
-# ---------------------------------------------------------------------------------------------- the loss
-def clip_loss(logits_per_image: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric contrastive loss: (CE(images -> captions) + CE(captions -> images)) / 2.
-
-    Radford et al. (2021), Fig. 3: ``loss_i = CE(logits, labels, axis=0)``, ``loss_t = CE(logits, labels,
-    axis=1)``, ``loss = (loss_i + loss_t) / 2`` with ``labels = arange(B)``.
-
-    Args:
-        logits_per_image: ``(B, B)``: row i scores image i against every caption (scaled cosine similarity).
-        targets: optional ``(B, B)`` bool or 0/1: which captions are true of which images. Each row (and
-            each column) is normalised into a target distribution. None: the identity (CLIP's loss).
-
-    Returns:
-        the scalar loss.
-    """
-    B = logits_per_image.shape[0]
-    if logits_per_image.dim() != 2 or logits_per_image.shape[1] != B:
-        raise ValueError(f"logits_per_image must be square (B, B), got {tuple(logits_per_image.shape)}")
-    logits = logits_per_image.float()
-    if targets is None:
-        labels = torch.arange(B, device=logits.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-    t = targets.float()
-    if t.shape != logits.shape or (t.sum(1) == 0).any() or (t.sum(0) == 0).any():
-        raise ValueError("targets must be (B, B) with at least one positive in every row and every column")
-    loss_images = F.cross_entropy(logits, t / t.sum(1, keepdim=True))        # each image -> its captions
-    loss_texts = F.cross_entropy(logits.T, t.T / t.T.sum(1, keepdim=True))   # each caption -> its images
-    return (loss_images + loss_texts) / 2
 
 
 # ---------------------------------------------------------------------------------------------- embeddings
@@ -183,16 +146,6 @@ def zero_shot_classify(model, tokenizer, images: torch.Tensor, template: str = D
     return zero_shot_logits(model, tokenizer, images, template, words).argmax(1)
 
 
-def zero_shot_accuracy(model, profile: Profile, runtime: Runtime | None = None, n: int | None = None) -> float:
-    """Zero-shot digit accuracy on the first ``n`` test digits (default ``profile.n_test``; None: all 10,000).
-
-    ``model`` is a ``CLIPModel`` or the ``(model, tokenizer)`` pair that ``load_clip`` returns.
-    """
-    model, tokenizer = model if isinstance(model, tuple) else (model, load_tokenizer())
-    x, y = load_mnist("test", n=n if n is not None else profile.n_test, quiet=True)
-    return float((zero_shot_classify(model, tokenizer, x) == y).float().mean())
-
-
 def nearest_captions(model, tokenizer, images: torch.Tensor, k: int = 5, candidates: list[str] | None = None
                      ) -> list[list[tuple[str, float]]]:
     """Retrieval: for each image, the ``k`` most similar captions (default: every caption of the vocabulary's
@@ -230,54 +183,7 @@ def attribute_accuracy(model, tokenizer, images: torch.Tensor, labels: torch.Ten
     return float((pred == bins[keep, k].cpu()).float().mean()), int(keep.sum())
 
 
-def evaluate_clip(model, tokenizer, images: torch.Tensor, labels: torch.Tensor,
-                  thresholds: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Zero-shot digit accuracy and attribute accuracy (thickness, width, slant) on held-out digits."""
-    labels = labels.cpu()
-    pred = zero_shot_classify(model, tokenizer, images)
-    bins = captions.attribute_bins(captions.measure_attributes(images), labels, thresholds)
-    out = {"digit_accuracy": float((pred == labels).float().mean()), "n_images": len(labels)}
-    for name in captions.ATTRIBUTE_NAMES:
-        out[f"{name}_accuracy"], out[f"{name}_n"] = attribute_accuracy(model, tokenizer, images, labels, bins, name)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- training
-def make_batch_fn(images: torch.Tensor, labels: torch.Tensor, bins: torch.Tensor, tokenizer, batch_size: int,
-                  device: torch.device | str = "cpu"):
-    """``get_batch(generator)`` for ``fit``: random digits, a random true caption each, and the targets.
-
-    Returns dicts with ``pixel_values`` (B, 1, 28, 28), ``input_ids`` and ``attention_mask`` (B, L) and
-    ``targets`` (B, B) bool, ``targets[i, j]``: caption j is true of image i.
-    """
-    images = images.to(device)
-    labels_cpu, bins = labels.cpu().long(), bins.cpu().long()
-    content = torch.cat([labels_cpu[:, None], bins], 1)                       # (N, 1 + A)
-    token_cache: dict[str, tuple[list[int], list[int]]] = {}
-
-    def get_batch(generator: torch.Generator) -> dict:
-        idx = batch_indices(len(labels_cpu), batch_size, generator)           # (B,) on the CPU
-        texts, caption_content = captions.random_captions(labels_cpu[idx], bins[idx], generator)
-        new = [t for t in dict.fromkeys(texts) if t not in token_cache]       # the caption set is finite
-        if new:
-            enc = tokenizer(new, padding="max_length", truncation=True, max_length=MAX_LENGTH)
-            token_cache.update(zip(new, zip(enc["input_ids"], enc["attention_mask"])))
-        ids, mask = zip(*(token_cache[t] for t in texts))
-        targets = captions.compatible(content[idx], caption_content)          # (B, B), diagonal all True
-        return {"pixel_values": images[idx.to(images.device)], "input_ids": torch.tensor(ids, device=device),
-                "attention_mask": torch.tensor(mask, device=device), "targets": targets.to(device)}
-    return get_batch
-
-
-def contrastive_step(model, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``loss_fn`` for ``fit``: encode both sides, compare every image with every caption, symmetric CE."""
-    with torch.no_grad():                                                     # Radford et al. (2021), Sec. 2.5
-        model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                pixel_values=batch["pixel_values"])
-    return clip_loss(out.logits_per_image, batch["targets"])
-
-
+# ---------------------------------------------------------------------------------------------- saving and loading
 @contextlib.contextmanager
 def _quiet_transformers():
     """No transformers progress bars ("Loading weights", "Writing model shards") for our tiny models."""
@@ -291,45 +197,12 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def _export(model, folder: Path) -> None:
-    """What a checkpoint folder holds: transformers' config + weights, and the tokenizer beside them."""
+def save_clip(model, folder: str | Path) -> None:
+    """What a CLIP folder holds: transformers' config + weights, and the tokenizer beside them (``load_clip``
+    reads it back; training passes this to ``fit`` as its ``export``)."""
     with _quiet_transformers():
         model.save_pretrained(str(folder))
     load_tokenizer().save_pretrained(str(folder))
-
-
-def train_clip(profile: Profile, out: str | Path | None = None, runtime: Runtime | None = None,
-               steps: int | None = None, progress: bool = True) -> TrainResult:
-    """Train the course CLIP on captioned MNIST digits for the profile (resumes a same-config checkpoint).
-
-    Args:
-        profile: sizes (``clip_*``, ``n_train``, ``warmup_steps``, ``ema_decay``, ``checkpoint_every``).
-        out: checkpoint folder (default ``paths.default_checkpoint("clip")``).
-        steps: total steps (default ``profile.clip_steps``).
-
-    Returns:
-        ``fit``'s ``TrainResult``; ``ema_model`` is the ``CLIPModel`` to use.
-    """
-    rt = runtime or get_runtime()
-    out = Path(out) if out is not None else paths.default_checkpoint("clip")
-    config = clip_config_from_profile(profile)
-    x, y = load_mnist("train", profile=profile, quiet=not progress)
-    measures = captions.measure_attributes(x)
-    thresholds = captions.fit_thresholds(measures, y)
-    bins = captions.attribute_bins(measures, y, thresholds)
-    tokenizer = load_tokenizer()
-    get_batch = make_batch_fn(x, y, bins, tokenizer, profile.clip_batch, rt.device)
-    with torch.random.fork_rng(devices=[]):                                   # seeded initial weights,
-        torch.manual_seed(0)                                                  # global RNG left as it was
-        model = build_clip(config)
-    meta = {"kind": "clip", "profile": profile.to_dict(), "data": f"MNIST train, first {len(y)} images",
-            "thresholds": captions.thresholds_to_json(thresholds), "templates": list(captions.TEMPLATES)}
-    result = fit(model, contrastive_step, get_batch, steps=steps or profile.clip_steps, lr=profile.clip_lr,
-                 warmup_steps=profile.warmup_steps, batch_size=profile.clip_batch, ema_decay=profile.ema_decay,
-                 config=config, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
-                 export=_export, desc="CLIP", progress=progress)
-    _reset_position_ids(result.ema_model)
-    return result
 
 
 def load_clip(path: str | Path | None = None, device: torch.device | str = "cpu"):
@@ -344,41 +217,6 @@ def load_clip(path: str | Path | None = None, device: torch.device | str = "cpu"
         model = CLIPModel.from_pretrained(str(folder)).to(device).eval()
     tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").is_file() else load_tokenizer()
     return model, tokenizer
-
-
-def _matching_checkpoint(folder: Path, config: dict) -> dict | None:
-    """The training record of ``folder`` when it holds a CLIP of ``config``; else None."""
-    try:
-        training = checkpoints.read_training(folder)
-    except (FileNotFoundError, ValueError):
-        return None
-    if (folder / "config.json").is_file() and checkpoints.config_difference(training.get("config"), config) is None:
-        return training
-    return None
-
-
-def get_clip(profile: Profile, runtime: Runtime | None = None, progress: bool = True):
-    """The course CLIP for ``profile``: a finished user checkpoint or the shipped weights of the same config,
-    else train one (resuming an unfinished checkpoint).
-
-    Returns:
-        (``CLIPModel`` in eval mode, tokenizer, training record: the dict of ``training.json``, with ``losses``).
-    """
-    rt = runtime or get_runtime()
-    config = clip_config_from_profile(profile)
-    user, shipped = paths.default_checkpoint("clip"), paths.weights_dir() / "clip"
-    for folder in (user, shipped):
-        training = _matching_checkpoint(folder, config)
-        if training is not None and training.get("step", 0) >= training.get("steps", profile.clip_steps):
-            if progress:
-                print(f"loading the trained CLIP from {folder}")
-            model, tokenizer = load_clip(folder, rt.device)
-            return model, tokenizer, training
-    out = user
-    if checkpoints.has_checkpoint(user) and _matching_checkpoint(user, config) is None:
-        out = paths.default_checkpoint(f"clip-{profile.name}")          # keep the other profile's model
-    result = train_clip(profile, out=out, runtime=rt, progress=progress)
-    return result.ema_model.eval(), load_tokenizer(), checkpoints.read_training(out)
 
 
 # ---------------------------------------------------------------------------------------------- OpenAI's CLIP

@@ -41,6 +41,7 @@ class Profile:
     channels: tuple[int, ...]        # channels per resolution level (after the space-to-depth stem)
     attention: bool                  # self-attention at the lowest resolution
     time_dim: int                    # width of the time embedding
+    blocks: int                      # residual blocks per level, on the way down and on the way up
     # --- training (one loop for every model)
     batch_size: int
     lr: float
@@ -93,7 +94,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "test": Profile(
         name="test", threads=1, n_train=2_000, n_test=1_000, T=1000, schedule="cosine",
-        channels=(16, 32), attention=True, time_dim=64,
+        channels=(16, 32), attention=True, time_dim=64, blocks=1,
         batch_size=64, lr=2e-3, warmup_steps=20, lesson_train_steps=20,
         train_steps=200, denoiser_batch=64, denoiser_lr=2e-3, guide_step=50, denoiser_clusters=10,
         self_guidance=2.0,
@@ -106,7 +107,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "cpu": Profile(
         name="cpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
-        channels=(32, 64), attention=False, time_dim=128,
+        channels=(32, 64), attention=False, time_dim=128, blocks=1,
         batch_size=128, lr=2e-3, warmup_steps=100, lesson_train_steps=100,
         # the denoiser: batches of 32 learn more per image than 128; a learning rate of 4e-3 measured best of
         # 2e-3, 4e-3 and 8e-3 in one run each, by about 3 points (README, "How the cpu recipe was chosen");
@@ -124,7 +125,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "gpu": Profile(
         name="gpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
-        channels=(64, 128), attention=True, time_dim=256,
+        channels=(64, 128), attention=True, time_dim=256, blocks=2,
         batch_size=256, lr=1e-3, warmup_steps=200, lesson_train_steps=8_000,
         train_steps=8_000, denoiser_batch=256, denoiser_lr=1e-3, guide_step=1_000, denoiser_clusters=100,
         self_guidance=2.0,

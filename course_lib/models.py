@@ -108,13 +108,7 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
         found = kmeans(x.cpu(), cfg["num_classes"], seed=0)
         y = found.assign.to(rt.device)
         meta.update(cluster_sizes=found.sizes.tolist(),                 # p(c), for sampling (draw_clusters)
-                    cluster_seconds=round(time.perf_counter() - start, 1))
-        saved = checkpoints.read_training(out) if checkpoints.has_checkpoint(out) else {}
-        resuming = checkpoints.config_difference(saved.get("config"), cfg) is None   # else fit names the field
-        if resuming and saved.get("cluster_sizes", meta["cluster_sizes"]) != meta["cluster_sizes"]:
-            raise ValueError(f"the k-means clusters computed here differ from those {out} was trained with "
-                             f"(cluster sizes {saved['cluster_sizes'][:5]}... there, {meta['cluster_sizes'][:5]}... here; another "
-                             f"machine or torch version?): resume it where it started, or train into another folder")
+                    cluster_seconds=round(time.perf_counter() - start, 1))   # (fit resumes only the same ones)
     schedule = make_schedule(profile.schedule, profile.T, rt.device)
     torch.manual_seed(seed)                    # the initial weights do not depend on what ran before
     model = _unet_from_config(cfg)
@@ -178,10 +172,10 @@ REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
                    _lazy("metrics", "load_classifier")),
     "denoiser": (denoiser_config, train_denoiser, lambda path, device: load_unet(path, device)[0]),
     "class": (class_config, train_class_model, lambda path, device: load_unet(path, device)[0]),
-    "clip": (_lazy("clip", "clip_config_from_profile"), _lazy("clip", "train_clip"),
+    "clip": (_lazy("clip", "clip_config_from_profile"), _lazy("clip_training", "train_clip"),
              _lazy("clip", "load_clip")),
-    "text2image": (_lazy("pipeline", "text2image_config"), _lazy("pipeline", "train_text2image"),
-                   _lazy("pipeline", "load_text2image")),
+    "text2image": (_lazy("text2image_training", "text2image_config"),
+                   _lazy("text2image_training", "train_text2image"), _lazy("pipeline", "load_text2image")),
 }
 
 

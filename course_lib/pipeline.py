@@ -21,9 +21,15 @@ and Stable Diffusion (Rombach et al. 2022, Sec. 3.3), at MNIST size:
 - **Classifier-free guidance** (Ho & Salimans 2022): training replaces the caption by the empty prompt with
   probability ``p_uncond``; the "no condition" at sampling is the encoding of the empty prompt
   (``<start> <end>``), padded to the same length L so both halves batch together (``guidance.Guided``).
-- **Captions are fresh every batch** (``captions.random_captions`` from measured attribute bins). The caption
-  set is finite (``captions.all_captions``), so the frozen encoder's outputs are computed once into a table
-  (``CaptionTable``) and training only indexes it: no transformer runs inside the training loop.
+- **Captions are fresh every batch** in training (``course_lib.text2image_training``: ``captions.random_captions``
+  from measured attribute bins, the frozen encoder's outputs computed once into a ``CaptionTable``).
+
+This module is the network side and what is done with it, and knows no data and no training loop:
+``TextEncoder``, ``TextToImage`` (``from_pretrained`` / ``save_pretrained``, checked prompts, paired-noise
+sampling), the prompt sets, ``cross_attention_maps`` and ``prompt_widget``. Training and measuring on the
+digits (``train_text2image``, ``prompt_accuracy``, ``attribute_control``) are in
+``course_lib.text2image_training``. ``captions`` is used here for text only: its vocabulary and
+``parse_prompt`` (the prompt checks and the digit a prompt names).
 
 A pipeline folder (``save_pretrained`` / ``from_pretrained``; also a training checkpoint folder, written by
 ``fit``'s ``export`` hook, so training resumes in it):
@@ -42,7 +48,6 @@ from __future__ import annotations
 
 import json
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -50,26 +55,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import captions, checkpoints, paths
-from .config import Profile, Runtime, get_runtime
-from .data import batch_indices, load_mnist
-from .forward import simple_loss
+from . import captions, checkpoints
 from .guidance import Guided
 from .samplers import SAMPLERS
 from .schedules import Schedule, make_schedule
 from .text import MAX_LENGTH, SPECIAL_TOKENS, validate_prompt
-from .train import TrainResult, fit
-from .unet import TextCond, UNet, UNetConfig, unet_config_from_profile
+from .unet import TextCond, UNet, UNetConfig
 
-__all__ = ["TextEncoder", "CaptionTable", "TextToImage", "text2image_config", "train_text2image",
-           "load_text2image", "prompt_accuracy", "digit_prompts", "benchmark_prompts", "attribute_prompts",
-           "attribute_control", "cross_attention_maps", "show_prompt_grid", "prompt_widget", "TEXT_LAYER",
-           "P_MENTION", "ATTRIBUTE_PAIRS", "QUICK_N"]
+__all__ = ["TextEncoder", "TextToImage", "load_text2image", "load_text_side", "write_pipeline", "digit_prompts",
+           "benchmark_prompts", "attribute_prompts", "cross_attention_maps", "show_prompt_grid", "prompt_widget",
+           "TEXT_LAYER", "ATTRIBUTE_PAIRS"]
 
 TEXT_LAYER = -2          # hidden_states[-2]: the penultimate layer (SD 2 uses OpenCLIP's penultimate layer)
-P_MENTION = 0.5          # each attribute word an image has is said with this probability (captions default)
 MAX_BATCH = 1000         # images per sampling call (the guided network sees twice as many)
-QUICK_N = 200            # images in a quick measure: an accuracy near 90 % has a standard error of ~2 points
 ATTRIBUTE_PAIRS = {      # attribute -> (low word, high word) whose control we measure
     "thickness": ("thin", "thick"),
     "slant": ("left", "right"),
@@ -102,7 +100,8 @@ class TextEncoder(nn.Module):
         return TextCond(tokens.float(), attention_mask.bool(), out.pooler_output.float())
 
 
-def _load_text_side(folder: Path, device) -> tuple[TextEncoder, object]:
+def load_text_side(folder: Path, device) -> tuple[TextEncoder, object]:
+    """The frozen text encoder and tokenizer a pipeline folder holds (``text_encoder*``, ``tokenizer*``)."""
     from transformers import CLIPTextConfig, CLIPTextModel
     from .text import load_tokenizer
     cfg = CLIPTextConfig.from_dict(json.loads((folder / "text_encoder_config.json").read_text()))
@@ -116,37 +115,6 @@ def _write_text_side(folder: Path, encoder: TextEncoder, tokenizer) -> None:
     save_file(state, str(folder / "text_encoder.safetensors"))
     (folder / "text_encoder_config.json").write_text(encoder.clip_text.config.to_json_string())
     tokenizer.save_pretrained(str(folder))
-
-
-class CaptionTable:
-    """The frozen encoder's output for every caption training can draw, computed once.
-
-    Row ``i`` < K is ``captions.all_captions()[0][i]``; row K (``null_row``) is the empty prompt.
-    ``rows(texts)`` maps caption strings to rows; ``lookup(rows)`` gathers a ``TextCond`` batch.
-    """
-
-    def __init__(self, encoder: TextEncoder, tokenizer, texts: Sequence[str], device, max_length: int = MAX_LENGTH,
-                 batch_size: int = 1024):
-        self.texts = list(texts) + [""]
-        self.index = {t: i for i, t in enumerate(self.texts)}
-        self.null_row = len(self.texts) - 1
-        parts = []
-        for i in range(0, len(self.texts), batch_size):
-            enc = tokenizer(self.texts[i:i + batch_size], padding="max_length", truncation=True,
-                            max_length=max_length, return_tensors="pt")
-            parts.append(encoder(enc["input_ids"].to(device), enc["attention_mask"].to(device)))
-        self.cond = TextCond(*(torch.cat(p) for p in zip(*parts)))      # (K+1, L, D), (K+1, L), (K+1, D)
-
-    def rows(self, texts: Sequence[str]) -> torch.Tensor:
-        """Row numbers ``(B,)`` long of caption strings (a caption outside the set is a ValueError)."""
-        try:
-            return torch.tensor([self.index[t] for t in texts])
-        except KeyError as e:
-            raise ValueError(f"caption {e.args[0]!r} is not in the table") from None
-
-    def lookup(self, rows: torch.Tensor) -> TextCond:
-        rows = rows.to(self.cond.tokens.device)
-        return TextCond(*(part[rows] for part in self.cond))
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -217,14 +185,14 @@ class TextToImage:
         fields = UNetConfig.__dataclass_fields__
         unet = UNet(UNetConfig.from_dict({k: v for k, v in config.items() if k in fields}))
         checkpoints.load_weights(unet, folder, device=device)
-        encoder, tokenizer = _load_text_side(folder, device)
+        encoder, tokenizer = load_text_side(folder, device)
         return cls(unet, encoder, tokenizer, make_schedule(config["schedule"], config["T"], device), config, device)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write config, UNet weights, text encoder and tokenizer into ``folder`` (other files are kept)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_pipeline(folder, self.unet, self.text_encoder, self.tokenizer, self.config)
+        write_pipeline(folder, self.unet, self.text_encoder, self.tokenizer, self.config)
         return folder
 
     # ------------------------------------------------------------------ text
@@ -351,164 +319,17 @@ def show_prompt_grid(images: torch.Tensor, prompts: Sequence[str], n_per_prompt:
     return fig
 
 
-def _write_pipeline(folder: Path, unet: nn.Module, encoder: TextEncoder, tokenizer, config: dict) -> None:
+def write_pipeline(folder: Path, unet: nn.Module, encoder: TextEncoder, tokenizer, config: dict) -> None:
+    """Write a pipeline folder's files (``save_pretrained``; training's ``export`` hook writes them too)."""
     state = {k: v.detach().cpu().contiguous().clone() for k, v in unet.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     _write_text_side(folder, encoder, tokenizer)
 
 
-# ---------------------------------------------------------------------------------------------- training
-def text2image_config(profile: Profile) -> dict:
-    """The JSON-able model config (``fit`` compares it before resuming): the UNet with cross-attention of the
-    text width, the diffusion schedule, the caption scheme and the config of the CLIP it depends on."""
-    from .clip import clip_config_from_profile
-    clip_cfg = clip_config_from_profile(profile)
-    unet = unet_config_from_profile(profile, context_dim=clip_cfg["dim"])
-    return {**unet.to_dict(), "model": "text2image", "T": profile.T, "schedule": profile.schedule,
-            "n_train": profile.n_train, "p_uncond": profile.p_uncond, "p_mention": P_MENTION,
-            "text_layer": TEXT_LAYER, "pooled": "end token, final LayerNorm, unprojected",
-            "max_length": MAX_LENGTH, "clip": clip_cfg}
-
-
-def _sampling_defaults(profile: Profile) -> dict:
-    return {"steps": profile.sample_steps, "guidance": profile.guidance}
-
-
-def train_text2image(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
-                     progress: bool = True, stop_after: int | None = None) -> TrainResult:
-    """Train the text-conditional UNet on captioned digits, the course CLIP's text side frozen.
-
-    Each batch: random training digits, a fresh random true caption each (``captions.random_captions``),
-    the caption replaced by the empty prompt with probability ``profile.p_uncond``, and DDPM's simple loss
-    (``forward.simple_loss``) with the caption's encoding as ``cond``.
-
-    The CLIP comes from ``clip.get_clip`` (a finished matching model, else trained now), except when ``out``
-    already holds a checkpoint of this config: then training resumes with the text encoder saved there.
-
-    Args:
-        out: checkpoint folder (default ``paths.default_checkpoint("text2image")``); resumes from it.
-        steps: total steps (default ``profile.t2i_train_steps``).
-        stop_after: stop (with a checkpoint) after this many steps in this call.
-    Returns:
-        ``fit``'s ``TrainResult`` (``ema_model`` is the UNet; ``load_text2image(out)`` the whole pipeline).
-    """
-    rt = runtime or get_runtime()
-    out = Path(out) if out is not None else paths.default_checkpoint("text2image")
-    cfg = text2image_config(profile)
-    x, y = load_mnist("train", profile=profile, device=rt.device, quiet=not progress)
-    saved = checkpoints.read_training(out) if checkpoints.has_checkpoint(out) else None
-    if saved is not None:
-        diff = checkpoints.config_difference(saved["config"], cfg)
-        if diff:
-            raise ValueError(f"{out} holds a checkpoint of another model config ({diff}); "
-                             f"use another --out folder, or delete {out} to start over.")
-    if saved is not None and (out / "text_encoder.safetensors").is_file():
-        encoder, tokenizer = _load_text_side(out, rt.device)
-        thresholds = captions.thresholds_from_json(saved["thresholds"])
-    else:
-        from .clip import get_clip
-        clip_model, tokenizer, clip_training = get_clip(profile, rt, progress)
-        encoder = TextEncoder(clip_model.text_model)
-        thresholds = (captions.thresholds_from_json(clip_training["thresholds"]) if "thresholds" in clip_training
-                      else captions.fit_thresholds(captions.measure_attributes(x), y))
-    bins = captions.attribute_bins(captions.measure_attributes(x), y, thresholds)      # (N, A) on the CPU
-    labels = y.cpu()
-    table = CaptionTable(encoder, tokenizer, captions.all_captions()[0], rt.device, cfg["max_length"])
-    schedule = make_schedule(profile.schedule, profile.T, rt.device)
-    torch.manual_seed(0)                                                  # the initial weights
-    model = UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in UNetConfig.__dataclass_fields__}))
-
-    def get_batch(g: torch.Generator):
-        idx = batch_indices(len(labels), profile.batch_size, g)           # (B,) on the CPU
-        texts, _ = captions.random_captions(labels[idx], bins[idx], g, P_MENTION)
-        rows = table.rows(texts)
-        drop = torch.rand(len(rows), generator=g) < profile.p_uncond      # Ho & Salimans 2022, Algorithm 1
-        rows = torch.where(drop, torch.full_like(rows, table.null_row), rows)
-        return x[idx.to(x.device)], rows
-
-    def loss_fn(m, batch, g):
-        x0, rows = batch
-        return simple_loss(m, x0, schedule, generator=g, cond=table.lookup(rows), return_parts=True)
-
-    def export(unet: nn.Module, folder: Path) -> None:
-        _write_pipeline(folder, unet, encoder, tokenizer, {**cfg, "sampling": _sampling_defaults(profile)})
-
-    meta = {"kind": "text2image", "profile": profile.name, "data": f"MNIST train, {len(labels)} captioned images",
-            "thresholds": captions.thresholds_to_json(thresholds), "templates": list(captions.TEMPLATES)}
-    return fit(model, loss_fn, get_batch, steps=steps or profile.t2i_train_steps, lr=profile.lr,
-               warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
-               config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
-               export=export, desc="train text2image", progress=progress, T=profile.T, stop_after=stop_after)
-
-
 def load_text2image(path: str | Path, device: torch.device | str = "cpu") -> TextToImage:
     """The registry's loader: ``TextToImage.from_pretrained(path, device)``."""
     return TextToImage.from_pretrained(path, device)
-
-
-# ---------------------------------------------------------------------------------------------- measuring
-def _quick_n(profile: Profile, n_prompts: int) -> int:
-    """Images per prompt for a quick measure: min(profile.n_eval, QUICK_N) in all."""
-    return max(1, min(profile.n_eval, QUICK_N) // n_prompts)
-
-
-def prompt_accuracy(pipe: TextToImage, profile: Profile, runtime: Runtime | None = None,
-                    guidance: float | None = None, n: int | None = None, seed: int = 0, classifier=None) -> float:
-    """Digit accuracy: how often the course classifier reads the digit a prompt names.
-
-    Prompts: ``digit_prompts()`` (each digit as a word and as a numeral), ``n`` images in all (default
-    min(profile.n_eval, QUICK_N): a quick measure), the profile's sampling steps.
-
-    Returns:
-        the fraction of images classified as the prompt's digit (float in [0, 1]).
-    """
-    from .metrics import classify, label_accuracy
-    from .models import get_model
-    rt = runtime or get_runtime()
-    clf = classifier if classifier is not None else get_model("classifier", profile, rt, progress=False)
-    prompts = digit_prompts()
-    k = max(1, n // len(prompts)) if n else _quick_n(profile, len(prompts))
-    images, labels = pipe.generate_with_labels(prompts, k, steps=profile.sample_steps, guidance=guidance, seed=seed)
-    return label_accuracy(classify(clf, images)[0], labels)
-
-
-@lru_cache(maxsize=8)
-def _real_spread(attribute: str, n_train: int | None) -> float:
-    """Within-digit standard deviation of ``attribute`` over the first ``n_train`` training digits (pooled)."""
-    x, y = load_mnist("train", n=n_train, quiet=True)
-    v = captions.measure_attributes(x)[attribute]
-    var = sum(v[y == d].var() * ((y == d).sum() - 1) for d in range(10)) / (len(y) - 10)
-    return float(var.sqrt())
-
-
-@torch.no_grad()
-def attribute_control(pipe: TextToImage, profile: Profile, attribute: str, n_per_digit: int | None = None,
-                      guidance: float | None = None, seed: int = 0, steps: int | None = None) -> dict:
-    """Does the word move the measured attribute? For every digit, the low and the high prompt
-    (``attribute_prompts``: "a thin seven" / "a thick seven") from the same start noises.
-
-    Args:
-        n_per_digit: noise pairs per digit (default min(profile.n_eval, QUICK_N) // 20: a quick measure).
-    Returns:
-        dict with ``mean_low``, ``mean_high`` (the measured attribute, e.g. thickness in pixels),
-        ``difference_sd``: mean(high - low) in units of the real digits' within-digit standard deviation,
-        ``ordered``: the fraction of noise pairs with high > low, ``n_pairs``, and ``pairs``: the low and high
-        values (N,) each, plus ``images_low`` / ``images_high``.
-    """
-    k = n_per_digit or _quick_n(profile, 20)
-    prompts = [p for d in range(10) for p in attribute_prompts(d, attribute)]           # low, high, low, ...
-    images = pipe(prompts, k, steps=steps or profile.sample_steps, guidance=guidance, seed=seed)
-    images = images.view(10, 2, k, 1, 28, 28)
-    low, high = images[:, 0].reshape(-1, 1, 28, 28), images[:, 1].reshape(-1, 1, 28, 28)
-    v_low = captions.measure_attributes(low)[attribute]
-    v_high = captions.measure_attributes(high)[attribute]
-    sd = _real_spread(attribute, profile.n_train)
-    return {"attribute": attribute, "words": ATTRIBUTE_PAIRS[attribute], "n_pairs": len(v_low),
-            "mean_low": float(v_low.mean()), "mean_high": float(v_high.mean()), "real_sd": sd,
-            "difference_sd": float((v_high - v_low).mean()) / sd,
-            "ordered": float((v_high > v_low).float().mean()),
-            "pairs": (v_low, v_high), "images_low": low, "images_high": high}
 
 
 @torch.no_grad()

@@ -117,7 +117,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         steps: total optimizer steps of the whole run (a resumed run stops at the same total).
         config: the model config (JSON-able). Resuming requires the saved one to be equal.
         meta: more JSON-able facts saved with the checkpoint (profile, data source, kind, ...).
-        out: checkpoint folder; resumes from it when it holds a checkpoint of the same config.
+        out: checkpoint folder; resumes from it when it holds a checkpoint of the same run.
         checkpoint_every: also write a checkpoint every this many steps (0: only at the end).
         export: how to write the EMA model's ``config.json`` + ``model.safetensors`` (default: ours).
         T: number of diffusion steps, to bin ``extras["t"]`` (loss by t).
@@ -132,8 +132,9 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
             weights trained on a NaN. On a GPU this keeps the loop from waiting for the GPU inside a step.
 
     Raises:
-        ValueError: if ``out`` holds a checkpoint of another config, naming the differing field, or is a
-            folder training must not write into (``checkpoints.check_training_target``).
+        ValueError: if ``out`` holds a checkpoint this run cannot resume (``checkpoints.check_resumable``:
+            another config, naming the differing field; other k-means clusters in ``meta``; another ``steps``).
+            Or ``out`` is a folder training must not write into (``checkpoints.check_training_target``).
         FloatingPointError: when the loss becomes NaN or inf, naming the step and the last good checkpoint.
     """
     if not (isinstance(steps, int) and steps >= 1):
@@ -160,20 +161,8 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         training["guide_step"] = guide_step
     guide: dict[str, torch.Tensor] | None = None          # the EMA weights after guide_step, once reached
 
-    if out is not None and checkpoints.has_checkpoint(out):
-        saved = checkpoints.read_training(out)
-        kinds = saved.get("kind"), (meta or {}).get("kind")
-        if None not in kinds and kinds[0] != kinds[1]:
-            raise ValueError(f"{out} holds a checkpoint of the {kinds[0]} model, not of {kinds[1]}; "
-                             f"use another --out folder, or delete {out} to start over.")
-        diff = checkpoints.config_difference(saved.get("config"), config)
-        if diff:
-            raise ValueError(f"{out} holds a checkpoint of another model config ({diff}); "
-                             f"use another --out folder, or delete {out} to start over.")
-        if saved.get("steps", steps) != steps:
-            raise ValueError(f"{out} holds a checkpoint of a {saved['steps']}-step run, not of this {steps}-step "
-                             f"one (its learning-rate schedule would not match); use another --out folder, "
-                             f"or delete {out} to start over.")
+    saved = checkpoints.check_resumable(out, config, steps, meta)      # None: nothing to resume
+    if saved is not None:
         rng = checkpoints.load_trainer_state(out, model=model, ema=ema, optimizer=opt)
         guide = checkpoints.load_guide_state(out)
         _restore_generator(gen, rng["generator"], seed, start=int(saved["step"]))

@@ -60,9 +60,9 @@ class UNetConfig:
 
 
 def unet_config_from_profile(profile, **changes) -> UNetConfig:
-    """The UNet size a profile asks for (``channels``, ``attention``, ``time_dim``)."""
+    """The UNet size a profile asks for (``channels``, ``attention``, ``time_dim``, ``blocks``)."""
     return UNetConfig(channels=tuple(profile.channels), attention=profile.attention, time_dim=profile.time_dim,
-                      blocks=2 if profile.name == "gpu" else 1, **changes)
+                      blocks=profile.blocks, **changes)
 
 
 class TextCond(NamedTuple):

@@ -73,10 +73,10 @@ def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
         out["self_guidance"] = profile.self_guidance
         return out
     if name == "clip":
-        from .clip import zero_shot_accuracy
+        from .clip_training import zero_shot_accuracy
         return {"zero_shot_accuracy": round(float(zero_shot_accuracy(model, profile, rt)), 4)}
     if name == "text2image":
-        from .pipeline import prompt_accuracy
+        from .text2image_training import prompt_accuracy
         return {"prompt_digit_accuracy": round(float(prompt_accuracy(model, profile, rt)), 4)}
     return {}
 

@@ -1,4 +1,5 @@
-"""The course CLIP: the loss by hand, a short training run, checkpoints, and OpenAI's CLIP offline."""
+"""The course CLIP (``clip``, its training in ``clip_training``): the loss by hand, a short training run,
+checkpoints, and OpenAI's CLIP offline."""
 import json
 import math
 import time
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from course_lib import clip as CL
+from course_lib import clip_training as CT
 from course_lib.config import get_profile
 from course_lib.data import load_mnist
 from course_lib.exercises import lesson07
@@ -20,8 +22,8 @@ def test_clip_loss_by_hand_3x3():
     rows = [lse(logits[i].tolist()) - logits[i, i].item() for i in range(3)]          # image -> captions
     cols = [lse(logits[:, j].tolist()) - logits[j, j].item() for j in range(3)]       # caption -> images
     expected = (sum(rows) / 3 + sum(cols) / 3) / 2
-    assert abs(CL.clip_loss(logits).item() - expected) < 1e-6
-    assert torch.allclose(CL.clip_loss(logits, torch.eye(3, dtype=torch.bool)), CL.clip_loss(logits))
+    assert abs(CT.clip_loss(logits).item() - expected) < 1e-6
+    assert torch.allclose(CT.clip_loss(logits, torch.eye(3, dtype=torch.bool)), CT.clip_loss(logits))
 
 
 def test_multi_positive_targets():
@@ -32,12 +34,12 @@ def test_multi_positive_targets():
     half = lambda xs: lse(xs) - 0.5 * (xs[0] + xs[1])             # -(log p0 + log p1) / 2
     rows = [half([2.0, 3.0, 0.0]), half([3.0, 2.0, 0.0]), lse([0.0, 0.0, 2.0]) - 2.0]
     expected = sum(rows) / 3                                      # the matrix is symmetric: columns = rows
-    assert abs(CL.clip_loss(logits, same).item() - expected) < 1e-6
-    assert CL.clip_loss(logits, same) < CL.clip_loss(logits)      # identity targets punish the twin caption
+    assert abs(CT.clip_loss(logits, same).item() - expected) < 1e-6
+    assert CT.clip_loss(logits, same) < CT.clip_loss(logits)      # identity targets punish the twin caption
     with pytest.raises(ValueError):
-        CL.clip_loss(torch.zeros(3, 4))
+        CT.clip_loss(torch.zeros(3, 4))
     with pytest.raises(ValueError):
-        CL.clip_loss(logits, torch.zeros(3, 3))
+        CT.clip_loss(logits, torch.zeros(3, 3))
 
 
 def test_model_config_from_profile():
@@ -55,7 +57,7 @@ def test_model_config_from_profile():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "clip"
-    result = CL.train_clip(PROFILE, out=out, progress=False)
+    result = CT.train_clip(PROFILE, out=out, progress=False)
     return result, out
 
 
@@ -82,10 +84,10 @@ def test_checkpoint_loads_with_transformers_and_resumes(trained):
                           atol=1e-5)
     loaded, _ = CL.load_clip(out)
     assert not loaded.training
-    again = CL.train_clip(PROFILE, out=out, progress=False)             # same config, already finished
+    again = CT.train_clip(PROFILE, out=out, progress=False)             # same config, already finished
     assert again.resumed_from == PROFILE.clip_steps and again.step == PROFILE.clip_steps
     with pytest.raises(ValueError, match="another model config"):
-        CL.train_clip(PROFILE.replace(clip_dim=48), out=out, progress=False)
+        CT.train_clip(PROFILE.replace(clip_dim=48), out=out, progress=False)
 
 
 def test_get_clip_loads_a_matching_checkpoint(trained, tmp_path, monkeypatch):
@@ -93,7 +95,7 @@ def test_get_clip_loads_a_matching_checkpoint(trained, tmp_path, monkeypatch):
     _, out = trained
     monkeypatch.setenv("COURSE_HOME", str(tmp_path))
     shutil.copytree(out, tmp_path / "clip")
-    model, tok, training = CL.get_clip(PROFILE, progress=False)
+    model, tok, training = CT.get_clip(PROFILE, progress=False)
     assert training["step"] == PROFILE.clip_steps and not model.training and len(training["losses"]) > 0
 
 

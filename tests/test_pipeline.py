@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from course_lib import pipeline as PL
+from course_lib import text2image_training as T2I
 from course_lib.clip import build_clip
 from course_lib.config import get_profile, get_runtime
 from course_lib.exercises import lesson08
@@ -25,7 +26,7 @@ def random_pipeline(seed: int = 0) -> PL.TextToImage:
     """An untrained pipeline of the test profile's sizes, with a random (not zero) output layer, so the
     prompt changes the image."""
     torch.manual_seed(seed)
-    cfg = {**PL.text2image_config(PROFILE), "sampling": {"steps": 4, "guidance": 3.0}}
+    cfg = {**T2I.text2image_config(PROFILE), "sampling": {"steps": 4, "guidance": 3.0}}
     unet = UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in UNetConfig.__dataclass_fields__}))
     nn.init.normal_(unet.out.weight, std=0.3)
     encoder = PL.TextEncoder(build_clip(cfg["clip"]).text_model)
@@ -134,9 +135,9 @@ def trained(tmp_path_factory):
     """Train the text-to-image model (half, then resumed to the end) with the CLIP of the test profile."""
     rt = get_runtime("cpu")
     out = tmp_path_factory.mktemp("t2i") / "text2image"
-    half = PL.train_text2image(TRAIN, out=out, runtime=rt, progress=False, stop_after=TRAIN.t2i_train_steps // 2)
+    half = T2I.train_text2image(TRAIN, out=out, runtime=rt, progress=False, stop_after=TRAIN.t2i_train_steps // 2)
     assert half.step == TRAIN.t2i_train_steps // 2
-    result = PL.train_text2image(TRAIN, out=out, runtime=rt, progress=False)
+    result = T2I.train_text2image(TRAIN, out=out, runtime=rt, progress=False)
     return result, out
 
 
@@ -148,7 +149,7 @@ def test_training_resumes_and_the_folder_is_a_pipeline(trained):
     assert all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(),
                                                  result.ema_model.state_dict().values()))
     with pytest.raises(ValueError, match="another model config"):
-        PL.train_text2image(TRAIN.replace(channels=(8, 16)), out=out, progress=False)
+        T2I.train_text2image(TRAIN.replace(channels=(8, 16)), out=out, progress=False)
 
 
 def test_trained_model_follows_the_digit_in_prompts(trained):
@@ -157,7 +158,7 @@ def test_trained_model_follows_the_digit_in_prompts(trained):
     pipe = PL.load_text2image(out, "cpu")
     clf = get_model("classifier", PROFILE, get_runtime("cpu"), progress=False)
     N = 200
-    acc = PL.prompt_accuracy(pipe, PROFILE, guidance=6.0, n=N, classifier=clf)
+    acc = T2I.prompt_accuracy(pipe, PROFILE, guidance=6.0, n=N, classifier=clf)
     z = (acc - 0.1) / math.sqrt(0.1 * 0.9 / N)                            # against chance, 1 in 10
     print(f"prompt accuracy at w = 6: {acc:.1%} (z = {z:.1f} against chance)")
     assert z > 5, f"prompt accuracy {acc:.1%} is not far above chance (10 %): z = {z:.1f}"
