@@ -47,7 +47,7 @@ class CheckpointError(ValueError):
     to do about it."""
 
 
-def _fix_for(folder: Path) -> str:
+def fix_for(folder: Path) -> str:
     """What to do about a bad file in ``folder``: the shipped weights come back from git, a user's
     checkpoint is retrained."""
     try:
@@ -63,11 +63,11 @@ def read_json(path: str | os.PathLike) -> Any:
     """A JSON file of a model folder, or a ``CheckpointError`` naming it (missing or not valid JSON)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"missing {path}; {_fix_for(path.parent)}")
+        raise CheckpointError(f"missing {path}; {fix_for(path.parent)}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); {_fix_for(path.parent)}") from None
+        raise CheckpointError(f"{path} is not valid JSON ({e}); {fix_for(path.parent)}") from None
 
 
 def read_tensors(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -75,13 +75,13 @@ def read_tensors(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     or not a safetensors file at all (safetensors never runs code from the file: nothing is unpickled)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"missing {path}; {_fix_for(path.parent)}")
+        raise CheckpointError(f"missing {path}; {fix_for(path.parent)}")
     try:
         return load_file(str(path), device=str(device))
     except Exception as e:                      # SafetensorError, OSError, or a header that is not JSON
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path} is corrupted or not a safetensors file ({why}); "
-                              f"{_fix_for(path.parent)}") from None
+                              f"{fix_for(path.parent)}") from None
 
 
 def load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
@@ -93,7 +93,7 @@ def load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: 
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
         raise CheckpointError(f"the weights in {path} do not fit the model its folder's config.json describes "
-                              f"({detail[:200]}); {_fix_for(Path(path).parent)}") from None
+                              f"({detail[:200]}); {fix_for(Path(path).parent)}") from None
 
 
 # --------------------------------------------------------------------------- where training may write
@@ -358,10 +358,10 @@ def load_trainer_state(folder: str | os.PathLike, *, model: torch.nn.Module, ema
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(f"{t / 'optimizer.safetensors'} does not fit this model's optimizer ({e}); "
-                              f"{_fix_for(Path(folder))}") from None
+                              f"{fix_for(Path(folder))}") from None
     rng = read_tensors(t / "rng.safetensors")
     if not {"generator", "cpu"} <= set(rng):
-        raise CheckpointError(f"{t / 'rng.safetensors'} lacks the generator states; {_fix_for(Path(folder))}")
+        raise CheckpointError(f"{t / 'rng.safetensors'} lacks the generator states; {fix_for(Path(folder))}")
     return rng
 
 

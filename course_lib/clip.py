@@ -19,22 +19,21 @@ over ``course_lib.text``'s closed vocabulary). A folder loads with ``CLIPModel.f
 ``PreTrainedTokenizerFast.from_pretrained``. Its training (the caption dataset, the contrastive loss, the
 course's one loop) is in ``course_lib.clip_training``, with ``get_clip`` (find or train the course CLIP).
 
-OpenAI's pretrained ``openai/clip-vit-base-patch32`` loads with ``load_pretrained_clip`` where there is a
-network (or a cached copy); offline it fails in about two seconds with ``PretrainedCLIPUnavailable``.
+OpenAI's pretrained ``openai/clip-vit-base-patch32`` loads with ``load_pretrained_clip`` where the Hub
+answers (or from a cached copy); where it does not, it fails within about ``timeout_s`` (1.5 s) with
+``PretrainedCLIPUnavailable`` (``course_lib.hub``: a real HTTP request with a deadline), and every failure
+of the download itself becomes that same error.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import socket
-import threading
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from . import captions, paths
+from . import captions, checkpoints, hub, paths
 from .config import Profile
 from .text import END, MAX_LENGTH, PAD, SPECIAL_TOKENS, START, encode, load_tokenizer
 
@@ -213,82 +212,68 @@ def load_clip(path: str | Path | None = None, device: torch.device | str = "cpu"
     """
     from transformers import CLIPModel
     folder = paths.find_model("clip", path)
-    with _quiet_transformers():
-        model = CLIPModel.from_pretrained(str(folder)).to(device).eval()
+    cfg = checkpoints.read_json(folder / "config.json")
+    if not isinstance(cfg, dict) or cfg.get("model_type") != "clip":
+        raise checkpoints.CheckpointError(f"{folder / 'config.json'} is not a CLIP config: {folder} holds another "
+                                          f"kind of model")
+    checkpoints.read_tensors(folder / "model.safetensors")           # a damaged file: one line naming it
+    try:
+        with _quiet_transformers():
+            model = CLIPModel.from_pretrained(str(folder)).to(device).eval()
+    except (OSError, ValueError, RuntimeError) as e:
+        raise checkpoints.CheckpointError(f"cannot load the CLIP in {folder} ({type(e).__name__}: "
+                                          f"{str(e).splitlines()[0][:160] if str(e) else ''}); "
+                                          f"{checkpoints.fix_for(folder)}") from None
     tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").is_file() else load_tokenizer()
     return model, tokenizer
 
 
 # ---------------------------------------------------------------------------------------------- OpenAI's CLIP
 PRETRAINED = "openai/clip-vit-base-patch32"
-HUB = ("huggingface.co", 443)
 
 
 class PretrainedCLIPUnavailable(RuntimeError):
-    """OpenAI's CLIP cannot be loaded here (no network and no cached copy)."""
+    """OpenAI's CLIP cannot be loaded here (no answer from the Hub and no cached copy, or the download failed)."""
 
 
-def _offline_env() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def hub_reachable(timeout_s: float = 1.5) -> bool:
-    """Can we open a TCP connection to huggingface.co:443 within ``timeout_s``? False when ``HF_HUB_OFFLINE``.
-
-    The probe runs in a daemon thread, so a slow DNS lookup cannot hold us longer than the timeout.
-    """
-    if _offline_env():
-        return False
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection(HUB, timeout=timeout_s):
-                ok.append(True)
-        except Exception:                    # offline, refused, or a patched socket in tests
-            ok.append(False)
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout_s)
-    return bool(ok and ok[0])
-
-
-def _in_hub_cache(name: str) -> bool:
-    """Is ``name`` in the local Hugging Face cache? (huggingface_hub only: no transformers import, no network)"""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
-    except Exception:
-        return False
+def hub_reachable(timeout_s: float = 1.5, name: str = PRETRAINED) -> bool:
+    """Does the Hugging Face Hub answer an HTTP request for ``name`` within ``timeout_s``? (``hub.hub_answers``;
+    False at once when ``HF_HUB_OFFLINE`` is set.)"""
+    return hub.hub_answers(name, timeout_s)[0]
 
 
 def load_pretrained_clip(name: str = PRETRAINED, device: torch.device | str = "cpu", timeout_s: float = 1.5):
     """``CLIPModel.from_pretrained(name)`` and its processor, failing fast when they cannot be had.
 
     ``name`` is a Hub id (default OpenAI's ViT-B/32, 151M parameters, about 600 MB) or a local folder.
-    Without a network (``hub_reachable``) only a copy in the local Hugging Face cache is used; with neither,
-    it fails before importing or asking anything else (left to itself transformers takes 20-50 s to give up).
+    Where the Hub does not answer an HTTP request within ``timeout_s`` (offline, a captive portal or a
+    broken proxy that accepts connections and never answers), only a copy in the local Hugging Face cache is
+    used. While it loads, every Hub request gives up after 10 s without an answer, and any failure (a
+    refused download, a Hub error, a half-written cache) becomes ``PretrainedCLIPUnavailable``.
 
     Returns:
         (``CLIPModel`` in eval mode on ``device``, its ``CLIPProcessor``).
 
     Raises:
-        PretrainedCLIPUnavailable: offline with no cached copy (after at most about ``timeout_s`` seconds).
+        PretrainedCLIPUnavailable: the model cannot be had here, saying why.
     """
     kwargs = {}
-    if not Path(name).expanduser().is_dir() and not hub_reachable(timeout_s):
-        if not _in_hub_cache(name):
-            why = ("HF_HUB_OFFLINE is set" if _offline_env()
-                   else f"{HUB[0]}:{HUB[1]} could not be reached within {timeout_s} s")
-            raise PretrainedCLIPUnavailable(
-                f"cannot load {name!r}: no network ({why}) and no copy in the local Hugging Face cache. "
-                f"With internet it downloads once (about 600 MB); the course's own CLIP needs none of this.")
-        kwargs = {"local_files_only": True}
+    if not Path(name).expanduser().is_dir():
+        answered, why = hub.hub_answers(name, timeout_s)
+        if not answered:
+            if not hub.in_hub_cache(name):
+                raise PretrainedCLIPUnavailable(
+                    f"cannot load {name!r}: no network ({why}) and no copy in the local Hugging Face cache. "
+                    f"With internet it downloads once (about 600 MB); the course's own CLIP needs none of this.")
+            kwargs = {"local_files_only": True}
     from transformers import AutoProcessor, CLIPModel
-    model = CLIPModel.from_pretrained(name, **kwargs)
-    processor = AutoProcessor.from_pretrained(name, **kwargs)
+    try:
+        with hub.bounded_hub_timeouts():
+            model = CLIPModel.from_pretrained(name, **kwargs)
+            processor = AutoProcessor.from_pretrained(name, **kwargs)
+    except Exception as e:                    # OSError, an HTTP or timeout error, a corrupted cache entry
+        raise PretrainedCLIPUnavailable(f"cannot load {name!r}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                                        f" (the course's own CLIP needs none of this)") from None
     return model.to(device).eval(), processor
 
 

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from . import captions, checkpoints
@@ -104,10 +104,16 @@ def load_text_side(folder: Path, device) -> tuple[TextEncoder, object]:
     """The frozen text encoder and tokenizer a pipeline folder holds (``text_encoder*``, ``tokenizer*``)."""
     from transformers import CLIPTextConfig, CLIPTextModel
     from .text import load_tokenizer
-    cfg = CLIPTextConfig.from_dict(json.loads((folder / "text_encoder_config.json").read_text()))
+    cfg = CLIPTextConfig.from_dict(checkpoints.read_json(folder / "text_encoder_config.json"))
     model = CLIPTextModel(cfg)
-    model.load_state_dict(load_file(str(folder / "text_encoder.safetensors")))
-    return TextEncoder(model.to(device)), load_tokenizer(folder)
+    path = folder / "text_encoder.safetensors"
+    checkpoints.load_state(model, checkpoints.read_tensors(path), path)
+    try:
+        tokenizer = load_tokenizer(folder)
+    except Exception as e:                  # a missing or damaged tokenizer.json
+        raise checkpoints.CheckpointError(f"cannot read the tokenizer in {folder} ({type(e).__name__}: "
+                                          f"{str(e)[:120]}); {checkpoints.fix_for(folder)}") from None
+    return TextEncoder(model.to(device)), tokenizer
 
 
 def _write_text_side(folder: Path, encoder: TextEncoder, tokenizer) -> None:
@@ -181,7 +187,10 @@ class TextToImage:
             raise FileNotFoundError(f"no text-to-image pipeline at {folder} (needs config.json and "
                                     f"text_encoder.safetensors); train one with "
                                     f"`python -m course_lib train text2image`")
-        config = json.loads((folder / "config.json").read_text())
+        config = checkpoints.read_json(folder / "config.json")
+        if not isinstance(config, dict) or not config.get("context_dim") or "T" not in config:
+            raise checkpoints.CheckpointError(f"{folder / 'config.json'} is not a text-to-image model's config: "
+                                              f"{folder} holds another kind of model")
         fields = UNetConfig.__dataclass_fields__
         unet = UNet(UNetConfig.from_dict({k: v for k, v in config.items() if k in fields}))
         checkpoints.load_weights(unet, folder, device=device)

@@ -142,21 +142,58 @@ def test_tiny_pretrained_style_model_loads_through_from_pretrained(tmp_path):
     assert torch.allclose(img.norm(dim=1), torch.ones(4), atol=1e-5)
 
 
+@pytest.fixture
+def silent_hub(monkeypatch):
+    """A local "Hub" that accepts connections and never answers (a captive portal, a broken proxy)."""
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+    threading.Thread(target=accept, daemon=True).start()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    yield server
+    server.close()
+    for c in held:
+        c.close()
+
+
 def test_pretrained_loader_fails_fast_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t = time.perf_counter()
     with pytest.raises(CL.PretrainedCLIPUnavailable, match="no network"):
         CL.load_pretrained_clip("openai/clip-vit-base-patch32")
     assert time.perf_counter() - t < 3.0
-    # no offline flag, but the connection hangs (a slow DNS lookup, a silent firewall): the probe gives up
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(CL.socket, "create_connection", lambda *args, **kwargs: time.sleep(5))
-    monkeypatch.setattr(CL, "_in_hub_cache", lambda name: False)
+
+
+def test_pretrained_loader_gives_up_on_a_hub_that_accepts_and_never_answers(silent_hub, monkeypatch):
+    monkeypatch.setattr(CL.hub, "in_hub_cache", lambda name: False)
     t = time.perf_counter()
-    with pytest.raises(CL.PretrainedCLIPUnavailable, match="could not be reached"):
+    with pytest.raises(CL.PretrainedCLIPUnavailable, match="did not answer within 1 s"):
         CL.load_pretrained_clip("openai/clip-vit-base-patch32", timeout_s=1.0)
     assert time.perf_counter() - t < 3.0
+
+
+def test_any_failure_after_the_probe_is_the_courses_unavailable_error(monkeypatch):
+    """The Hub answered the probe, then the download failed (26.5 s and a raw OSError before)."""
+    import transformers
+    monkeypatch.setattr(CL.hub, "hub_answers", lambda name, timeout_s: (True, "HTTP 200"))
+
+    def fails(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    monkeypatch.setattr(transformers.CLIPModel, "from_pretrained", fails)
+    with pytest.raises(CL.PretrainedCLIPUnavailable, match="OSError: We couldn't connect"):
+        CL.load_pretrained_clip("openai/clip-vit-base-patch32")
 
 
 def test_lesson07_check_rejects_wrong_answers():

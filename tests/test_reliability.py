@@ -292,3 +292,27 @@ def test_generate_says_which_model_and_skips_an_unfinished_checkpoint(tmp_path, 
     assert code == 0, err
     assert "has not finished training" in out and f"model: {WEIGHTS / 'text2image'}" in out
     assert f"{tr['steps']} of {tr['steps']} steps" in out
+
+
+def test_damaged_text_to_image_and_clip_folders_are_named(tmp_path):
+    from course_lib.clip import load_clip
+    from course_lib.pipeline import TextToImage
+    t2i = _copy("text2image", tmp_path)
+    (t2i / "text_encoder.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(CheckpointError, match="text_encoder.safetensors is corrupted"):
+        TextToImage.from_pretrained(t2i)
+    shutil.copy(WEIGHTS / "text2image" / "text_encoder.safetensors", t2i / "text_encoder.safetensors")
+    (t2i / "tokenizer.json").write_text("{")
+    with pytest.raises(CheckpointError, match="cannot read the tokenizer"):
+        TextToImage.from_pretrained(t2i)
+    other = _copy("class", tmp_path)
+    shutil.copy(WEIGHTS / "text2image" / "text_encoder.safetensors", other / "text_encoder.safetensors")
+    with pytest.raises(CheckpointError, match="not a text-to-image model's config"):
+        TextToImage.from_pretrained(other)
+    clip = _copy("clip", tmp_path)
+    (clip / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupted"):
+        load_clip(clip)
+    shutil.copy(WEIGHTS / "class" / "config.json", clip / "config.json")
+    with pytest.raises(CheckpointError, match="not a CLIP config"):
+        load_clip(clip)
