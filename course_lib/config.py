@@ -110,11 +110,12 @@ PROFILES: dict[str, Profile] = {
         channels=(32, 64), attention=False, time_dim=128, blocks=1,
         batch_size=128, lr=2e-3, warmup_steps=100, lesson_train_steps=100,
         # the denoiser: batches of 32 learn more per image than 128; a learning rate of 4e-3 measured best of
-        # 2e-3, 4e-3 and 8e-3 in one run each, by about 3 points (README, "How the cpu recipe was chosen");
+        # 2e-3, 4e-3 and 8e-3 in one run each, by about 3 points (bench/README.md, "How the cpu recipe of the
+        # denoiser was chosen");
         # 4,900 steps fit in 10 minutes on 2 AVX2 cores (569 s; 5,200 took 615 s on 2026-11-26)
         train_steps=4_900, denoiser_batch=32, denoiser_lr=4e-3, guide_step=1_400,
         # told which of 100 k-means clusters each digit is in, then guided towards a drawn cluster: 93.5 % of
-        # samples confident at w = 2 against 68 % for the same network without clusters (README, "Self-guidance")
+        # samples confident at w = 2 against 68 % for the same network without clusters (bench/README.md, "Self-guidance")
         denoiser_clusters=100, self_guidance=2.0,
         class_train_steps=4_000, p_uncond=0.1, min_snr_gamma=5.0, ema_decay=0.999, checkpoint_every=250,
         sample_steps=25, n_show=16, n_eval=1_000, max_frames=25, guidance=3.0, autoguidance=2.0,
@@ -197,7 +198,7 @@ class Runtime:
     mode ``reduce-overhead`` (CUDA graphs), ``COURSE_COMPILE=<mode>`` picks another of ``COMPILE_MODES``.
     The course's models are small, so a GPU step is bound by launching kernels from Python, not by the GPU:
     on an H100 the gpu-profile denoiser (8,000 steps of 256) trained in 183 s compiled in the default mode
-    and in 115 s with CUDA graphs, compilation included (``bench/results/``, README).
+    and in 115 s with CUDA graphs, compilation included (``bench/results/``, bench/README.md).
     """
     device: torch.device
     dtype: torch.dtype | None = None          # autocast dtype, None = fp32
