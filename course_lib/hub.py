@@ -56,7 +56,8 @@ def hub_answers(repo_id: str, timeout_s: float = 1.5) -> tuple[bool, str]:
         except urllib.error.HTTPError as e:                      # an answer, e.g. 401 or 404
             result.append((True, f"HTTP {e.code}"))
         except Exception as e:                                   # timeout, refused, DNS, TLS
-            result.append((False, f"{type(e).__name__}: {e}"))
+            timed_out = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
+            result.append((False, "timeout" if timed_out else f"{type(e).__name__}: {e}"))
 
     t = threading.Thread(target=probe, daemon=True)
     t.start()
@@ -64,6 +65,8 @@ def hub_answers(repo_id: str, timeout_s: float = 1.5) -> tuple[bool, str]:
     if not result:
         return False, f"{endpoint()} did not answer within {timeout_s:g} s"
     ok, why = result[0]
+    if why == "timeout":
+        return False, f"{endpoint()} did not answer within {timeout_s:g} s"
     return ok, (why if ok else f"{endpoint()} could not be reached ({why[:120]})")
 
 

@@ -75,10 +75,10 @@ def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = 
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no model at {path} (looked for {path / 'config.json'})")
     cfg = checkpoints.read_json(path / "config.json")
-    missing = [k for k in ("channels", "T", "schedule") if not isinstance(cfg, dict) or k not in cfg]
+    missing = [k for k in ("channels",) if not isinstance(cfg, dict) or k not in cfg or cfg.get("kind", "unet") != "unet"]
     if missing:
         raise checkpoints.CheckpointError(
-            f"{path / 'config.json'} is not a course UNet's config (no {', '.join(missing)}): {path} holds another "
+            f"{path / 'config.json'} is not a course UNet's config (kind {cfg.get('kind') if isinstance(cfg, dict) else None!r}): {path} holds another "
             f"kind of model; pass a denoiser or class model folder (e.g. data/weights/class)")
     try:
         model = _unet_from_config(cfg)
@@ -86,7 +86,8 @@ def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = 
         raise checkpoints.CheckpointError(f"{path / 'config.json'} does not describe a UNet this course can build "
                                           f"({e}); delete the folder or restore it") from None
     checkpoints.load_weights(model, path, device=device, raw=raw, guide=guide)
-    model.T = int(cfg["T"])                    # the chain it was trained on, checked by samplers.sample
+    if "T" in cfg:                             # the chain it was trained on, checked by samplers.sample
+        model.T = int(cfg["T"])
     has_training = cfg.get("clusters") and (path / "training.json").is_file()
     sizes = checkpoints.read_training(path).get("cluster_sizes") if has_training else None
     if sizes is not None:                      # the denoiser: how often each cluster occurred in training
