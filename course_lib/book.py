@@ -209,12 +209,17 @@ ol{{list-style:none;padding:0}} li{{display:flex;gap:1rem;align-items:center;mar
 
 
 def ensure_models(profile: Profile, runtime: Runtime, names=LESSON_MODELS) -> dict[str, str]:
-    """Use finished user checkpoints or matching shipped weights; train (resuming) only what is missing."""
-    from .models import train_missing
+    """Use finished user checkpoints or matching shipped weights (the profile's, else its fallback's, as the
+    lessons do: ``models.find_usable``); train (resuming) only what is missing."""
+    from .models import find_usable, train_missing
     used = {}
     for name in names:
         t0 = time.perf_counter()
-        folder, trained = train_missing(name, profile, runtime)     # says so when it has to train
+        found = find_usable(name, profile)
+        if found is not None:
+            folder, trained = found[0], False
+        else:
+            folder, trained = train_missing(name, profile, runtime)     # says so when it has to train
         used[name] = str(folder)
         print(f"[model] {name:<10} " + (f"trained in {time.perf_counter() - t0:.0f} s" if trained
                                          else f"using {folder}"))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import captions, checkpoints, paths
 from .clip import attribute_accuracy, build_clip, clip_config_from_profile, load_clip, save_clip, zero_shot_classify
 from .config import Profile, Runtime, get_runtime
-from .data import batch_indices, load_mnist
+from .data import batch_indices, load_mnist, to_device
 from .text import MAX_LENGTH, load_tokenizer
 from .train import TrainResult, fit
 
@@ -88,8 +88,10 @@ def make_batch_fn(images: torch.Tensor, labels: torch.Tensor, bins: torch.Tensor
             token_cache.update(zip(new, zip(enc["input_ids"], enc["attention_mask"])))
         ids, mask = zip(*(token_cache[t] for t in texts))
         targets = captions.compatible(content[idx], caption_content)          # (B, B), diagonal all True
-        return {"pixel_values": images[idx.to(images.device)], "input_ids": torch.tensor(ids, device=device),
-                "attention_mask": torch.tensor(mask, device=device), "targets": targets.to(device)}
+        # built on the host, copied without waiting (data.to_device): no step waits for the GPU here
+        return {"pixel_values": images[to_device(idx, images.device)],
+                "input_ids": to_device(torch.tensor(ids), device),
+                "attention_mask": to_device(torch.tensor(mask), device), "targets": to_device(targets, device)}
     return get_batch
 
 
@@ -155,23 +157,32 @@ def _matching_checkpoint(folder: Path, config: dict) -> dict | None:
     return None
 
 
-def get_clip(profile: Profile, runtime: Runtime | None = None, progress: bool = True):
-    """The course CLIP for ``profile``: a finished user checkpoint or the shipped weights of the same config,
-    else train one (resuming an unfinished checkpoint).
+def get_clip(profile: Profile, runtime: Runtime | None = None, progress: bool = True, fallback: bool = True):
+    """The course CLIP for ``profile``: a finished user checkpoint or the shipped weights of the same config;
+    else, with ``fallback``, those of ``profile.fallback`` (the ``gpu`` profile uses the ``cpu`` CLIP, with a
+    one-line note, rather than retraining it in every fresh runtime); else train one (resuming an unfinished
+    checkpoint). Pass ``fallback=False`` where the CLIP must be the profile's own (a model built on it).
 
     Returns:
         (``CLIPModel`` in eval mode, tokenizer, training record: the dict of ``training.json``, with ``losses``).
     """
+    from .config import PROFILES
     rt = runtime or get_runtime()
     config = clip_config_from_profile(profile)
     user, shipped = paths.default_checkpoint("clip"), paths.weights_dir() / "clip"
-    for folder in (user, shipped):
-        training = _matching_checkpoint(folder, config)
-        if training is not None and training.get("step", 0) >= training.get("steps", profile.clip_steps):
-            if progress:
-                print(f"loading the trained CLIP from {folder}")
-            model, tokenizer = load_clip(folder, rt.device)
-            return model, tokenizer, training
+    candidates = [profile] + ([PROFILES[profile.fallback]] if fallback and profile.fallback else [])
+    for used in candidates:
+        for folder in (user, shipped):
+            training = _matching_checkpoint(folder, clip_config_from_profile(used))
+            if training is not None and training.get("step", 0) >= training.get("steps", used.clip_steps):
+                if used is not profile:
+                    print(f"no finished {profile.name}-profile CLIP: using the {used.name}-profile one in {folder} "
+                          f"(train the {profile.name} one with `python -m course_lib train clip --profile "
+                          f"{profile.name}`)")
+                elif progress:
+                    print(f"loading the trained CLIP from {folder}")
+                model, tokenizer = load_clip(folder, rt.device)
+                return model, tokenizer, training
     out = user
     if checkpoints.has_checkpoint(user) and _matching_checkpoint(user, config) is None:
         out = paths.default_checkpoint(f"clip-{profile.name}")          # keep the other profile's model

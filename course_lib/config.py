@@ -5,7 +5,10 @@ sampling steps, ...). Three presets exist:
 
 - ``test``: seconds per lesson, on one CPU thread. What pytest and nbval run, so CI executes every lesson.
 - ``cpu``:  a 2-core laptop, minutes per model; must still produce good digits (``bench/`` proves it).
-- ``gpu``:  a Colab or data-centre GPU, the full-size models.
+- ``gpu``:  a Colab or data-centre GPU, the full-size models. No weights are shipped for it, and each Colab
+  notebook starts a fresh runtime, so a model a lesson only *uses* comes from its ``fallback`` profile
+  (``cpu``: the shipped weights, with a one-line note; ``models.find_usable``) instead of being retrained
+  in every lesson. A lesson under ``gpu`` trains only what it is about (its own demo run).
 
 The profile is chosen automatically (CUDA -> ``gpu``, otherwise ``cpu``; Apple's ``mps`` counts as a device
 for the ``cpu`` profile) and overridden with the environment variable ``COURSE_PROFILE``. ``COURSE_DEVICE``
@@ -23,7 +26,8 @@ import numpy as np
 import torch
 
 __all__ = ["Profile", "PROFILES", "Runtime", "COMPILE_MODES", "compile_setting", "get_profile", "get_device",
-           "get_runtime", "setup", "seed_everything", "autocast", "cpu_has_bf16_units", "PRECISIONS"]
+           "get_runtime", "cpu_runtime", "setup", "seed_everything", "autocast", "inference_autocast",
+           "cpu_has_bf16_units", "PRECISIONS"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ class Profile:
     guide_step: int                  # the denoiser's EMA weights kept at this step, for autoguidance (lesson 04)
     denoiser_clusters: int           # k-means clusters of the training digits the denoiser is told (no labels)
     self_guidance: float             # guidance scale towards a sample's cluster (lessons 03-04, clusters.py)
-    lesson_train_steps: int          # the short demo run inside lesson 03 before loading weights
+    lesson_train_steps: int          # the demo run inside lessons 03, 05 and 08 (>= the full run: it is the run)
+    tiny_train_steps: int            # lesson 02's very short run of its tiny network
     class_train_steps: int           # class-conditional denoiser (lesson 05)
     p_uncond: float                  # probability of dropping the condition (classifier-free guidance)
     min_snr_gamma: float | None      # Min-SNR loss weighting for the unconditional denoiser (None: plain MSE)
@@ -80,6 +85,8 @@ class Profile:
     t2i_train_steps: int
     # --- the 2-D toy of lesson 03
     toy_steps: int
+    # --- where a lesson finds the models it only uses
+    fallback: str | None = None      # profile whose finished models serve when none matches this one
 
     def replace(self, **changes) -> "Profile":
         """A copy with some fields changed (profiles are frozen)."""
@@ -95,7 +102,7 @@ PROFILES: dict[str, Profile] = {
     "test": Profile(
         name="test", threads=1, n_train=2_000, n_test=1_000, T=1000, schedule="cosine",
         channels=(16, 32), attention=True, time_dim=64, blocks=1,
-        batch_size=64, lr=2e-3, warmup_steps=20, lesson_train_steps=20,
+        batch_size=64, lr=2e-3, warmup_steps=20, lesson_train_steps=20, tiny_train_steps=20,
         train_steps=200, denoiser_batch=64, denoiser_lr=2e-3, guide_step=50, denoiser_clusters=10,
         self_guidance=2.0,
         class_train_steps=300, p_uncond=0.1, min_snr_gamma=5.0, ema_decay=0.99, checkpoint_every=100,
@@ -108,7 +115,7 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
         channels=(32, 64), attention=False, time_dim=128, blocks=1,
-        batch_size=128, lr=2e-3, warmup_steps=100, lesson_train_steps=100,
+        batch_size=128, lr=2e-3, warmup_steps=100, lesson_train_steps=100, tiny_train_steps=100,
         # the denoiser: batches of 32 learn more per image than 128; a learning rate of 4e-3 measured best of
         # 2e-3, 4e-3 and 8e-3 in one run each, by about 3 points (bench/README.md, "How the cpu recipe of the
         # denoiser was chosen");
@@ -127,7 +134,7 @@ PROFILES: dict[str, Profile] = {
     "gpu": Profile(
         name="gpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
         channels=(64, 128), attention=True, time_dim=256, blocks=2,
-        batch_size=256, lr=1e-3, warmup_steps=200, lesson_train_steps=8_000,
+        batch_size=256, lr=1e-3, warmup_steps=200, lesson_train_steps=8_000, tiny_train_steps=500,
         train_steps=8_000, denoiser_batch=256, denoiser_lr=1e-3, guide_step=1_000, denoiser_clusters=100,
         self_guidance=2.0,
         class_train_steps=8_000, p_uncond=0.1, min_snr_gamma=5.0, ema_decay=0.9995, checkpoint_every=1_000,
@@ -135,7 +142,7 @@ PROFILES: dict[str, Profile] = {
         classifier_steps=3_000,
         clip_dim=128, clip_layers=4, clip_heads=4, clip_patch=4, clip_embed=128, clip_batch=512,
         clip_steps=6_000, clip_lr=5e-4,
-        t2i_train_steps=10_000, toy_steps=3_000,
+        t2i_train_steps=10_000, toy_steps=3_000, fallback="cpu",
     ),
 }
 
@@ -186,9 +193,15 @@ def get_profile(name: str | None = None, device: torch.device | None = None) -> 
 class Runtime:
     """Where and how tensors are computed: the device and the mixed-precision policy that goes with it.
 
-    - CUDA with compute capability >= 8.0 (Ampere and later): bf16 autocast, no grad scaler.
-    - Older CUDA GPUs (Colab's free T4 is 7.5): fp16 autocast with a grad scaler. We look at the compute
-      capability rather than ``torch.cuda.is_bf16_supported()``, which can report *emulated* bf16 there.
+    - CUDA with compute capability >= 8.0 (Ampere and later: A100, L4, H100): fp32, bf16 autocast when
+      compiling. What was measured fastest: these models are small, an eager step is bound by Python launching
+      kernels, and bf16 autocast adds cast kernels, so on an H100 it trained the gpu-profile denoiser at 0.77x
+      the fp32 rate (``bench/speedups.py``, bench/README.md). Compiled, the launches go and only bf16 was
+      measured (115 s with CUDA graphs, against about 135 s eager fp32 at its measured rate), so it stays.
+    - Older CUDA GPUs (Colab's free T4 is 7.5): fp16 autocast with a grad scaler. Not measured: kept because a
+      T4 computes fp32 at about 8 TFLOPS against 65 in fp16, slow enough that the GPU, not the launches, may
+      bound a step. bf16 is emulated there: forcing it (``COURSE_PRECISION=bf16``) warns. We look at the
+      compute capability rather than ``torch.cuda.is_bf16_supported()``, which can report emulated bf16.
     - CPU with hardware bf16 matrix units (Intel AMX, Sapphire Rapids and later): bf16 autocast. On 2 such
       cores it trains the cpu-profile UNet 1.6x faster than fp32 (``bench/throughput.py``).
     - Other CPUs (most laptops) and mps: fp32, where bf16 would be emulated and slower.
@@ -254,6 +267,15 @@ def get_runtime(device: torch.device | str | None = None, compile: bool | str | 
     return dataclasses.replace(rt, compile_mode=mode)
 
 
+def cpu_runtime() -> Runtime:
+    """The CPU runtime for what runs on the CPU whatever the device (lesson 03's 2-D toy): ``COURSE_PRECISION``
+    applies where a CPU can run it (fp32, bf16); fp16, which needs CUDA, leaves the CPU's own choice."""
+    env = (os.environ.get("COURSE_PRECISION") or "").strip().lower()
+    if env == "fp16":
+        env = "bf16" if cpu_has_bf16_units() else "fp32"       # the CPU's automatic choice
+    return get_runtime("cpu", precision=env or None)
+
+
 def _runtime(device: torch.device, compile: bool, precision: str | None) -> Runtime:
     precision = precision or os.environ.get("COURSE_PRECISION") or None
     if precision is not None:
@@ -263,12 +285,17 @@ def _runtime(device: torch.device, compile: bool, precision: str | None) -> Runt
                              f"(COURSE_PRECISION), or unset it to choose from the device")
         if key == "fp16" and device.type != "cuda":
             raise ValueError("fp16 autocast needs a CUDA GPU; on this device use bf16 or fp32")
+        if key == "bf16" and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+            import warnings
+            warnings.warn(f"COURSE_PRECISION=bf16 on {torch.cuda.get_device_name(device)} (compute capability "
+                          f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}): this GPU has no bf16 "
+                          f"units, so bf16 is emulated and slower; unset COURSE_PRECISION for fp16", stacklevel=3)
         dtype = PRECISIONS[key]
         return Runtime(device, dtype, dtype is torch.float16, compile)
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
-        if major >= 8:
-            return Runtime(device, torch.bfloat16, False, compile)
+        if major >= 8:                          # measured fastest (see the docstring)
+            return Runtime(device, torch.bfloat16 if compile else None, False, compile)
         return Runtime(device, torch.float16, True, compile)
     if device.type == "cpu" and cpu_has_bf16_units():
         return Runtime(device, torch.bfloat16, False, False)
@@ -280,6 +307,16 @@ def autocast(rt: Runtime):
     if rt.dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=rt.device.type, dtype=rt.dtype)
+
+
+def inference_autocast(device: torch.device | str):
+    """The autocast context for sampling and measuring on ``device``: the runtime's policy on CUDA
+    (``get_runtime``: fp16 on a T4, ``COURSE_PRECISION`` honoured), fp32 elsewhere, so that on a CPU a seed
+    gives the same samples whatever the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return autocast(get_runtime(device))
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:

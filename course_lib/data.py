@@ -25,7 +25,7 @@ import torch
 from . import paths
 from .config import Profile
 
-__all__ = ["load_mnist", "FILES", "to_pixels", "batch_indices"]
+__all__ = ["load_mnist", "FILES", "to_pixels", "batch_indices", "to_device"]
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -199,3 +199,12 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator, device: t
     idx = torch.randperm(n, generator=generator, device=generator.device)[:batch_size] if batch_size <= n else \
         torch.randint(n, (batch_size,), generator=generator, device=generator.device)
     return idx.to(device)
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t`` on ``device``. From the host to a GPU the copy goes through pinned memory with
+    ``non_blocking=True``, so the host does not wait for it (a plain ``.to("cuda")`` of a host tensor does)."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

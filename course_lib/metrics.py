@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints, paths
-from .config import Profile, Runtime, get_runtime
+from .config import Profile, Runtime, get_runtime, inference_autocast
 from .data import batch_indices, load_mnist
 from .train import TrainResult, fit
 
@@ -201,8 +201,10 @@ def classify(clf: Classifier, x: torch.Tensor, batch_size: int = 1000) -> tuple[
     device = next(clf.parameters()).device
     probs, feats = [], []
     for chunk in x.split(batch_size):
-        f = clf.features(chunk.to(device).float())
-        probs.append(clf.head(f).float().softmax(dim=1).cpu())
+        with inference_autocast(device):                           # fp16 on a T4, fp32 on a CPU
+            f = clf.features(chunk.to(device).float())
+            logits = clf.head(f)
+        probs.append(logits.float().softmax(dim=1).cpu())
         feats.append(f.float().cpu())
     return torch.cat(probs), torch.cat(feats)
 

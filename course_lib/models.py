@@ -9,8 +9,10 @@
     text2image   text-conditional UNet + the frozen CLIP text side  08
 
 ``get_model(name, profile)`` is what lessons call: the user's checkpoint if it matches the profile's config
-and finished training, else the shipped reference weights if they match, else it trains (resuming any
-partial checkpoint). The diffusion models train on ``forward.simple_loss`` through ``train.fit``.
+and finished training, else the shipped reference weights if they match, else (``find_usable``) the finished
+model of the profile's ``fallback`` (the ``gpu`` profile's is ``cpu``: its shipped weights, with a one-line
+note, so a fresh Colab runtime does not retrain in every lesson what the lesson only uses), else it trains
+(resuming any partial checkpoint). The diffusion models train on ``forward.simple_loss`` through ``train.fit``.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 
 from . import checkpoints, paths
 from .clusters import kmeans
-from .config import Profile, Runtime, get_runtime
+from .config import PROFILES, Profile, Runtime, get_runtime
 from .data import batch_indices, load_mnist
 from .forward import simple_loss
 from .schedules import Schedule, make_schedule
@@ -33,7 +35,8 @@ from .train import TrainResult, fit
 from .unet import UNet, UNetConfig, unet_config_from_profile
 
 __all__ = ["denoiser_config", "class_config", "train_denoiser", "train_class_model",
-           "load_unet", "get_model", "get_guide", "find_matching", "train_missing", "REGISTRY", "drop_labels"]
+           "load_unet", "get_model", "get_guide", "find_matching", "find_usable",
+           "train_missing", "REGISTRY", "drop_labels"]
 
 
 # --------------------------------------------------------------------------- classifier-free guidance training
@@ -203,6 +206,31 @@ def find_matching(name: str, profile: Profile) -> Path | None:
     return None
 
 
+def find_usable(name: str, profile: Profile) -> tuple[Path, Profile] | None:
+    """A finished model to *use* under ``profile``: ``find_matching`` for the profile itself, else for its
+    ``fallback`` profile (same T and schedule, so samples come out of the same chain). None if neither.
+
+    Returns:
+        (folder, the profile it was trained for), or None.
+    """
+    folder = find_matching(name, profile)
+    if folder is not None:
+        return folder, profile
+    if profile.fallback is not None:
+        other = PROFILES[profile.fallback]
+        if (other.T, other.schedule) == (profile.T, profile.schedule):
+            folder = find_matching(name, other)
+            if folder is not None:
+                return folder, other
+    return None
+
+
+def fallback_note(name: str, profile: Profile, used: Profile, folder: Path) -> str:
+    """The one line a lesson prints when it uses another profile's model."""
+    return (f"no finished {profile.name}-profile {name!r} model: using the {used.name}-profile one in {folder} "
+            f"(train the {profile.name} one with `python -m course_lib train {name} --profile {profile.name}`)")
+
+
 @contextlib.contextmanager
 def _training_lock(name: str):
     """Hold an exclusive lock on training model ``name`` into its default checkpoint folder, so two processes
@@ -246,7 +274,8 @@ def get_guide(profile: Profile, runtime: Runtime | None = None):
         FileNotFoundError: no finished denoiser for ``profile``, or one trained without a guide.
     """
     rt = runtime or get_runtime()
-    folder = find_matching("denoiser", profile)
+    found = find_usable("denoiser", profile)
+    folder = found[0] if found is not None else None
     if folder is None:
         raise FileNotFoundError(f"no finished denoiser for the {profile.name!r} profile: call "
                                 f"get_model('denoiser', profile) first (it trains one, keeping its guide)")
@@ -258,10 +287,12 @@ def get_model(name: str, profile: Profile, runtime: Runtime | None = None, train
     """The model ``name`` for ``profile``, ready to use (EMA weights, eval mode, on the runtime's device).
 
     Lookup: ``path`` if given; else the user's finished checkpoint or the shipped weights for this
-    profile's config; else, when ``train_if_missing``, train it now (resuming a partial checkpoint).
+    profile's config; else those of ``profile.fallback`` (``find_usable``, with a one-line note); else, when
+    ``train_if_missing``, train it now for ``profile`` (resuming a partial checkpoint).
     """
     rt = runtime or get_runtime()
-    folder = Path(path) if path is not None else find_matching(name, profile)   # checks the name too
+    found = None if path is not None else find_usable(name, profile)            # checks the name too
+    folder = Path(path) if path is not None else (found[0] if found is not None else None)
     load_fn = REGISTRY[name][2]
     if folder is None:
         if not train_if_missing:
@@ -272,6 +303,8 @@ def get_model(name: str, profile: Profile, runtime: Runtime | None = None, train
         folder, trained = train_missing(name, profile, rt, progress)
         if not trained:
             print(f"using the {name!r} model in {folder}")
+    elif found is not None and found[1] is not profile:
+        print(fallback_note(name, profile, found[1], folder))              # one line: whose model it is
     else:
         print(f"using the {name!r} model in {folder}")
     return load_fn(folder, rt.device)

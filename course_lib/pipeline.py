@@ -57,7 +57,7 @@ from torch import nn
 
 from . import captions, checkpoints
 from .guidance import Guided
-from .samplers import SAMPLERS
+from .samplers import SAMPLERS, batched
 from .schedules import Schedule, make_schedule
 from .text import MAX_LENGTH, SPECIAL_TOKENS, validate_prompt
 from .unet import TextCond, UNet, UNetConfig
@@ -269,7 +269,8 @@ class TextToImage:
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
         steps = self.default_steps if steps is None else steps
-        model = self.guided(self.default_guidance if guidance is None else guidance)
+        model = batched(self.guided(self.default_guidance if guidance is None else guidance), MAX_BATCH,
+                        self.device)                                       # under the device's autocast
         cond = self.encode(prompts)                                        # (P, L, D), ...
         run = SAMPLERS[sampler]
         kwargs = dict(steps=steps, clip_x0=clip_x0, callback=callback, **({} if eta is None else {"eta": eta}))

@@ -20,6 +20,11 @@ subset), and at each one:
 A ``callback`` receives ``{"i", "t", "x_t", "x0_hat"}`` at every step (k-diffusion's hook): the notebooks
 use it to animate x_t and x0_hat. All noise comes from ``generator`` (a CPU ``torch.Generator``; tensors are
 moved to x_T's device), so a seed reproduces a sample exactly.
+
+``sample`` (what lessons call) runs the network in chunks of at most ``SAMPLE_BATCH`` images, under the
+device's autocast (``config.inference_autocast``: fp16 on a T4, fp32 on a CPU), while x_t and every noise
+draw stay whole: the chain is the one an unbatched call walks, so a seed gives the same samples for any
+batch size (up to float rounding in the network).
 """
 from __future__ import annotations
 
@@ -29,14 +34,18 @@ from typing import Callable, Sequence
 
 import torch
 
+from .config import inference_autocast
 from .forward import extract, predict_eps_from_x0, predict_x0_from_eps, q_posterior
 from .schedules import Schedule, snr
 
 __all__ = ["check_model_inputs", "timesteps", "respace", "dynamic_threshold", "denoise", "ddim_step", "ddpm_sample", "ddim_sample",
-           "sample", "SAMPLERS", "DDIM_DEFAULT_STEPS", "DYNAMIC_PERCENTILE"]
+           "sample", "batched", "SAMPLERS", "DDIM_DEFAULT_STEPS", "DYNAMIC_PERCENTILE", "SAMPLE_BATCH"]
 
 DDIM_DEFAULT_STEPS = 50         # Song et al. 2021, Table 1 reports S in {10, 20, 50, 100}: 50 is close to 1000
 DYNAMIC_PERCENTILE = 0.995      # Saharia et al. 2022 (Imagen), Sec. 2.3 and Appendix E: p = 99.5 %
+SAMPLE_BATCH = 1_000            # images per network call in ``sample`` (the pipeline's MAX_BATCH too): the gpu
+                                # UNet needs about 0.5 MB of activations per image (estimated), so ~0.5 GB
+                                # (1 GB guided), where 20,000 guided images in one call would need 10 GB
 
 
 # --------------------------------------------------------------------------- which timesteps to visit
@@ -356,22 +365,60 @@ def check_model_inputs(model: Callable, schedule: Schedule, cond=None) -> None:
                              f"(and -1 for 'no condition')")
 
 
+def _rows(cond, start: int, stop: int, B: int):
+    """Rows ``start:stop`` of a condition for a batch of B: a (B, ...) tensor, a named tuple of them (text),
+    or None; anything else (one label for all) is passed unchanged."""
+    if isinstance(cond, torch.Tensor):
+        return cond[start:stop] if cond.dim() and cond.shape[0] == B else cond
+    if isinstance(cond, tuple) and hasattr(cond, "_fields"):
+        return type(cond)(*(_rows(part, start, stop, B) for part in cond))
+    return cond
+
+
+def batched(model: Callable, batch_size: int = SAMPLE_BATCH, device: torch.device | str | None = None
+            ) -> Callable:
+    """``model`` with the same ``(x, t, cond)`` interface, run on at most ``batch_size`` images per call,
+    each call under ``inference_autocast(device)`` (default: x's device); the output is float32.
+
+    Memory then grows with ``batch_size``, not with the number of images (a guidance wrapper doubles it).
+    """
+    if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+
+    def call(x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        B = x.shape[0]
+        out = []
+        for start in range(0, B, batch_size):
+            stop = min(B, start + batch_size)
+            with inference_autocast(device if device is not None else x.device):
+                out.append(model(x[start:stop], t[start:stop], _rows(cond, start, stop, B)).float())
+        return out[0] if len(out) == 1 else torch.cat(out)
+    call.model = model                    # for _base_model (check_model_inputs) and readers
+    return call
+
+
 def sample(model: Callable, n: int, schedule: Schedule, *, sampler: str = "ddim", steps=None,
            eta: float | None = None, generator: torch.Generator | None = None, cond=None,
            device: torch.device | str = "cpu", clip_x0: bool | str = True,
-           callback: Callable[[dict], None] | None = None, shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
+           callback: Callable[[dict], None] | None = None, shape: tuple[int, ...] = (1, 28, 28),
+           batch_size: int = SAMPLE_BATCH) -> torch.Tensor:
     """Draw x_T ~ N(0, I) with ``generator`` and run ``SAMPLERS[sampler]`` on it: what lessons call.
+
+    The network sees at most ``batch_size`` images per call, under the device's autocast (``batched``).
+    x_T for all n is drawn first and each step's noise is drawn for all n at once, exactly as without
+    batches, so the same seed gives the same samples for every ``batch_size`` (to float rounding).
 
     Args:
         n: how many samples. sampler: "ddim" or "ddpm". steps, clip_x0, callback, cond: see the samplers.
         eta: None uses the sampler's default (DDPM 1.0, DDIM 0.0).
         device: where x_T and the sampling live (the model's device).
         shape: one sample's shape (C, H, W).
+        batch_size: images per network call (default ``SAMPLE_BATCH``); bounds the memory, not the result.
     Returns:
         (n, 1, 28, 28) float32 samples, roughly in [-1, 1].
     Raises:
-        ValueError: before any compute, for a bad ``n`` or ``eta``, an unknown sampler, a schedule of another
-            T than the model's, or labels the model does not know (``check_model_inputs``).
+        ValueError: before any compute, for a bad ``n``, ``eta`` or ``batch_size``, an unknown sampler, a
+            schedule of another T than the model's, or labels the model does not know (``check_model_inputs``).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
@@ -380,7 +427,8 @@ def sample(model: Callable, n: int, schedule: Schedule, *, sampler: str = "ddim"
     if eta is not None and not (isinstance(eta, numbers.Real) and math.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     check_model_inputs(model, schedule, cond)
+    net = batched(model, batch_size, device)           # checks batch_size
     x_T = _randn((n, *shape), generator, torch.device(device))
     kwargs = {} if eta is None else {"eta": eta}
-    return SAMPLERS[sampler](model, x_T, schedule, steps=steps, clip_x0=clip_x0, generator=generator,
+    return SAMPLERS[sampler](net, x_T, schedule, steps=steps, clip_x0=clip_x0, generator=generator,
                              callback=callback, cond=cond, **kwargs)

@@ -6,6 +6,7 @@ The pipeline itself (``TextEncoder``, ``TextToImage``) is ``course_lib.pipeline`
     text2image_config   the model config: the UNet with cross-attention, the schedule, the caption scheme, the CLIP
     CaptionTable        the frozen encoder's output for every caption training can draw, computed once
     train_text2image    the run: a fresh random true caption per digit per batch, dropped with p_uncond
+    train_demo          lesson 08's own run (the full run when it is as long), so the lesson trains once
     prompt_accuracy     does the course classifier read the digit the prompt names?
     attribute_control   does "thick" / "thin" (or "left" / "right") move the measured attribute?
 
@@ -26,7 +27,7 @@ from . import captions, checkpoints, paths
 from .clip import clip_config_from_profile
 from .clip_training import get_clip
 from .config import Profile, Runtime, get_runtime
-from .data import batch_indices, load_mnist
+from .data import batch_indices, load_mnist, to_device
 from .forward import simple_loss
 from .pipeline import (ATTRIBUTE_PAIRS, TEXT_LAYER, TextEncoder, TextToImage, attribute_prompts, digit_prompts,
                        load_text_side, write_pipeline)
@@ -35,8 +36,8 @@ from .text import MAX_LENGTH
 from .train import TrainResult, fit
 from .unet import TextCond, UNet, UNetConfig, unet_config_from_profile
 
-__all__ = ["text2image_config", "CaptionTable", "train_text2image", "prompt_accuracy", "attribute_control",
-           "P_MENTION", "QUICK_N"]
+__all__ = ["text2image_config", "CaptionTable", "train_text2image", "train_demo", "prompt_accuracy",
+           "attribute_control", "P_MENTION", "QUICK_N"]
 
 P_MENTION = 0.5          # each attribute word an image has is said with this probability (captions default)
 QUICK_N = 200            # images in a quick measure: an accuracy near 90 % has a standard error of ~2 points
@@ -75,10 +76,11 @@ class CaptionTable:
 
 
 # ---------------------------------------------------------------------------------------------- training
-def text2image_config(profile: Profile) -> dict:
+def text2image_config(profile: Profile, clip_config: dict | None = None) -> dict:
     """The JSON-able model config (``fit`` compares it before resuming): the UNet with cross-attention of the
-    text width, the diffusion schedule, the caption scheme and the config of the CLIP it depends on."""
-    clip_cfg = clip_config_from_profile(profile)
+    text width, the diffusion schedule, the caption scheme and the config of the CLIP it depends on
+    (``clip_config``, default: the profile's own CLIP)."""
+    clip_cfg = clip_config if clip_config is not None else clip_config_from_profile(profile)
     unet = unet_config_from_profile(profile, context_dim=clip_cfg["dim"])
     return {**unet.to_dict(), "model": "text2image", "T": profile.T, "schedule": profile.schedule,
             "n_train": profile.n_train, "p_uncond": profile.p_uncond, "p_mention": P_MENTION,
@@ -91,33 +93,38 @@ def _sampling_defaults(profile: Profile) -> dict:
 
 
 def train_text2image(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
-                     progress: bool = True, stop_after: int | None = None) -> TrainResult:
+                     progress: bool = True, stop_after: int | None = None, clip=None) -> TrainResult:
     """Train the text-conditional UNet on captioned digits, the course CLIP's text side frozen.
 
     Each batch: random training digits, a fresh random true caption each (``captions.random_captions``),
     the caption replaced by the empty prompt with probability ``profile.p_uncond``, and DDPM's simple loss
     (``forward.simple_loss``) with the caption's encoding as ``cond``.
 
-    The CLIP comes from ``clip_training.get_clip`` (a finished matching model, else trained now), except when ``out``
-    already holds a checkpoint of this config: then training resumes with the text encoder saved there.
+    The CLIP is ``clip`` when given: the ``(model, tokenizer, training record)`` that ``get_clip`` returns, e.g.
+    the one a lesson loaded (under the ``gpu`` profile that may be the ``cpu`` CLIP: the config then names it,
+    and the UNet's cross-attention takes its width). Else it comes from ``get_clip(profile, fallback=False)``:
+    the profile's own, trained now if missing. Either way, when ``out`` already holds a checkpoint of this
+    config, training resumes with the text encoder saved there.
 
     Args:
         out: checkpoint folder (default ``paths.default_checkpoint("text2image")``); resumes from it.
         steps: total steps (default ``profile.t2i_train_steps``).
         stop_after: stop (with a checkpoint) after this many steps in this call.
+        clip: the frozen CLIP to build on (see above); None: the profile's own.
     Returns:
         ``fit``'s ``TrainResult`` (``ema_model`` is the UNet; ``load_text2image(out)`` the whole pipeline).
     """
     rt = runtime or get_runtime()
     out = Path(out) if out is not None else paths.default_checkpoint("text2image")
-    cfg = text2image_config(profile)
+    cfg = text2image_config(profile, None if clip is None else clip[2]["config"])
     x, y = load_mnist("train", profile=profile, device=rt.device, quiet=not progress)
     saved = checkpoints.check_resumable(out, cfg)     # before a CLIP is found or trained (fit checks again)
     if saved is not None and (out / "text_encoder.safetensors").is_file():
         encoder, tokenizer = load_text_side(out, rt.device)
         thresholds = captions.thresholds_from_json(saved["thresholds"])
     else:
-        clip_model, tokenizer, clip_record = get_clip(profile, rt, progress)
+        clip_model, tokenizer, clip_record = clip if clip is not None else get_clip(profile, rt, progress,
+                                                                                   fallback=False)
         encoder = TextEncoder(clip_model.text_model)
         thresholds = (captions.thresholds_from_json(clip_record["thresholds"]) if "thresholds" in clip_record
                       else captions.fit_thresholds(captions.measure_attributes(x), y))
@@ -134,7 +141,7 @@ def train_text2image(profile: Profile, out=None, runtime: Runtime | None = None,
         rows = table.rows(texts)
         drop = torch.rand(len(rows), generator=g) < profile.p_uncond      # Ho & Salimans 2022, Algorithm 1
         rows = torch.where(drop, torch.full_like(rows, table.null_row), rows)
-        return x[idx.to(x.device)], rows
+        return x[to_device(idx, x.device)], to_device(rows, x.device)        # copied without waiting
 
     def loss_fn(m, batch, g):
         x0, rows = batch
@@ -148,7 +155,31 @@ def train_text2image(profile: Profile, out=None, runtime: Runtime | None = None,
     return fit(model, loss_fn, get_batch, steps=steps or profile.t2i_train_steps, lr=profile.lr,
                warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
                config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
-               export=export, desc="train text2image", progress=progress, T=profile.T, stop_after=stop_after)
+               export=export, desc="train text2image", progress=progress, T=profile.T, stop_after=stop_after,
+               rng_device=rt.device, batch_rng_device="cpu")         # noise on the device, captions on the host
+
+
+def train_demo(profile: Profile, clip, runtime: Runtime | None = None, progress: bool = True
+               ) -> tuple[TrainResult, Path]:
+    """Lesson 08's own training run: ``profile.lesson_train_steps`` steps on ``clip`` (the CLIP the lesson
+    loaded, see ``train_text2image``), into ``paths.default_checkpoint("text2image-demo")``.
+
+    When that is at least the full run (``t2i_train_steps``) and ``clip`` is the profile's own CLIP, the demo
+    *is* the full run, into the default checkpoint, where ``get_model("text2image", profile)`` then finds it.
+    Otherwise ``get_model`` loads a finished model (the profile's, else its fallback's). Either way the lesson
+    trains text-to-image once.
+
+    Returns:
+        (the ``TrainResult``, the folder it was written to).
+    """
+    own = clip[2].get("config") == clip_config_from_profile(profile)
+    if profile.lesson_train_steps >= profile.t2i_train_steps and own:
+        out = paths.default_checkpoint("text2image")
+        return train_text2image(profile, out=out, runtime=runtime, progress=progress, clip=clip), out
+    out = paths.default_checkpoint("text2image-demo")
+    steps = min(profile.lesson_train_steps, profile.t2i_train_steps)
+    return train_text2image(profile.replace(t2i_train_steps=steps), out=out, runtime=runtime, progress=progress,
+                            clip=clip), out
 
 
 # ---------------------------------------------------------------------------------------------- measuring

@@ -9,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from .config import Profile, Runtime, get_runtime
+from .config import Profile, Runtime, cpu_runtime
 from .forward import simple_loss
 from .schedules import Schedule, make_schedule
 from .train import TrainResult, fit
@@ -57,7 +57,7 @@ def train_toy(profile: Profile, data: str = "ring", runtime: Runtime | None = No
     Uses a shorter chain (T=200, cosine schedule) than the digits: a 2-D distribution needs fewer steps.
     Returns (EMA model, schedule, training result).
     """
-    rt = runtime or get_runtime("cpu")              # tiny MLPs are faster on the CPU than on a GPU
+    rt = runtime or cpu_runtime()                   # tiny MLPs are faster on the CPU than on a GPU
     makers = {"ring": ring, "swiss_roll": swiss_roll}
     if data not in makers:
         raise ValueError(f"data must be one of {', '.join(makers)}, got {data!r}")

@@ -6,13 +6,18 @@ text-to-image). It knows nothing about diffusion: a model, a loss function and a
         batch = get_batch(generator)                   # random indices into data already on the device
         loss = loss_fn(model, batch, generator)        # under autocast (bf16 / fp16 / fp32)
         loss.backward(); clip_grad_norm_(1.0); AdamW.step()
-        ema.update_parameters(model)                   # AveragedModel, decay warmed up
+        ema.update_parameters(model)                   # EMA, decay warmed up, its count kept in Python
         every N steps and at the end: atomic checkpoint
 
 AdamW is fused (one kernel for the whole update, on a CPU too). On a GPU the loop is kept from waiting on
-the GPU: the generator lives there, the losses are read every few steps rather than every step, and the EMA
-updates all tensors in one go; with ``COURSE_COMPILE=1`` the forward and backward pass run as CUDA graphs
-(``config.Runtime``).
+the GPU: the noise generator lives there (``rng_device``; captions, drawn on the host, get a CPU generator of
+their own: ``batch_rng_device``), the losses are read every ``SYNC_EVERY`` steps rather than every step, and
+the EMA updates all tensors in one go, counting its updates in Python (torch's ``AveragedModel`` copies its
+counter between host and GPU at every update). The other waits: each checkpoint (it reads the losses and
+copies the weights to the host), the guide copy at ``guide_step``, and whatever a ``get_batch`` copies from
+the host (the CLIP and text-to-image batches are built there, then copied from pinned memory without
+waiting). With fp16 (a T4) the grad scaler hands its inf check to the fused AdamW, which waits for nothing.
+With ``COURSE_COMPILE=1`` the forward and backward pass run as CUDA graphs (``config.Runtime``).
 
 Resuming continues the run exactly: raw weights, EMA, optimizer moments, the generator and the CPU RNG
 are restored, and the learning rate is a pure function of the step, so on the CPU a resumed run reaches
@@ -21,6 +26,7 @@ bit-identical weights to an uninterrupted one.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +40,9 @@ from . import checkpoints
 from .config import Runtime, autocast, get_runtime
 
 SYNC_EVERY = 25          # on a GPU, read the losses (and check them for NaN) every this many steps
+                         # (the loop's only regular wait for the GPU: see the module docstring for the others)
 
-__all__ = ["TrainResult", "fit", "ema_avg_fn", "ema_multi_avg_fn", "warmup_cosine_lr", "plot_losses"]
+__all__ = ["TrainResult", "fit", "EMA", "ema_avg_fn", "ema_multi_avg_fn", "warmup_cosine_lr", "plot_losses"]
 
 
 def ema_avg_fn(decay: float) -> Callable:
@@ -59,19 +66,62 @@ def ema_multi_avg_fn(decay: float) -> Callable:
     """The warmed-up EMA, d_n = min(decay, (1 + n) / (10 + n)) (see ``ema_avg_fn``), for whole lists of
     tensors at once (``AveragedModel(multi_avg_fn=...)``): a few ``torch._foreach_*`` kernels, not a few
     per tensor.
-    d is computed on the tensors' device, so on a GPU the update never waits for the GPU to finish.
+    ``num_averaged`` is a tensor (as ``AveragedModel`` passes it; d is then computed on the tensors' device)
+    or a Python int (as ``EMA`` passes it: d is computed on the host, nothing is copied); both give the
+    same float32 d, so the same weights.
     """
     @torch.no_grad()
-    def multi_avg_fn(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor
-                     ) -> None:
+    def multi_avg_fn(averaged: list[torch.Tensor], current: list[torch.Tensor],
+                     num_averaged: torch.Tensor | int) -> None:
         if not averaged[0].is_floating_point():       # integer buffers are copied, not averaged
             torch._foreach_copy_(averaged, current)
             return
-        n = num_averaged.to(torch.float64)
-        d = ((1.0 + n) / (10.0 + n)).clamp(max=decay).to(averaged[0].dtype)
+        if isinstance(num_averaged, numbers.Integral):
+            n = float(num_averaged)
+            d32 = torch.tensor(min((1.0 + n) / (10.0 + n), decay), dtype=torch.float64).to(averaged[0].dtype)
+            d, one_minus_d = float(d32), float(1.0 - d32)                  # the tensor branch's values, exactly
+        else:
+            n = num_averaged.to(torch.float64)
+            d = ((1.0 + n) / (10.0 + n)).clamp(max=decay).to(averaged[0].dtype)
+            one_minus_d = 1.0 - d
         torch._foreach_mul_(averaged, d)                                   # d * averaged
-        torch._foreach_add_(averaged, torch._foreach_mul(current, 1.0 - d))   # + (1 - d) * current
+        torch._foreach_add_(averaged, torch._foreach_mul(current, one_minus_d))   # + (1 - d) * current
     return multi_avg_fn
+
+
+class EMA(AveragedModel):
+    """The weights' exponential moving average (``ema_multi_avg_fn(decay)``, over parameters and buffers), as
+    ``AveragedModel`` keeps it, but counting its updates in a Python int (``updates``): torch's class keeps
+    the count in a CPU tensor and, with the model on a GPU, copies it there (and compares it) at every
+    update, so every step would wait for a host copy. ``n_averaged`` is still updated, on the CPU, so the
+    state dict (and so every checkpoint) is the same as ``AveragedModel``'s.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__(model, multi_avg_fn=ema_multi_avg_fn(decay), use_buffers=True)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        averaged = [p.detach() for p in (*self.module.parameters(), *self.module.buffers())]
+        current = [p.detach() for p in (*model.parameters(), *model.buffers())]
+        if self.updates == 0:                                              # the first update copies
+            torch._foreach_copy_(averaged, current)
+        else:
+            groups: dict[tuple, tuple[list, list]] = {}
+            for a, c in zip(averaged, current, strict=True):
+                group = groups.setdefault((a.device, a.dtype), ([], []))
+                group[0].append(a)
+                group[1].append(c)
+            for a, c in groups.values():
+                self.multi_avg_fn(a, c, self.updates)
+        self.updates += 1
+        self.n_averaged.fill_(self.updates)                                # on the CPU: no transfer
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.updates = int(self.n_averaged)                                # a CPU tensor: no transfer
+        return result
 
 
 def warmup_cosine_lr(step: int, steps: int, lr: float, warmup: int, final_frac: float = 0.1) -> float:
@@ -107,7 +157,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         export: Callable[[nn.Module, Path], None] | None = None, desc: str = "training",
         progress: bool = True, t_bins: int = 10, T: int | None = None, stop_after: int | None = None,
         guide_step: int | None = None, rng_device: torch.device | str | None = None,
-        sync_every: int | None = None) -> TrainResult:
+        batch_rng_device: torch.device | str | None = None, sync_every: int | None = None) -> TrainResult:
     """Train ``model`` with AdamW, warm-up + cosine LR, gradient clipping, EMA and mixed precision.
 
     Args:
@@ -127,6 +177,10 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
             from (``guidance.autoguided``). It costs no training at all.
         rng_device: where the generator handed to ``get_batch`` and ``loss_fn`` lives (default: the CPU).
             On a GPU, a generator there lets a step draw its batch and noise without copying from the host.
+        batch_rng_device: where the generator handed to ``get_batch`` lives, when it must differ from
+            ``rng_device`` (default: the same generator for both). Captions are drawn on the host with a CPU
+            generator (``captions.random_captions``) while the noise is drawn on the GPU: ``"cpu"`` there.
+            Both generators are saved with the checkpoint.
         sync_every: read the losses (and check them for NaN) every this many steps; default 1 on a CPU,
             ``SYNC_EVERY`` on a GPU. They are also read before every checkpoint, so no checkpoint ever holds
             weights trained on a NaN. On a GPU this keeps the loop from waiting for the GPU inside a step.
@@ -144,12 +198,15 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
     rt = runtime or get_runtime()
     out = checkpoints.check_training_target(out) if out is not None else None   # before any compute
     model.to(rt.device)
-    ema = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(ema_decay), use_buffers=True)
+    ema = EMA(model, ema_decay)
     # fused: one kernel for the whole update (on a 2-core CPU too: 2 ms a step instead of 9 for the cpu UNet)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
                             fused=rt.device.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler("cuda") if rt.use_grad_scaler else None
-    gen = torch.Generator(device=rng_device or "cpu").manual_seed(seed)
+    gen = torch.Generator(device=rng_device or "cpu").manual_seed(seed)                 # loss_fn's (noise)
+    batch_gen = gen                                                                     # get_batch's
+    if batch_rng_device is not None and torch.device(batch_rng_device) != gen.device:
+        batch_gen = torch.Generator(device=batch_rng_device).manual_seed(seed)
     losses: list[float] = []
     bins = torch.zeros(t_bins, dtype=torch.float64), torch.zeros(t_bins, dtype=torch.float64)
     start, prior_seconds = 0, 0.0
@@ -166,6 +223,8 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         rng = checkpoints.load_trainer_state(out, model=model, ema=ema, optimizer=opt)
         guide = checkpoints.load_guide_state(out)
         _restore_generator(gen, rng["generator"], seed, start=int(saved["step"]))
+        if batch_gen is not gen:
+            _restore_generator(batch_gen, rng.get("batch_generator", torch.empty(0)), seed, start=int(saved["step"]))
         torch.set_rng_state(rng["cpu"])
         start = int(saved["step"])
         prior_seconds = float(saved.get("train_seconds", 0.0))
@@ -213,7 +272,8 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
                         loss_by_t_sum=bins[0].tolist(), loss_by_t_count=bins[1].tolist(),
                         device=rt.device.type, precision=rt.precision)
         checkpoints.save_checkpoint(out, model=model, ema=ema, optimizer=opt,
-                                    rng={"generator": gen.get_state(), "cpu": torch.get_rng_state()},
+                                    rng={"generator": gen.get_state(), "cpu": torch.get_rng_state(),
+                                         **({} if batch_gen is gen else {"batch_generator": batch_gen.get_state()})},
                                     training=training, export=export, guide=guide)
         last_good = str(out)
 
@@ -225,7 +285,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
     for step in range(start, end):
         for g in opt.param_groups:
             g["lr"] = warmup_cosine_lr(step, steps, lr, warmup_steps)
-        batch = get_batch(gen)
+        batch = get_batch(batch_gen)
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()    # a new step: the graphs' last outputs may be reused
         with autocast(rt):
