@@ -76,6 +76,7 @@ class LanguageEncoder(nn.Module):
         super().__init__()
         self.model = model.eval().requires_grad_(False)       # a transformers BertModel
         self.source = source                                   # where it was loaded from (for messages)
+        self.eval()
 
     @property
     def width(self) -> int:
@@ -222,7 +223,7 @@ def check_prompt(prompt: str, tokenizer, max_length: int = MAX_LENGTH) -> str:
     if len(ids) > max_length:
         kept = tokenizer.decode(ids[1:max_length - 1])
         warnings.warn(f"prompt {prompt[:40]!r}... has {len(ids)} tokens; the text encoder reads at most {max_length}: "
-                      f"truncated after {kept[-30:]!r}", stacklevel=3)
+                      f"truncated after {'...' + kept[-30:].strip()!r}", stacklevel=3)
     return prompt
 
 
@@ -265,7 +266,7 @@ class TextToImageLM(TextToImage):
     def check_prompts(self, prompts: str | Sequence[str]) -> list[str]:
         """The prompts as a list, each checked by ``check_prompt`` (any words; empty is an error; too long is
         truncated with a warning)."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = list(prompts) if isinstance(prompts, (list, tuple)) else [prompts]
         if not prompts:
             raise ValueError("no prompts given: pass one or more, e.g. ['a fat seven', 'the digit 3']")
         return [check_prompt(p, self.tokenizer, self.max_length) for p in prompts]
