@@ -46,7 +46,7 @@ from .schedules import make_schedule
 from .unet import TextCond
 
 __all__ = ["HUB_ID", "PACKAGE", "PACKAGE_VERSION", "SHA256", "WIDTH", "MAX_LENGTH", "EncoderUnavailable",
-           "LanguageEncoder", "package_folder", "check_encoder_folder", "load_language_encoder", "encoder_spec",
+           "LanguageEncoder", "mean_pool", "package_folder", "check_encoder_folder", "load_language_encoder", "encoder_spec",
            "check_prompt", "TextToImageLM", "load_text2image_lm", "load_text_to_image", "sentence_vectors"]
 
 HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -89,9 +89,17 @@ class LanguageEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextCond:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         tokens = out.last_hidden_state.float()                                # (B, L, D)
-        m = attention_mask[..., None].to(tokens.dtype)                        # (B, L, 1)
-        pooled = F.normalize((tokens * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)   # (B, D)
-        return TextCond(tokens, attention_mask.bool(), pooled)
+        return TextCond(tokens, attention_mask.bool(), mean_pool(tokens, attention_mask))
+
+
+def mean_pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The sentence vector: the mean of the real tokens' states, scaled to unit length (sentence-transformers'
+    ``Pooling(mean)`` then ``Normalize``, as all-MiniLM-L6-v2 was trained).
+
+    Args: tokens: (B, L, D); mask: (B, L), 1 / True on real tokens. Returns: (B, D), each row of norm 1.
+    """
+    m = mask[..., None].to(tokens.dtype)                                      # (B, L, 1)
+    return F.normalize((tokens * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
 
 
 def encoder_spec() -> dict:

@@ -179,11 +179,12 @@ def _quick_n(profile: Profile, n_prompts: int) -> int:
 
 
 def prompt_accuracy(pipe: TextToImage, profile: Profile, runtime: Runtime | None = None,
-                    guidance: float | None = None, n: int | None = None, seed: int = 0, classifier=None) -> float:
+                    guidance: float | None = None, n: int | None = None, seed: int = 0, classifier=None,
+                    prompts: Sequence[str] | None = None) -> float:
     """Digit accuracy: how often the course classifier reads the digit a prompt names.
 
-    Prompts: ``digit_prompts()`` (each digit as a word and as a numeral), ``n`` images in all (default
-    min(profile.n_eval, QUICK_N): a quick measure), the profile's sampling steps.
+    Prompts: ``prompts``, default ``digit_prompts()`` (each digit as a word and as a numeral), ``n`` images in
+    all (default min(profile.n_eval, QUICK_N): a quick measure), the profile's sampling steps.
 
     Returns:
         the fraction of images classified as the prompt's digit (float in [0, 1]).
@@ -192,7 +193,7 @@ def prompt_accuracy(pipe: TextToImage, profile: Profile, runtime: Runtime | None
     from .models import get_model
     rt = runtime or get_runtime()
     clf = classifier if classifier is not None else get_model("classifier", profile, rt, progress=False)
-    prompts = digit_prompts()
+    prompts = list(prompts) if prompts is not None else digit_prompts()
     k = max(1, n // len(prompts)) if n else _quick_n(profile, len(prompts))
     images, labels = pipe.generate_with_labels(prompts, k, steps=profile.sample_steps, guidance=guidance, seed=seed)
     return label_accuracy(classify(clf, images)[0], labels)
