@@ -247,3 +247,25 @@ def test_cli_generates_from_a_folder_and_by_model_name(pipe, tmp_path, monkeypat
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(SystemExit, match="another text encoder"):
         main(["generate", "a fat seven", "--checkpoint", str(folder), "-o", str(png)])
+
+
+# --------------------------------------------------------------------------- the exercise
+def test_mean_pool_check():
+    from course_lib.exercises import lesson09
+
+    def stub(tokens, mask):
+        raise NotImplementedError
+
+    def counts_padding(tokens, mask):
+        return torch.nn.functional.normalize(tokens.mean(1), dim=-1)
+
+    def not_unit(tokens, mask):
+        m = mask[..., None].float()
+        return (tokens * m).sum(1) / m.sum(1)
+
+    assert lesson09.check_mean_pool(lesson09.reference_mean_pool)
+    result = lesson09.check_mean_pool(stub)
+    assert not result and not result.attempted and "not attempted" in result.message
+    result = lesson09.check_mean_pool(counts_padding)
+    assert result.attempted and not result and "padding" in result.message
+    assert not lesson09.check_mean_pool(not_unit)
