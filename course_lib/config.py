@@ -127,7 +127,7 @@ PROFILES: dict[str, Profile] = {
         clip_dim=64, clip_layers=2, clip_heads=4, clip_patch=7, clip_embed=64, clip_batch=256,
         clip_steps=2_000, clip_lr=2e-3,
         t2i_train_steps=4_000, toy_steps=2_000,
-        lm_train_steps=3_000, lm_templates=6,
+        lm_train_steps=2_400, lm_templates=6,
     ),
     "gpu": Profile(
         name="gpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
