@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from . import captions, checkpoints, paths
