@@ -58,8 +58,8 @@ def _sync(rt) -> None:
         torch.cuda.synchronize()
 
 
-def training_record(profile) -> dict:
-    folder = find_matching("text2image", profile)
+def training_record(profile, name: str = "text2image") -> dict:
+    folder = find_matching(name, profile)
     tr = read_training(folder)
     out = {"checkpoint": str(folder), "steps": tr["step"], "batch_size": tr["batch_size"],
            "wall_seconds": tr.get("train_seconds"), "trained_on": tr.get("device"),
@@ -78,8 +78,9 @@ def _kind(prompt: str) -> str:
     return f"{'numeral' if numeral else 'word'}, {attribute or 'bare'}"
 
 
-def digit_accuracy(pipe, clf, profile, rt, n: int) -> tuple[dict, torch.Tensor, torch.Tensor, float]:
-    prompts = benchmark_prompts()
+def digit_accuracy(pipe, clf, profile, rt, n: int, prompts=None, kind=_kind
+                   ) -> tuple[dict, torch.Tensor, torch.Tensor, float]:
+    prompts = prompts or benchmark_prompts()
     k = max(1, n // len(prompts))
     _sync(rt)
     t0 = time.perf_counter()
@@ -88,7 +89,7 @@ def digit_accuracy(pipe, clf, profile, rt, n: int) -> tuple[dict, torch.Tensor, 
     _sync(rt)
     seconds = time.perf_counter() - t0
     right = (classify(clf, images)[0].argmax(1) == labels).float()
-    kinds = [_kind(p) for p in prompts for _ in range(k)]
+    kinds = [kind(p) for p in prompts for _ in range(k)]
     by_kind = {kind: round(float(right[[i for i, x in enumerate(kinds) if x == kind]].mean()), 4)
                for kind in sorted(set(kinds))}
     per_digit = [round(float(right[labels == d].mean()), 4) for d in range(10)]

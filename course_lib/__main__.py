@@ -1,8 +1,9 @@
 """The course's command line: ``python -m course_lib <command> --help``.
 
-    train {classifier,denoiser,class,clip,text2image}   train (or resume) one model
+    train {classifier,denoiser,class,clip,text2image,text2image-lm}   train (or resume) one model
     sample     --checkpoint DIR --n N --steps S --sampler {ddpm,ddim} --seed K --out FILE
     generate   "a thin two" "a 9" --checkpoint DIR -n 16 --guidance 3 --steps 50 --seed 0 --out grid.png
+               "a fat seven" --model text2image-lm -n 16 -o grid.png   (the language model reads any words)
     weights    train every model for the active profile and refresh data/weights/
     course     train what is missing, execute every lesson into build/, render the course book
     info       the active profile, device and precision
@@ -17,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-MODEL_NAMES = ("classifier", "denoiser", "class", "clip", "text2image")
+MODEL_NAMES = ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm")
+TEXT_TO_IMAGE = ("text2image", "text2image-lm")          # the models `generate` can use
 
 
 def _positive_int(text: str) -> int:
@@ -96,7 +98,8 @@ def cmd_train(args) -> int:
     profile, rt = _profile_and_runtime(args)
     if args.steps is not None:
         field = {"classifier": "classifier_steps", "denoiser": "train_steps", "class": "class_train_steps",
-                 "clip": "clip_steps", "text2image": "t2i_train_steps"}[args.model]
+                 "clip": "clip_steps", "text2image": "t2i_train_steps",
+                 "text2image-lm": "lm_train_steps"}[args.model]
         profile = profile.replace(**{field: args.steps})
     _, train_fn, _ = REGISTRY[args.model]
     out = Path(args.out).expanduser() if args.out else paths.default_checkpoint(args.model)
@@ -193,31 +196,32 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _text2image_folder(checkpoint: str | None) -> Path:
-    """``--checkpoint`` if given; else the user's text-to-image checkpoint if it finished training, else the
-    shipped weights (an interrupted run in checkpoints/ is not silently preferred: resume it first)."""
+def _text2image_folder(checkpoint: str | None, name: str = "text2image") -> Path:
+    """``--checkpoint`` if given; else the user's text-to-image checkpoint (model ``name``) if it finished
+    training, else the shipped weights (an interrupted run in checkpoints/ is not silently preferred: resume
+    it first)."""
     from . import paths
     from .checkpoints import read_json
     if checkpoint is not None:
-        return paths.find_model("text2image", checkpoint)
-    mine = paths.default_checkpoint("text2image")
+        return paths.find_model(name, checkpoint)
+    mine = paths.default_checkpoint(name)
     if (mine / "training.json").is_file():
         tr = read_json(mine / "training.json")
         if tr.get("step", 0) >= tr.get("steps", float("inf")):
             return mine
         print(f"note: {mine} has not finished training (step {tr.get('step')} of {tr.get('steps')}); using the "
-              f"shipped weights (resume it with python -m course_lib train text2image)")
-    return paths.find_model("text2image", paths.weights_dir() / "text2image")
+              f"shipped weights (resume it with python -m course_lib train {name})")
+    return paths.find_model(name, paths.weights_dir() / name)
 
 
 def cmd_generate(args) -> int:
-    from .pipeline import TextToImage
+    from .language_encoder import load_text_to_image
     from .plotting import save_grid
     _check_out_file(args.out)                           # before loading or sampling anything
     profile, rt = _profile_and_runtime(args)
     try:
-        folder = _text2image_folder(args.checkpoint)
-        pipe = TextToImage.from_pretrained(folder, device=rt.device)
+        folder = _text2image_folder(args.checkpoint, args.model)
+        pipe = load_text_to_image(folder, device=rt.device)       # lesson 08's or 09's, by its config.json
         print(f"model: {_describe_model(folder)}")
         t0 = time.perf_counter()
         images, labels = pipe.generate_with_labels(args.prompts, n_per_prompt=args.n, steps=args.steps,
@@ -307,7 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("generate", "text to image: generate digits for prompts (a .pt holds (images, labels))")
     sp.add_argument("prompts", nargs="+", help='prompts such as "a thin two" "a 9"')
     sp.add_argument("--checkpoint", default=None,
-                    help="a text2image folder (default: checkpoints/text2image, else the shipped weights)")
+                    help="a text2image or text2image-lm folder (default: checkpoints/MODEL, else the shipped "
+                         "weights)")
+    sp.add_argument("--model", choices=TEXT_TO_IMAGE, default="text2image",
+                    help="without --checkpoint: which model (text2image-lm: the language model as text encoder, "
+                         "any words; default text2image, the course CLIP's closed vocabulary)")
     sp.add_argument("-n", type=_positive_int, default=16, help="images per prompt (default 16)")
     sp.add_argument("--guidance", type=_finite_float, default=None, help="guidance scale w (default: the model's, 3)")
     sp.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's profile's)")

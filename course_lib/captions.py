@@ -269,11 +269,13 @@ def random_caption(label: int, attrs: dict[str, str | None], generator: torch.Ge
 
 
 def random_captions(labels: torch.Tensor, bins: torch.Tensor, generator: torch.Generator,
-                    p_mention: float = 0.5) -> tuple[list[str], torch.Tensor]:
+                    p_mention: float = 0.5, templates: tuple[str, ...] = TEMPLATES
+                    ) -> tuple[list[str], torch.Tensor]:
     """A random true caption for each of ``N`` digits, and each caption's content.
 
     Args:
         labels: ``(N,)`` digits; bins: ``(N, A)`` from ``attribute_bins``.
+        templates: the templates to draw from (default ``TEMPLATES``; a model may train on a subset).
 
     Returns:
         captions: ``N`` strings; content: ``(N, 1 + A)`` long: the digit, then per attribute -1 / 0 / +1
@@ -290,7 +292,7 @@ def random_captions(labels: torch.Tensor, bins: torch.Tensor, generator: torch.G
     for label, codes, r in zip(labels.tolist(), said.tolist(), u.tolist()):   # plain lists: fast in a loop
         words = {a.name: pick(a.low if c < 0 else a.high, r[3 + A + k])
                  for k, (a, c) in enumerate(zip(ATTRIBUTES, codes)) if c}
-        captions.append(_compose(label, r[1] < 0.5, words, pick(verbs, r[2]), pick(TEMPLATES, r[0])))
+        captions.append(_compose(label, r[1] < 0.5, words, pick(verbs, r[2]), pick(templates, r[0])))
     return captions, torch.cat([labels[:, None], said], 1)
 
 
@@ -309,8 +311,8 @@ def compatible(image_content: torch.Tensor, caption_content: torch.Tensor) -> to
     return same_digit & attrs_ok
 
 
-@lru_cache(maxsize=1)
-def _all_captions() -> tuple[tuple[str, ...], torch.Tensor]:
+@lru_cache(maxsize=4)
+def _all_captions(templates: tuple[str, ...]) -> tuple[tuple[str, ...], torch.Tensor]:
     options = []                                  # per attribute: [(code, word or None), ...]
     for a in ATTRIBUTES:
         options.append([(0, None)] + [(-1, w) for w in a.low] + [(1, w) for w in a.high])
@@ -322,7 +324,7 @@ def _all_captions() -> tuple[tuple[str, ...], torch.Tensor]:
                 words = {a.name: w for a, (_, w) in zip(ATTRIBUTES, combo) if w is not None}
                 says_after = any(a.phrase == "after" and a.name in words for a in ATTRIBUTES)
                 for verb in (verbs if says_after else verbs[:1]):
-                    for template in TEMPLATES:
+                    for template in templates:
                         c = _compose(label, numeral, words, verb, template)
                         if c not in seen:
                             seen.add(c)
@@ -331,9 +333,10 @@ def _all_captions() -> tuple[tuple[str, ...], torch.Tensor]:
     return tuple(captions), torch.tensor(content, dtype=torch.long)
 
 
-def all_captions() -> tuple[list[str], torch.Tensor]:
-    """Every caption ``random_captions`` can produce, in a fixed order, with its content ``(K, 1 + A)``."""
-    captions, content = _all_captions()
+def all_captions(templates: tuple[str, ...] = TEMPLATES) -> tuple[list[str], torch.Tensor]:
+    """Every caption ``random_captions`` can produce (from ``templates``), in a fixed order, with its content
+    ``(K, 1 + A)``."""
+    captions, content = _all_captions(tuple(templates))
     return list(captions), content.clone()
 
 

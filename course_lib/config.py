@@ -85,6 +85,10 @@ class Profile:
     t2i_train_steps: int
     # --- the 2-D toy of lesson 03
     toy_steps: int
+    # --- text-to-image with a frozen pretrained language model as text encoder (lesson 09)
+    lm_train_steps: int              # its UNet's training steps (the encoder is frozen, not trained)
+    lm_templates: int                # caption templates it trains on (captions.TEMPLATES[:k]): each caption
+                                     # is encoded once before training, ~4 ms a caption on one core
     # --- where a lesson finds the models it only uses
     fallback: str | None = None      # profile whose finished models serve when none matches this one
 
@@ -111,6 +115,7 @@ PROFILES: dict[str, Profile] = {
         clip_dim=32, clip_layers=1, clip_heads=2, clip_patch=7, clip_embed=32, clip_batch=100,
         clip_steps=150, clip_lr=2e-3,
         t2i_train_steps=300, toy_steps=600,
+        lm_train_steps=300, lm_templates=1,
     ),
     "cpu": Profile(
         name="cpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
@@ -130,6 +135,7 @@ PROFILES: dict[str, Profile] = {
         clip_dim=64, clip_layers=2, clip_heads=4, clip_patch=7, clip_embed=64, clip_batch=256,
         clip_steps=2_000, clip_lr=2e-3,
         t2i_train_steps=4_000, toy_steps=2_000,
+        lm_train_steps=2_400, lm_templates=6,
     ),
     "gpu": Profile(
         name="gpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
@@ -142,7 +148,8 @@ PROFILES: dict[str, Profile] = {
         classifier_steps=3_000,
         clip_dim=128, clip_layers=4, clip_heads=4, clip_patch=4, clip_embed=128, clip_batch=512,
         clip_steps=6_000, clip_lr=5e-4,
-        t2i_train_steps=10_000, toy_steps=3_000, fallback="cpu",
+        t2i_train_steps=10_000, toy_steps=3_000,
+        lm_train_steps=10_000, lm_templates=6, fallback="cpu",
     ),
 }
 

@@ -180,13 +180,16 @@ REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
              _lazy("clip", "load_clip")),
     "text2image": (_lazy("text2image_training", "text2image_config"),
                    _lazy("text2image_training", "train_text2image"), _lazy("pipeline", "load_text2image")),
+    "text2image-lm": (_lazy("language_encoder_training", "text2image_lm_config"),
+                      _lazy("language_encoder_training", "train_text2image_lm"),
+                      _lazy("language_encoder", "load_text2image_lm")),
 }
 
 
 def _steps_for(name: str, profile: Profile) -> int:
     return {"classifier": profile.classifier_steps, "denoiser": profile.train_steps,
             "class": profile.class_train_steps, "clip": profile.clip_steps,
-            "text2image": profile.t2i_train_steps}[name]
+            "text2image": profile.t2i_train_steps, "text2image-lm": profile.lm_train_steps}[name]
 
 
 def find_matching(name: str, profile: Profile) -> Path | None:

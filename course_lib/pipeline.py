@@ -64,7 +64,7 @@ from .unet import TextCond, UNet, UNetConfig
 
 __all__ = ["TextEncoder", "TextToImage", "load_text2image", "load_text_side", "write_pipeline", "digit_prompts",
            "benchmark_prompts", "attribute_prompts", "cross_attention_maps", "show_prompt_grid", "prompt_widget",
-           "TEXT_LAYER", "ATTRIBUTE_PAIRS"]
+           "TEXT_LAYER", "ATTRIBUTE_PAIRS", "write_unet"]
 
 TEXT_LAYER = -2          # hidden_states[-2]: the penultimate layer (SD 2 uses OpenCLIP's penultimate layer)
 MAX_BATCH = 1000         # images per sampling call (the guided network sees twice as many)
@@ -311,7 +311,10 @@ class TextToImage:
 
 
 def _label(prompt: str) -> int:
-    digit, _ = captions.parse_prompt(prompt)
+    try:
+        digit, _ = captions.parse_prompt(prompt)
+    except ValueError:                 # an open-vocabulary prompt naming two digits: no right answer to score
+        return -1
     return -1 if digit is None else digit
 
 
@@ -329,11 +332,16 @@ def show_prompt_grid(images: torch.Tensor, prompts: Sequence[str], n_per_prompt:
     return fig
 
 
-def write_pipeline(folder: Path, unet: nn.Module, encoder: TextEncoder, tokenizer, config: dict) -> None:
-    """Write a pipeline folder's files (``save_pretrained``; training's ``export`` hook writes them too)."""
+def write_unet(folder: Path, unet: nn.Module, config: dict) -> None:
+    """Write a pipeline folder's UNet weights (``model.safetensors``) and ``config.json``."""
     state = {k: v.detach().cpu().contiguous().clone() for k, v in unet.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def write_pipeline(folder: Path, unet: nn.Module, encoder: TextEncoder, tokenizer, config: dict) -> None:
+    """Write a pipeline folder's files (``save_pretrained``; training's ``export`` hook writes them too)."""
+    write_unet(folder, unet, config)
     _write_text_side(folder, encoder, tokenizer)
 
 

@@ -16,9 +16,10 @@ is finite (``captions.all_captions``), so the frozen encoder's outputs are compu
 """
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ from .text import MAX_LENGTH
 from .train import TrainResult, fit
 from .unet import TextCond, UNet, UNetConfig, unet_config_from_profile
 
-__all__ = ["text2image_config", "CaptionTable", "train_text2image", "train_demo", "prompt_accuracy",
+__all__ = ["text2image_config", "CaptionTable", "train_text2image", "fit_captioned", "train_demo", "prompt_accuracy",
            "attribute_control", "P_MENTION", "QUICK_N"]
 
 P_MENTION = 0.5          # each attribute word an image has is said with this probability (captions default)
@@ -128,16 +129,41 @@ def train_text2image(profile: Profile, out=None, runtime: Runtime | None = None,
         encoder = TextEncoder(clip_model.text_model)
         thresholds = (captions.thresholds_from_json(clip_record["thresholds"]) if "thresholds" in clip_record
                       else captions.fit_thresholds(captions.measure_attributes(x), y))
+    meta = {"kind": "text2image", "profile": profile.name, "data": f"MNIST train, {len(y)} captioned images",
+            "thresholds": captions.thresholds_to_json(thresholds), "templates": list(captions.TEMPLATES)}
+
+    def export(unet: nn.Module, folder: Path) -> None:
+        write_pipeline(folder, unet, encoder, tokenizer, {**cfg, "sampling": _sampling_defaults(profile)})
+
+    return fit_captioned(cfg, profile, x, y, encoder, tokenizer, thresholds, export, meta, out, rt,
+                         steps or profile.t2i_train_steps, progress, stop_after)
+
+
+def fit_captioned(cfg: dict, profile: Profile, x: torch.Tensor, y: torch.Tensor, encoder: nn.Module, tokenizer,
+                  thresholds: dict, export, meta: dict, out: Path, runtime: Runtime, steps: int, progress: bool,
+                  stop_after: int | None, templates: tuple[str, ...] = captions.TEMPLATES,
+                  table_length: int | None = None) -> TrainResult:
+    """The text-conditional UNet on captioned digits through ``train.fit``, for any frozen text ``encoder``
+    (``encoder(input_ids, attention_mask) -> TextCond``): lesson 08's CLIP text side or lesson 09's language model.
+
+    Every caption of ``templates`` is encoded once (``CaptionTable``, ``table_length`` tokens each, default
+    ``cfg["max_length"]``); then each batch draws random digits, a fresh random true caption each, the empty
+    prompt with probability ``profile.p_uncond``, and DDPM's simple loss with the caption's encoding as ``cond``.
+    ``export(unet, folder)`` writes the pipeline folder at each checkpoint.
+    """
     bins = captions.attribute_bins(captions.measure_attributes(x), y, thresholds)      # (N, A) on the CPU
     labels = y.cpu()
-    table = CaptionTable(encoder, tokenizer, captions.all_captions()[0], rt.device, cfg["max_length"])
-    schedule = make_schedule(profile.schedule, profile.T, rt.device)
+    start = time.perf_counter()
+    table = CaptionTable(encoder, tokenizer, captions.all_captions(templates)[0], runtime.device,
+                         table_length or cfg["max_length"])
+    meta = {**meta, "caption_seconds": round(time.perf_counter() - start, 1)}     # encoding every caption once
+    schedule = make_schedule(profile.schedule, profile.T, runtime.device)
     torch.manual_seed(0)                                                  # the initial weights
     model = UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in UNetConfig.__dataclass_fields__}))
 
     def get_batch(g: torch.Generator):
         idx = batch_indices(len(labels), profile.batch_size, g)           # (B,) on the CPU
-        texts, _ = captions.random_captions(labels[idx], bins[idx], g, P_MENTION)
+        texts, _ = captions.random_captions(labels[idx], bins[idx], g, cfg["p_mention"], templates)
         rows = table.rows(texts)
         drop = torch.rand(len(rows), generator=g) < profile.p_uncond      # Ho & Salimans 2022, Algorithm 1
         rows = torch.where(drop, torch.full_like(rows, table.null_row), rows)
@@ -147,16 +173,11 @@ def train_text2image(profile: Profile, out=None, runtime: Runtime | None = None,
         x0, rows = batch
         return simple_loss(m, x0, schedule, generator=g, cond=table.lookup(rows), return_parts=True)
 
-    def export(unet: nn.Module, folder: Path) -> None:
-        write_pipeline(folder, unet, encoder, tokenizer, {**cfg, "sampling": _sampling_defaults(profile)})
-
-    meta = {"kind": "text2image", "profile": profile.name, "data": f"MNIST train, {len(labels)} captioned images",
-            "thresholds": captions.thresholds_to_json(thresholds), "templates": list(captions.TEMPLATES)}
-    return fit(model, loss_fn, get_batch, steps=steps or profile.t2i_train_steps, lr=profile.lr,
+    return fit(model, loss_fn, get_batch, steps=steps, lr=profile.lr,
                warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
-               config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
-               export=export, desc="train text2image", progress=progress, T=profile.T, stop_after=stop_after,
-               rng_device=rt.device, batch_rng_device="cpu")         # noise on the device, captions on the host
+               config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=runtime,
+               export=export, desc=f"train {meta['kind']}", progress=progress, T=profile.T, stop_after=stop_after,
+               rng_device=runtime.device, batch_rng_device="cpu")    # noise on the device, captions on the host
 
 
 def train_demo(profile: Profile, clip, runtime: Runtime | None = None, progress: bool = True
@@ -189,11 +210,12 @@ def _quick_n(profile: Profile, n_prompts: int) -> int:
 
 
 def prompt_accuracy(pipe: TextToImage, profile: Profile, runtime: Runtime | None = None,
-                    guidance: float | None = None, n: int | None = None, seed: int = 0, classifier=None) -> float:
+                    guidance: float | None = None, n: int | None = None, seed: int = 0, classifier=None,
+                    prompts: Sequence[str] | None = None) -> float:
     """Digit accuracy: how often the course classifier reads the digit a prompt names.
 
-    Prompts: ``digit_prompts()`` (each digit as a word and as a numeral), ``n`` images in all (default
-    min(profile.n_eval, QUICK_N): a quick measure), the profile's sampling steps.
+    Prompts: ``prompts``, default ``digit_prompts()`` (each digit as a word and as a numeral), ``n`` images in
+    all (default min(profile.n_eval, QUICK_N): a quick measure), the profile's sampling steps.
 
     Returns:
         the fraction of images classified as the prompt's digit (float in [0, 1]).
@@ -202,7 +224,7 @@ def prompt_accuracy(pipe: TextToImage, profile: Profile, runtime: Runtime | None
     from .models import get_model
     rt = runtime or get_runtime()
     clf = classifier if classifier is not None else get_model("classifier", profile, rt, progress=False)
-    prompts = digit_prompts()
+    prompts = list(prompts) if prompts is not None else digit_prompts()
     k = max(1, n // len(prompts)) if n else _quick_n(profile, len(prompts))
     images, labels = pipe.generate_with_labels(prompts, k, steps=profile.sample_steps, guidance=guidance, seed=seed)
     return label_accuracy(classify(clf, images)[0], labels)
@@ -219,12 +241,16 @@ def _real_spread(attribute: str, n_train: int | None) -> float:
 
 @torch.no_grad()
 def attribute_control(pipe: TextToImage, profile: Profile, attribute: str, n_per_digit: int | None = None,
-                      guidance: float | None = None, seed: int = 0, steps: int | None = None) -> dict:
+                      guidance: float | None = None, seed: int = 0, steps: int | None = None,
+                      prompt_pair: Callable[[int], tuple[str, str]] | None = None) -> dict:
     """Does the word move the measured attribute? For every digit, the low and the high prompt
     (``attribute_prompts``: "a thin seven" / "a thick seven") from the same start noises.
 
     Args:
         n_per_digit: noise pairs per digit (default min(profile.n_eval, QUICK_N) // 20: a quick measure).
+        prompt_pair: ``prompt_pair(digit) -> (low prompt, high prompt)`` in place of ``attribute_prompts``
+            (other words for the same attribute, e.g. "a slim seven" / "a fat seven"); ``words`` is then the
+            pair for seven.
     Returns:
         dict with ``mean_low``, ``mean_high`` (the measured attribute, e.g. thickness in pixels),
         ``difference_sd``: mean(high - low) in units of the real digits' within-digit standard deviation,
@@ -232,14 +258,16 @@ def attribute_control(pipe: TextToImage, profile: Profile, attribute: str, n_per
         values (N,) each, plus ``images_low`` / ``images_high``.
     """
     k = n_per_digit or _quick_n(profile, 20)
-    prompts = [p for d in range(10) for p in attribute_prompts(d, attribute)]           # low, high, low, ...
+    pair = prompt_pair or (lambda d: attribute_prompts(d, attribute))
+    prompts = [p for d in range(10) for p in pair(d)]                                   # low, high, low, ...
     images = pipe(prompts, k, steps=steps or profile.sample_steps, guidance=guidance, seed=seed)
     images = images.view(10, 2, k, 1, 28, 28)
     low, high = images[:, 0].reshape(-1, 1, 28, 28), images[:, 1].reshape(-1, 1, 28, 28)
     v_low = captions.measure_attributes(low)[attribute]
     v_high = captions.measure_attributes(high)[attribute]
     sd = _real_spread(attribute, profile.n_train)
-    return {"attribute": attribute, "words": ATTRIBUTE_PAIRS[attribute], "n_pairs": len(v_low),
+    words = ATTRIBUTE_PAIRS[attribute] if prompt_pair is None else tuple(prompt_pair(7))
+    return {"attribute": attribute, "words": words, "n_pairs": len(v_low),
             "mean_low": float(v_low.mean()), "mean_high": float(v_high.mean()), "real_sd": sd,
             "difference_sd": float((v_high - v_low).mean()) / sd,
             "ordered": float((v_high > v_low).float().mean()),

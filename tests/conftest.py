@@ -15,3 +15,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def test_profile():
     from course_lib.config import get_profile
     return get_profile("test")
+
+
+@pytest.fixture
+def digit_accuracy_z():
+    """``measure(pipe) -> (accuracy, z)``: a text-to-image pipeline's digit accuracy at w = 6 on 200 images of
+    the prompts "zero".."9" (the test profile's classifier), and its z against chance (1 in 10)."""
+    import math
+    from course_lib.config import get_profile, get_runtime
+    from course_lib.models import get_model
+    from course_lib.text2image_training import prompt_accuracy
+
+    def measure(pipe, n: int = 200):
+        profile = get_profile("test")
+        clf = get_model("classifier", profile, get_runtime("cpu"), progress=False)
+        acc = prompt_accuracy(pipe, profile, guidance=6.0, n=n, classifier=clf)
+        z = (acc - 0.1) / math.sqrt(0.1 * 0.9 / n)
+        print(f"digit accuracy at w = 6: {acc:.1%} (z = {z:.1f} against chance)")
+        return acc, z
+    return measure

@@ -1,6 +1,5 @@
 """Text to image (lesson 08): prompt checks before any compute, paired noise, save/load, training (with a
 resume) that follows the digit in prompts, the command line, and the guidance-scale exercise."""
-import math
 
 import pytest
 import torch
@@ -152,15 +151,9 @@ def test_training_resumes_and_the_folder_is_a_pipeline(trained):
         T2I.train_text2image(TRAIN.replace(channels=(8, 16)), out=out, progress=False)
 
 
-def test_trained_model_follows_the_digit_in_prompts(trained):
-    from course_lib.models import get_model
+def test_trained_model_follows_the_digit_in_prompts(trained, digit_accuracy_z):
     _, out = trained
-    pipe = PL.load_text2image(out, "cpu")
-    clf = get_model("classifier", PROFILE, get_runtime("cpu"), progress=False)
-    N = 200
-    acc = T2I.prompt_accuracy(pipe, PROFILE, guidance=6.0, n=N, classifier=clf)
-    z = (acc - 0.1) / math.sqrt(0.1 * 0.9 / N)                            # against chance, 1 in 10
-    print(f"prompt accuracy at w = 6: {acc:.1%} (z = {z:.1f} against chance)")
+    acc, z = digit_accuracy_z(PL.load_text2image(out, "cpu"))
     assert z > 5, f"prompt accuracy {acc:.1%} is not far above chance (10 %): z = {z:.1f}"
 
 
