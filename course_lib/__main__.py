@@ -133,16 +133,15 @@ def _parse_labels(text: str | None, n: int):
 
 
 def _save_images(images, labels, out: str) -> None:
+    """Write a grid (``.png``) or ``(images, labels)`` tensors (``.pt``) to ``out``, which
+    ``_check_out_file`` accepted before any compute (suffix, folder, permissions)."""
     import torch
     from .plotting import save_grid
     out_path = Path(out)
     if out_path.suffix == ".png":
         save_grid(images, out_path)
-    elif out_path.suffix == ".pt":
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save((images.float().cpu().clamp(-1, 1), None if labels is None else labels.long().cpu()), out_path)
     else:
-        raise SystemExit(f"--out must end in .png (a grid) or .pt (tensors), got {out!r}")
+        torch.save((images.float().cpu().clamp(-1, 1), None if labels is None else labels.long().cpu()), out_path)
     print(f"wrote {len(images)} images to {out_path}")
 
 

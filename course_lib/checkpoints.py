@@ -23,6 +23,7 @@ file and what to do.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -154,8 +155,8 @@ def recover_interrupted_write(folder: str | os.PathLike) -> list[str]:
         one line per thing done, for the log (empty if there was nothing to recover).
     """
     folder = Path(folder)
-    siblings = sorted(folder.parent.glob(f".{glob_escape(folder.name)}.tmp-*")) + \
-        sorted(folder.parent.glob(f".{glob_escape(folder.name)}.old-*"))
+    name = glob.escape(folder.name)
+    siblings = sorted(folder.parent.glob(f".{name}.tmp-*")) + sorted(folder.parent.glob(f".{name}.old-*"))
     if not siblings:
         return []
     done = []
@@ -179,10 +180,6 @@ def recover_interrupted_write(folder: str | os.PathLike) -> list[str]:
     for line in done:
         print(line)
     return done
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def config_difference(saved: Any, new: Any, prefix: str = "") -> str | None:

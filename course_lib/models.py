@@ -78,11 +78,11 @@ def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = 
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no model at {path} (looked for {path / 'config.json'})")
     cfg = checkpoints.read_json(path / "config.json")
-    missing = [k for k in ("channels",) if not isinstance(cfg, dict) or k not in cfg or cfg.get("kind", "unet") != "unet"]
-    if missing:
+    kind = cfg.get("kind", "unet") if isinstance(cfg, dict) else None
+    if kind != "unet" or "channels" not in cfg:
         raise checkpoints.CheckpointError(
-            f"{path / 'config.json'} is not a course UNet's config (kind {cfg.get('kind') if isinstance(cfg, dict) else None!r}): {path} holds another "
-            f"kind of model; pass a denoiser or class model folder (e.g. data/weights/class)")
+            f"{path / 'config.json'} is not a course UNet's config (kind {kind!r}): {path} holds another kind of "
+            f"model; pass a denoiser or class model folder (e.g. data/weights/class)")
     try:
         model = _unet_from_config(cfg)
     except (TypeError, ValueError, KeyError) as e:
