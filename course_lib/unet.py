@@ -46,9 +46,16 @@ class UNetConfig:
     heads: int = 4
     kind: str = field(default="unet")
 
+    # Fields added after models were shipped are left out of ``to_dict`` while they keep their default, so
+    # the configs saved with the shipped weights (and ``find_matching`` on them) stay as they were.
+    OPTIONAL = ()
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
+        for name in self.OPTIONAL:
+            if d[name] == self.__dataclass_fields__[name].default:
+                del d[name]
         return d
 
     @classmethod

@@ -1,4 +1,5 @@
 """The diffusion training step and the model lookup that lessons rely on."""
+import pytest
 import torch
 
 from course_lib import models
@@ -94,3 +95,12 @@ def test_two_processes_missing_the_same_model_train_it_once(test_profile, tmp_pa
     assert [p.exitcode for p in procs] == [0, 0]
     trained = sorted(queue.get(timeout=5) for _ in procs)
     assert trained == [False, True]
+
+
+@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+def test_every_shipped_model_matches_the_cpu_profile(name):
+    """A change to a config (a new UNet field, a new profile setting) must not orphan the shipped weights:
+    each is still what ``find_matching`` returns for the ``cpu`` profile the lessons use on a laptop."""
+    from course_lib import paths
+    from course_lib.config import get_profile
+    assert models.find_matching(name, get_profile("cpu")) == paths.weights_dir() / name
