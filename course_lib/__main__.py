@@ -249,7 +249,7 @@ def cmd_weights(args) -> int:
 def cmd_course(args) -> int:
     from .book import run_course
     profile, rt = _profile_and_runtime(args)
-    return run_course(profile, rt, lessons=args.lessons, force=args.force, out_dir=args.out)
+    return run_course(profile, rt, lessons=args.lessons, force=args.force, out_dir=args.out, jobs=args.jobs)
 
 
 def cmd_links(args) -> int:
@@ -331,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lessons", nargs="*", help="only these lessons (file names or numbers)")
     sp.add_argument("--force", action="store_true", help="re-execute lessons even if unchanged")
     sp.add_argument("--out", default=None, help="output folder (default: build/ in the course folder)")
+    sp.add_argument("--jobs", type=_positive_int, default=None,
+                    help="lessons executed at once (default: 2 on a CPU with 2 or more cores, 1 on a GPU; "
+                         "or COURSE_JOBS)")
     sp.set_defaults(func=cmd_course)
 
     help_ = ("regenerate the README's lesson table (an Open-in-Colab link per lesson) and every lesson's "

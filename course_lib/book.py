@@ -38,7 +38,7 @@ from .links import lesson_paths, lesson_title, readme_lesson_rows
 from .config import Profile, Runtime
 
 __all__ = ["lesson_paths", "execute_lesson", "lesson_summary", "thumbnail", "render_index", "run_course",
-           "ensure_models"]
+           "ensure_models", "course_jobs"]
 
 LESSON_MODELS = ("classifier", "denoiser", "class", "clip", "text2image")
 THUMB_TAG = "book-thumbnail"             # tag a code cell with it to choose the lesson's picture on the index
@@ -226,15 +226,55 @@ def ensure_models(profile: Profile, runtime: Runtime, names=LESSON_MODELS) -> di
     return used
 
 
+def course_jobs(runtime: Runtime, jobs: int | None = None) -> tuple[int, int | None]:
+    """How many lessons execute at once, and the torch threads each kernel gets.
+
+    On a GPU, one lesson at a time (they would share one device's memory). On a CPU, two at a time where
+    there are at least two cores, each kernel with half of them: on a 2-core machine two one-thread
+    kernels finish the course sooner than one two-thread kernel after another, because much of a lesson
+    (plotting, small tensors, converting to HTML) uses one core however many torch may take.
+    ``COURSE_JOBS`` (or ``course --jobs``) overrides the count; an ``OMP_NUM_THREADS`` that is already set
+    is left as it is.
+
+    Returns:
+        (jobs, threads per kernel, or None to leave torch's default).
+    """
+    if jobs is None:
+        text = os.environ.get("COURSE_JOBS", "").strip()
+        if text:
+            if not text.isdigit() or int(text) < 1:
+                raise ValueError(f"COURSE_JOBS must be a whole number >= 1, got {text!r}")
+            jobs = int(text)
+        else:
+            jobs = 1 if runtime.device.type != "cpu" else min(2, os.cpu_count() or 1)
+    elif not (isinstance(jobs, int) and jobs >= 1):
+        raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
+    if jobs == 1 or "OMP_NUM_THREADS" in os.environ:
+        return jobs, None
+    return jobs, max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _execute_in_worker(nb_path: Path, out_dir: Path, threads: int | None) -> tuple[Path, float]:
+    """``execute_lesson`` in a worker process; its kernel inherits ``OMP_NUM_THREADS`` (torch's threads)."""
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    return execute_lesson(nb_path, out_dir)
+
+
 def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = False,
-               out_dir: str | os.PathLike | None = None) -> int:
+               out_dir: str | os.PathLike | None = None, jobs: int | None = None) -> int:
     """Train what is missing, execute the lessons (all, or those named in ``lessons``) and render the book.
 
     Args:
         lessons: file names or prefixes such as ``"04"`` (default: every lesson).
         force: re-execute lessons even when their notebook, the library and the profile are unchanged.
         out_dir: where the executed lessons, ``manifest.json`` and ``index.html`` go (default: ``build/``).
+        jobs: lessons executed at once (default: ``course_jobs``). Every model a lesson only uses is
+            trained (or found) first, so lessons that run side by side never train the same model.
     """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    jobs, threads = course_jobs(runtime, jobs)                   # checked before any compute
     out_dir = Path(out_dir) if out_dir is not None else paths.build_dir()
     (out_dir / "lessons").mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -245,22 +285,35 @@ def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = F
     todo = lesson_paths()
     if lessons:
         todo = [p for p in todo if any(p.name.startswith(s) or p.stem == s for s in lessons)]
-    entries = []
+    keys = {nb_path: _key(nb_path, profile, lib) for nb_path in lesson_paths()}
+    run = []
     for nb_path in lesson_paths():
-        key = _key(nb_path, profile, lib)
         rec = manifest.get(nb_path.name)
         html_path = out_dir / (nb_path.stem + ".html")
-        if nb_path in todo and (force or not rec or rec["key"] != key or not html_path.is_file()):
-            print(f"[lesson] {nb_path.name}: executing ...", flush=True)
-            _, seconds = execute_lesson(nb_path, out_dir)
-            rec = {"key": key, "seconds": seconds, "title": lesson_title(nb_path), "html": html_path.name}
-            manifest[nb_path.name] = rec
-            manifest_path.write_text(json.dumps(manifest, indent=1))   # progress survives an interruption
-            print(f"[lesson] {nb_path.name}: done in {seconds:.0f} s")
+        if nb_path in todo and (force or not rec or rec["key"] != keys[nb_path] or not html_path.is_file()):
+            run.append(nb_path)
         elif rec:
             print(f"[lesson] {nb_path.name}: unchanged, kept ({rec['seconds']:.0f} s last time)")
-        if rec:
-            entries.append(rec)
+    if run:
+        print(f"[lesson] executing {len(run)} lesson(s), {jobs} at a time"
+              + (f", {threads} torch thread(s) each" if threads else ""), flush=True)
+    # the longest first (by the last run's time), so the last lesson to finish is a short one
+    run.sort(key=lambda p: -manifest.get(p.name, {}).get("seconds", 0.0))
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(_execute_in_worker, nb_path, out_dir, threads): nb_path for nb_path in run}
+        for future in as_completed(futures):
+            nb_path = futures[future]
+            _, seconds = future.result()           # re-raises a lesson's error here
+            manifest[nb_path.name] = {"key": keys[nb_path], "seconds": seconds, "title": lesson_title(nb_path),
+                                      "html": nb_path.stem + ".html"}
+            manifest_path.write_text(json.dumps(manifest, indent=1))   # progress survives an interruption
+            print(f"[lesson] {nb_path.name}: done in {seconds:.0f} s", flush=True)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)   # a failing lesson stops the rest from starting
+        raise
+    pool.shutdown()
+    entries = [manifest[p.name] for p in lesson_paths() if p.name in manifest]
     index = render_index(out_dir, entries, profile, runtime)
     print(f"course book: {index} ({len(entries)} lessons) in {time.perf_counter() - t_start:.0f} s")
     return 0

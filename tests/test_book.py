@@ -129,3 +129,56 @@ def test_run_course_writes_where_it_is_told(tmp_path, monkeypatch, capsys):
     assert "00_from_static_to_digits.ipynb: unchanged" in capsys.readouterr().out   # resumes from its manifest
     resumed = _index_items((out / "index.html").read_text())
     assert _thumb(resumed[0]) == thumb          # the kept lesson's picture, read from its executed notebook
+
+
+def test_course_runs_two_lessons_at_a_time_on_two_cpu_cores_and_one_on_a_gpu(monkeypatch):
+    import dataclasses
+    import pytest
+    import torch
+    monkeypatch.delenv("COURSE_JOBS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(book.os, "cpu_count", lambda: 2)
+    cpu = get_runtime("cpu")
+    assert book.course_jobs(cpu) == (2, 1)
+    assert book.course_jobs(dataclasses.replace(cpu, device=torch.device("cuda"))) == (1, None)
+    monkeypatch.setattr(book.os, "cpu_count", lambda: 8)
+    assert book.course_jobs(cpu) == (2, 4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")                # the user's thread setting is kept
+    assert book.course_jobs(cpu) == (2, None)
+    monkeypatch.setenv("COURSE_JOBS", "1")
+    assert book.course_jobs(cpu) == (1, None)
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("COURSE_JOBS", bad)
+        with pytest.raises(ValueError, match="COURSE_JOBS must be a whole number"):
+            book.course_jobs(cpu)
+
+
+def _tiny_lesson(folder, name, source):
+    nb = new_notebook(cells=[new_markdown_cell(f"# Lesson {name}"), new_code_cell(source)])
+    path = folder / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_lessons_run_side_by_side_each_kernel_with_its_share_of_threads(tmp_path, monkeypatch, capsys):
+    """Two lessons at a time, each kernel told its torch threads; a lesson that fails stops the course."""
+    import pytest
+    monkeypatch.setattr(book, "ensure_models", lambda *a, **k: {})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(book.os, "cpu_count", lambda: 2)
+    src = tmp_path / "lessons"
+    src.mkdir()
+    show = "import os, time; time.sleep(1); print('threads', os.environ.get('OMP_NUM_THREADS'))"
+    lessons = [_tiny_lesson(src, f"0{i}_tiny", show) for i in range(3)]
+    monkeypatch.setattr(book, "lesson_paths", lambda: lessons)
+    out = tmp_path / "book"
+    assert book.run_course(get_profile("test"), get_runtime("cpu"), out_dir=out) == 0
+    assert "3 lesson(s), 2 at a time, 1 torch thread(s) each" in capsys.readouterr().out
+    for p in lessons:
+        executed = nbformat.read(out / "lessons" / p.name, as_version=4)
+        assert executed.cells[1].outputs[0]["text"] == "threads 1\n"
+        assert (out / f"{p.stem}.html").is_file()
+    lessons.append(_tiny_lesson(src, "03_broken", "raise RuntimeError('broken lesson')"))
+    with pytest.raises(Exception, match="broken lesson"):
+        book.run_course(get_profile("test"), get_runtime("cpu"), out_dir=out)
+    assert "unchanged" in capsys.readouterr().out                      # the three good ones were kept
