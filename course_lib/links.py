@@ -23,6 +23,7 @@ BRANCH = "main"                          # the branch Colab opens lessons from
 START, END = "<!-- lessons:start -->", "<!-- lessons:end -->"
 LINK_HEADER = "Colab"                    # the table's generated column
 BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+BADGE_REF = "colab"                      # the badge is a Markdown reference, defined once under the table
 HEADER = ("#", "lesson", "what you build", "`cpu` profile, 2 cores*", "`test` profile (CI)")   # a new table's
 REPO_LINE = re.compile(r'^COURSE_REPO = "[^"\n]*"$', re.MULTILINE)
 GITHUB = re.compile(r"^https://github\.com/(?P<owner>[\w.-]+)/(?P<repo>[\w.-]+?)(?:\.git)?/?$")
@@ -137,7 +138,8 @@ def readme_lesson_rows(root: str | Path | None = None) -> tuple[list[str], dict[
 
 def lesson_table(root: str | Path | None = None, readme: str | None = None) -> str:
     """The README's lesson table, regenerated: the current rows' text and measured times kept as they are,
-    a row for every lesson (new ones titled from their heading, "—" elsewhere), and a Colab badge each."""
+    a row for every lesson (new ones titled from their heading, "—" elsewhere), and a Colab badge each (the
+    badge's image a reference, ``[colab]``, defined once under the table: a long URL less on every row)."""
     root = _root(root)
     if readme is None:
         readme = (root / "README.md").read_text(encoding="utf-8")
@@ -150,9 +152,9 @@ def lesson_table(root: str | Path | None = None, readme: str | None = None) -> s
         title = _heading(nb_path).replace("|", "\\|")                # a "|" would end the cell
         cells = rows.get(nb_path.name) or [number, f"[{title}](lessons/{nb_path.name})",
                                            *["—"] * (len(header) - 2)]
-        badge = f"[![Open in Colab]({BADGE})]({colab_url(nb_path, repo)})"
+        badge = f"[![Open in Colab][{BADGE_REF}]]({colab_url(nb_path, repo)})"
         lines.append(_row((*cells, badge)))
-    return "\n".join(lines)
+    return "\n".join(lines + ["", f"[{BADGE_REF}]: {BADGE}"])
 
 
 # -- the notebooks ---------------------------------------------------------------------------------------
