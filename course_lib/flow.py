@@ -39,7 +39,8 @@ from .samplers import _base_model, batched, SAMPLE_BATCH
 
 __all__ = ["TIME_SCALE", "TIMES", "FLOW_SAMPLERS", "check_t", "flow_path", "velocity_target", "sample_time",
            "flow_loss", "x0_from_v", "eps_from_v", "v_from_eps", "v_from_x0", "ddpm_to_flow", "velocity",
-           "flow_times", "euler_sample", "heun_sample", "check_flow_model", "sample", "nfe"]
+           "flow_times", "euler_sample", "heun_sample", "check_flow_model", "sample", "nfe", "straightness",
+           "reflow_pairs"]
 
 TIME_SCALE = 1000.0          # the network sees t * 1000: the range of the DDPM models' integer steps
 TIMES = ("uniform", "logit-normal")
@@ -95,7 +96,8 @@ def sample_time(n: int, time: str, generator: torch.Generator | None = None, dev
 
 def flow_loss(model: Callable, x0: torch.Tensor, *, time: str = "logit-normal",
               generator: torch.Generator | None = None, cond=None,
-              weight: Callable[[torch.Tensor], torch.Tensor] | None = None, return_parts: bool = False):
+              weight: Callable[[torch.Tensor], torch.Tensor] | None = None, return_parts: bool = False,
+              eps: torch.Tensor | None = None):
     """The conditional flow-matching loss, weighted:  E_t [ w(t) || v_theta(x_t, t) - (eps - x0) ||^2 ].
 
     The time density *is* a weighting (Esser et al. 2024, Sec. 3.1: drawing t from pi(t) is the same loss as
@@ -107,6 +109,8 @@ def flow_loss(model: Callable, x0: torch.Tensor, *, time: str = "logit-normal",
         x0: (B, C, H, W) training images in [-1, 1].
         time: "uniform" or "logit-normal" (``sample_time``).
         generator: seeds t and eps. cond: passed to the model (labels, -1 = none).
+        eps: the noise paired with each x0 (default: fresh N(0, I), the independent coupling); reflow passes
+            the noise each x0 was sampled from (``reflow_pairs``).
     Returns:
         the scalar loss; with ``return_parts``, (loss, {"t": (B,) long bins of t in 0..999, "per_example": (B,)})
         for ``train.fit``'s loss-by-t.
@@ -114,7 +118,8 @@ def flow_loss(model: Callable, x0: torch.Tensor, *, time: str = "logit-normal",
     B = x0.shape[0]
     t = sample_time(B, time, generator, x0.device)                              # (B,)
     where = generator.device if generator is not None else torch.device("cpu")
-    eps = torch.randn(x0.shape, generator=generator, device=where).to(x0.device)
+    if eps is None:
+        eps = torch.randn(x0.shape, generator=generator, device=where).to(x0.device)
     x_t = flow_path(x0, eps, t)                                                 # Eq. 1
     v_hat = model(x_t, t * TIME_SCALE, cond)
     per_example = (v_hat.float() - velocity_target(x0, eps)).pow(2).flatten(1).mean(1)   # (B,)
@@ -236,6 +241,25 @@ def heun_sample(model: Callable, x_1: torch.Tensor, *, steps: int = 10, times: t
         else:
             x = x + (t_next - t) * 0.5 * (v + velocity(model, x_euler, t_next, cond))
     return x
+
+
+def straightness(path: torch.Tensor) -> torch.Tensor:
+    """How straight each sampled path is: |x_end - x_start| / (the summed length of its segments), 1 for a
+    straight line. Args: path: (S + 1, B, ...) the points visited. Returns: (B,)."""
+    steps = (path[1:] - path[:-1]).flatten(2).norm(dim=2).sum(0)             # (B,)
+    chord = (path[-1] - path[0]).flatten(1).norm(dim=1)
+    return chord / steps.clamp(min=1e-12)
+
+
+def reflow_pairs(model: Callable, n: int, *, steps: int = 100, generator: torch.Generator | None = None,
+                 cond=None, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Rectified flow's "reflow" (Liu et al. 2023, Sec. 2.3): sample noises z, carry them to data with the
+    model's ODE, and return the pairs (x0, z), for training a new flow on them (``flow_loss(eps=z)``): its
+    paths cross less, so they are straighter and need fewer steps. Returns ((n, ...) x0, (n, ...) z)."""
+    where = generator.device if generator is not None else torch.device("cpu")
+    shape = getattr(model, "shape", None) or (2,)
+    z = torch.randn((n, *shape), generator=generator, device=where).to(device)
+    return euler_sample(model, z, steps=steps, cond=cond), z
 
 
 FLOW_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"euler": euler_sample, "heun": heun_sample}

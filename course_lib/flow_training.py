@@ -12,14 +12,14 @@ from pathlib import Path
 import torch
 
 from . import paths
-from .config import Profile, Runtime, get_runtime
+from .config import Profile, Runtime, cpu_runtime, get_runtime
 from .data import batch_indices, load_mnist
 from .flow import TIME_SCALE, flow_loss
 from .models import _unet_from_config, drop_labels, load_unet
 from .train import TrainResult, fit
 from .unet import UNet, unet_config_from_profile
 
-__all__ = ["flow_config", "train_flow", "load_flow", "TIME"]
+__all__ = ["flow_config", "train_flow", "load_flow", "train_toy_flow", "TIME"]
 
 TIME = "logit-normal"        # training times t = sigmoid(N(0, 1)) (Esser et al. 2024, SD3: their best)
 
@@ -66,3 +66,35 @@ def load_flow(path: str | Path, device: torch.device | str = "cpu") -> UNet:
         raise ValueError(f"{path} holds a DDPM model (it predicts the noise), not a flow model: "
                          f"train one with `python -m course_lib train flow`")
     return model
+
+
+def train_toy_flow(profile: Profile, data: str = "ring", runtime: Runtime | None = None,
+                   steps: int | None = None, pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   progress: bool = True) -> tuple[torch.nn.Module, TrainResult]:
+    """Lesson 03's 2-D toy network (``toy.ToyDenoiser``) trained as a flow: it predicts v at t * TIME_SCALE,
+    times uniform (Liu et al. 2023). With ``pairs`` = (x0, z) from ``flow.reflow_pairs`` it learns the flow of
+    that coupling instead of fresh noise ("reflow"). Returns (EMA model, training result)."""
+    from .flow import flow_loss
+    from .toy import ToyDenoiser, ring, swiss_roll
+    rt = runtime or cpu_runtime()                   # tiny MLPs are faster on the CPU than on a GPU
+    makers = {"ring": ring, "swiss_roll": swiss_roll}
+    if data not in makers:
+        raise ValueError(f"data must be one of {', '.join(makers)}, got {data!r}")
+    points = makers[data](20_000, torch.Generator().manual_seed(0)) if pairs is None else pairs[0]
+    noise = None if pairs is None else pairs[1].to(rt.device)
+    points = points.to(rt.device)
+
+    def get_batch(g):
+        idx = torch.randint(0, len(points), (256,), generator=g).to(rt.device)
+        return points[idx], (None if noise is None else noise[idx])
+
+    def loss_fn(m, batch, g):
+        x0, eps = batch
+        return flow_loss(m, x0, time="uniform", generator=g, eps=eps)
+
+    torch.manual_seed(0)
+    kind = "toy flow" + (" (reflow)" if pairs is not None else "")
+    res = fit(ToyDenoiser(), loss_fn, get_batch, steps=steps or profile.toy_steps, lr=3e-3, warmup_steps=50,
+              batch_size=256, ema_decay=0.99, config={"kind": kind, "data": data}, runtime=rt,
+              desc=kind, progress=progress)
+    return res.ema_model, res
