@@ -1,7 +1,8 @@
 """The course's command line: ``python -m course_lib <command> --help``.
 
-    train {classifier,denoiser,class,clip,text2image,text2image-lm}   train (or resume) one model
+    train {classifier,denoiser,class,clip,text2image,text2image-lm,flow}   train (or resume) one model
     sample     --checkpoint DIR --n N --steps S --sampler {ddpm,ddim} --seed K --out FILE
+               --checkpoint data/weights/flow --labels all --steps 10 --sampler {euler,heun} --guidance 2
     generate   "a thin two" "a 9" --checkpoint DIR -n 16 --guidance 3 --steps 50 --seed 0 --out grid.png
                "a fat seven" --model text2image-lm -n 16 -o grid.png   (the language model reads any words)
     weights    train every model for the active profile and refresh data/weights/
@@ -18,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-MODEL_NAMES = ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm")
+MODEL_NAMES = ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "flow")
 TEXT_TO_IMAGE = ("text2image", "text2image-lm")          # the models `generate` can use
+FLOW_SAMPLER_NAMES = ("euler", "heun")                   # the ODE solvers of a flow model (lesson 12)
 
 
 def _positive_int(text: str) -> int:
@@ -99,7 +101,7 @@ def cmd_train(args) -> int:
     if args.steps is not None:
         field = {"classifier": "classifier_steps", "denoiser": "train_steps", "class": "class_train_steps",
                  "clip": "clip_steps", "text2image": "t2i_train_steps",
-                 "text2image-lm": "lm_train_steps"}[args.model]
+                 "text2image-lm": "lm_train_steps", "flow": "flow_train_steps"}[args.model]
         profile = profile.replace(**{field: args.steps})
     _, train_fn, _ = REGISTRY[args.model]
     out = Path(args.out).expanduser() if args.out else paths.default_checkpoint(args.model)
@@ -150,6 +152,7 @@ def cmd_sample(args) -> int:
     from .clusters import draw_clusters
     from .guidance import autoguided, guided
     from .models import load_unet
+    from .flow import sample as flow_sample
     from .samplers import sample
     from .schedules import make_schedule
     out = _check_out_file(args.out)                     # before loading or sampling anything
@@ -161,6 +164,14 @@ def cmd_sample(args) -> int:
             model = autoguided(model, load_unet(args.checkpoint, rt.device, guide=True)[0], args.autoguidance)
     except FileNotFoundError as e:
         raise SystemExit(str(e))
+    flow = cfg.get("objective") == "flow"
+    sampler = args.sampler or ("euler" if flow else "ddim")
+    if flow and sampler not in FLOW_SAMPLER_NAMES:
+        raise SystemExit(f"error: {args.checkpoint} is a flow-matching model (it predicts a velocity): use "
+                         f"--sampler euler or heun, not {sampler} (ddim and ddpm sample DDPM models)")
+    if not flow and sampler in FLOW_SAMPLER_NAMES:
+        raise SystemExit(f"error: {args.checkpoint} is a DDPM model (it predicts the noise): use --sampler ddim "
+                         f"or ddpm, not {sampler} (euler and heun sample flow models, lesson 12)")
     labels = _parse_labels(args.labels, args.n)
     g = torch.Generator().manual_seed(args.seed)
     cond = labels
@@ -169,22 +180,29 @@ def cmd_sample(args) -> int:
             raise SystemExit(f"{args.checkpoint} is an unconditional model: --labels needs a class model "
                              f"(python -m course_lib train class)")
         args.n = len(labels)
-        model = guided(model, args.guidance if args.guidance is not None else profile.guidance)
+        default_w = profile.flow_guidance if flow else profile.guidance
+        model = guided(model, args.guidance if args.guidance is not None else default_w)
         labels = cond = labels.to(rt.device)
     elif cfg.get("clusters"):              # the denoiser: a k-means cluster per sample, then self-guidance
         cond = draw_clusters(sizes, args.n, g, rt.device)
         if args.autoguidance is None:
             model = guided(model, args.guidance if args.guidance is not None else profile.self_guidance)
-    schedule = make_schedule(cfg["schedule"], cfg["T"], rt.device)
     frames, captions = [], []
 
     def keep(step: dict) -> None:                       # the reverse process, for --strip
         frames.append(step["x_t"].detach().cpu())
-        captions.append(f"t={step['t']}")
+        captions.append(f"t={step['t']:.2f}" if flow else f"t={step['t']}")
     t0 = time.perf_counter()
-    images = sample(model, args.n, schedule, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                    generator=g, cond=cond, device=rt.device, callback=keep if args.strip else None)
-    print(f"sampled {args.n} images from {_describe_model(Path(args.checkpoint))} with {args.sampler} "
+    if flow:                                            # lesson 12: integrate the velocity from t = 1 to 0
+        if args.eta is not None:
+            raise SystemExit("error: --eta is DDIM's noise; the flow samplers are deterministic ODE solvers")
+        images = flow_sample(model, args.n, sampler=sampler, steps=args.steps or profile.flow_steps,
+                             generator=g, cond=cond, device=rt.device, callback=keep if args.strip else None)
+    else:
+        schedule = make_schedule(cfg["schedule"], cfg["T"], rt.device)
+        images = sample(model, args.n, schedule, sampler=sampler, steps=args.steps, eta=args.eta,
+                        generator=g, cond=cond, device=rt.device, callback=keep if args.strip else None)
+    print(f"sampled {args.n} images from {_describe_model(Path(args.checkpoint))} with {sampler} "
           f"in {time.perf_counter() - t0:.1f} s")
     _save_images(images, labels, str(out))
     if args.strip:
@@ -292,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", required=True, help="a model folder (e.g. checkpoints/denoiser)")
     sp.add_argument("--n", type=_positive_int, default=16, help="number of images (default 16)")
     sp.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: sampler's default)")
-    sp.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
+    sp.add_argument("--sampler", choices=("ddpm", "ddim") + FLOW_SAMPLER_NAMES, default=None,
+                    help="ddim (default) or ddpm for DDPM models; euler (default) or heun for flow models")
     sp.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta (0: deterministic)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--labels", help="class model only: 'all' (balanced over 0-9) or digits like 0,1,7")

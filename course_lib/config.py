@@ -89,6 +89,10 @@ class Profile:
     lm_train_steps: int              # its UNet's training steps (the encoder is frozen, not trained)
     lm_templates: int                # caption templates it trains on (captions.TEMPLATES[:k]): each caption
                                      # is encoded once before training, ~4 ms a caption on one core
+    # --- flow matching (lesson 12): the class model's UNet, batch and steps on the velocity target
+    flow_train_steps: int            # its training steps (the class model's, for an equal-budget comparison)
+    flow_steps: int                  # Euler/Heun steps used by default
+    flow_guidance: float             # default classifier-free guidance scale on the velocity
     # --- where a lesson finds the models it only uses
     fallback: str | None = None      # profile whose finished models serve when none matches this one
 
@@ -116,6 +120,7 @@ PROFILES: dict[str, Profile] = {
         clip_steps=150, clip_lr=2e-3,
         t2i_train_steps=300, toy_steps=600,
         lm_train_steps=300, lm_templates=1,
+        flow_train_steps=150, flow_steps=10, flow_guidance=2.0,
     ),
     "cpu": Profile(
         name="cpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
@@ -136,6 +141,8 @@ PROFILES: dict[str, Profile] = {
         clip_steps=2_000, clip_lr=2e-3,
         t2i_train_steps=4_000, toy_steps=2_000,
         lm_train_steps=2_400, lm_templates=6,
+        # 1,000 steps of 128 (a quarter of the class model's 4,000): what the shared cores allowed (bench/README.md)
+        flow_train_steps=1_000, flow_steps=10, flow_guidance=2.0,
     ),
     "gpu": Profile(
         name="gpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
@@ -149,7 +156,8 @@ PROFILES: dict[str, Profile] = {
         clip_dim=128, clip_layers=4, clip_heads=4, clip_patch=4, clip_embed=128, clip_batch=512,
         clip_steps=6_000, clip_lr=5e-4,
         t2i_train_steps=10_000, toy_steps=3_000,
-        lm_train_steps=10_000, lm_templates=6, fallback="cpu",
+        lm_train_steps=10_000, lm_templates=6, flow_train_steps=8_000, flow_steps=10, flow_guidance=2.0,
+        fallback="cpu",
     ),
 }
 

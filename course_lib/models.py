@@ -7,6 +7,7 @@
     class        class-conditional UNet (classifier-free guidance)  05
     clip         CLIP on captioned digits (transformers classes)    07
     text2image   text-conditional UNet + the frozen CLIP text side  08
+    flow         class-conditional UNet, flow matching (velocity)   12
 
 ``get_model(name, profile)`` is what lessons call: the user's checkpoint if it matches the profile's config
 and finished training, else the shipped reference weights if they match, else (``find_usable``) the finished
@@ -91,6 +92,7 @@ def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = 
     checkpoints.load_weights(model, path, device=device, raw=raw, guide=guide)
     if "T" in cfg:                             # the chain it was trained on, checked by samplers.sample
         model.T = int(cfg["T"])
+    model.objective = cfg.get("objective", "eps")     # "flow": a velocity model (flow.py), not a DDPM sampler's
     has_training = cfg.get("clusters") and (path / "training.json").is_file()
     sizes = checkpoints.read_training(path).get("cluster_sizes") if has_training else None
     if sizes is not None:                      # the denoiser: how often each cluster occurred in training
@@ -183,13 +185,16 @@ REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
     "text2image-lm": (_lazy("language_encoder_training", "text2image_lm_config"),
                       _lazy("language_encoder_training", "train_text2image_lm"),
                       _lazy("language_encoder", "load_text2image_lm")),
+    "flow": (_lazy("flow_training", "flow_config"), _lazy("flow_training", "train_flow"),
+             _lazy("flow_training", "load_flow")),
 }
 
 
 def _steps_for(name: str, profile: Profile) -> int:
     return {"classifier": profile.classifier_steps, "denoiser": profile.train_steps,
             "class": profile.class_train_steps, "clip": profile.clip_steps,
-            "text2image": profile.t2i_train_steps, "text2image-lm": profile.lm_train_steps}[name]
+            "text2image": profile.t2i_train_steps, "text2image-lm": profile.lm_train_steps,
+            "flow": profile.flow_train_steps}[name]
 
 
 def find_matching(name: str, profile: Profile) -> Path | None:

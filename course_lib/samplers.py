@@ -350,6 +350,9 @@ def check_model_inputs(model: Callable, schedule: Schedule, cond=None) -> None:
         ValueError: naming the mismatch.
     """
     base = _base_model(model)
+    if getattr(base, "objective", "eps") == "flow":
+        raise ValueError("this is a flow-matching model (it predicts a velocity, lesson 12): sample it with "
+                         "the euler or heun sampler (course_lib.flow.sample), not ddim or ddpm")
     trained_T = getattr(base, "T", None)
     if isinstance(trained_T, int) and trained_T != schedule.T:
         raise ValueError(f"the model was trained on a chain of T={trained_T} steps, but the schedule has "

@@ -23,7 +23,7 @@ from .config import Profile, Runtime
 __all__ = ["make_weights", "measure", "export", "write_readme"]
 
 COMMANDS = {name: f"python -m course_lib train {name}" for name in
-            ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm")}
+            ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "flow")}
 
 
 def export(name: str, src: Path | None = None) -> Path:
@@ -72,6 +72,18 @@ def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
             out[key] = round(float(evaluate_samples(clf, x)["confident"]), 4)
         out["self_guidance"] = profile.self_guidance
         return out
+    if name == "flow":                         # lesson 12: guided Euler on the velocity
+        from . import flow
+        from .guidance import guided
+        from .metrics import evaluate_samples
+        clf = get_model("classifier", profile, rt)
+        n = profile.n_eval
+        labels = (torch.arange(n) % 10).to(rt.device)
+        x = flow.sample(guided(model, profile.flow_guidance), n, steps=profile.flow_steps, generator=g,
+                        cond=labels, device=rt.device).clamp(-1, 1)
+        ev = evaluate_samples(clf, x, labels)
+        return {"confident": round(float(ev["confident"]), 4), "accuracy": round(float(ev["accuracy"]), 4),
+                "n": n, "sampler": f"euler-{profile.flow_steps}", "guidance": profile.flow_guidance}
     if name == "clip":
         from .clip_training import zero_shot_accuracy
         return {"zero_shot_accuracy": round(float(zero_shot_accuracy(model, profile, rt)), 4)}
