@@ -89,6 +89,12 @@ class Profile:
     lm_train_steps: int              # its UNet's training steps (the encoder is frozen, not trained)
     lm_templates: int                # caption templates it trains on (captions.TEMPLATES[:k]): each caption
                                      # is encoded once before training, ~4 ms a caption on one core
+    # --- unCLIP on digits (lesson 10): a decoder from CLIP image embeddings, a prior from text embeddings
+    unclip_decoder_steps: int        # the decoder UNet's training steps (batches of batch_size)
+    unclip_prior_steps: int          # the diffusion prior's training steps
+    unclip_prior_batch: int          # its batch size (an MLP over 64-d vectors: a step costs little)
+    unclip_prior_width: int          # its hidden width
+    unclip_prior_blocks: int         # its residual MLP blocks
     # --- where a lesson finds the models it only uses
     fallback: str | None = None      # profile whose finished models serve when none matches this one
 
@@ -116,6 +122,8 @@ PROFILES: dict[str, Profile] = {
         clip_steps=150, clip_lr=2e-3,
         t2i_train_steps=300, toy_steps=600,
         lm_train_steps=300, lm_templates=1,
+        unclip_decoder_steps=100, unclip_prior_steps=300, unclip_prior_batch=128, unclip_prior_width=128,
+        unclip_prior_blocks=2,
     ),
     "cpu": Profile(
         name="cpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
@@ -136,6 +144,8 @@ PROFILES: dict[str, Profile] = {
         clip_steps=2_000, clip_lr=2e-3,
         t2i_train_steps=4_000, toy_steps=2_000,
         lm_train_steps=2_400, lm_templates=6,
+        unclip_decoder_steps=2_000, unclip_prior_steps=4_000, unclip_prior_batch=256, unclip_prior_width=256,
+        unclip_prior_blocks=3,
     ),
     "gpu": Profile(
         name="gpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
@@ -149,7 +159,9 @@ PROFILES: dict[str, Profile] = {
         clip_dim=128, clip_layers=4, clip_heads=4, clip_patch=4, clip_embed=128, clip_batch=512,
         clip_steps=6_000, clip_lr=5e-4,
         t2i_train_steps=10_000, toy_steps=3_000,
-        lm_train_steps=10_000, lm_templates=6, fallback="cpu",
+        lm_train_steps=10_000, lm_templates=6,
+        unclip_decoder_steps=10_000, unclip_prior_steps=20_000, unclip_prior_batch=1_024, unclip_prior_width=512,
+        unclip_prior_blocks=4, fallback="cpu",
     ),
 }
 

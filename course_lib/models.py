@@ -7,6 +7,8 @@
     class        class-conditional UNet (classifier-free guidance)  05
     clip         CLIP on captioned digits (transformers classes)    07
     text2image   text-conditional UNet + the frozen CLIP text side  08
+    unclip       decoder from CLIP image embeddings + diffusion     10
+                 prior from text embeddings (DALL-E 2's recipe)
 
 ``get_model(name, profile)`` is what lessons call: the user's checkpoint if it matches the profile's config
 and finished training, else the shipped reference weights if they match, else (``find_usable``) the finished
@@ -183,13 +185,16 @@ REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
     "text2image-lm": (_lazy("language_encoder_training", "text2image_lm_config"),
                       _lazy("language_encoder_training", "train_text2image_lm"),
                       _lazy("language_encoder", "load_text2image_lm")),
+    "unclip": (_lazy("unclip_training", "unclip_config"), _lazy("unclip_training", "train_unclip"),
+               _lazy("unclip", "load_unclip")),
 }
 
 
 def _steps_for(name: str, profile: Profile) -> int:
     return {"classifier": profile.classifier_steps, "denoiser": profile.train_steps,
             "class": profile.class_train_steps, "clip": profile.clip_steps,
-            "text2image": profile.t2i_train_steps, "text2image-lm": profile.lm_train_steps}[name]
+            "text2image": profile.t2i_train_steps, "text2image-lm": profile.lm_train_steps,
+            "unclip": profile.unclip_decoder_steps}[name]
 
 
 def find_matching(name: str, profile: Profile) -> Path | None:
