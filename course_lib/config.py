@@ -144,7 +144,7 @@ PROFILES: dict[str, Profile] = {
         clip_steps=2_000, clip_lr=2e-3,
         t2i_train_steps=4_000, toy_steps=2_000,
         lm_train_steps=2_400, lm_templates=6,
-        unclip_decoder_steps=2_000, unclip_prior_steps=4_000, unclip_prior_batch=256, unclip_prior_width=256,
+        unclip_decoder_steps=800, unclip_prior_steps=3_000, unclip_prior_batch=256, unclip_prior_width=256,
         unclip_prior_blocks=3,
     ),
     "gpu": Profile(

@@ -408,11 +408,14 @@ class UnCLIP:
         if source == "text":
             return self.decode(self.text_embeddings(prompts), n, **kwargs)
         z = self.prior_embeddings(prompts, n, seed=seed, steps=prior_steps, guidance=prior_guidance)  # (P*n, D)
-        return torch.cat([self._decode_each(z[p * n:(p + 1) * n], **kwargs) for p in range(len(prompts))])
+        return torch.cat([self.decode_paired(z[p * n:(p + 1) * n], **kwargs) for p in range(len(prompts))])
 
-    def _decode_each(self, embeds: torch.Tensor, steps: int | None, guidance: float | None, sampler: str,
-                     seed: int, eta: float | None, clip_x0: bool | str, callback) -> torch.Tensor:
-        """Image i from embedding i (n, D) and start noise i of ``seed``: (n, 1, 28, 28)."""
+    @torch.no_grad()
+    def decode_paired(self, embeds: torch.Tensor, steps: int | None = None, guidance: float | None = None,
+                      sampler: str = "ddim", seed: int = 0, eta: float | None = None, clip_x0: bool | str = True,
+                      callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+        """Image i from embedding i of (n, D) and start noise i of ``seed``: (n, 1, 28, 28) in [-1, 1] (what
+        ``__call__`` does for each prompt's n prior samples, so other embeddings compare on the same noises)."""
         model = batched(Guided(self.decoder, self.default_guidance if guidance is None else guidance,
                                null_cond=_null_embed), MAX_BATCH, self.device)
         g = torch.Generator().manual_seed(seed)
