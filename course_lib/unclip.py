@@ -51,7 +51,7 @@ from .guidance import Guided
 from .samplers import SAMPLERS, batched, ddim_step, timesteps
 from .schedules import Schedule, make_schedule
 from .text import MAX_LENGTH, SPECIAL_TOKENS, validate_prompt
-from .unet import UNet, UNetConfig, timestep_embedding
+from .unet import UNet, timestep_embedding
 
 __all__ = ["PriorConfig", "DiffusionPrior", "prior_loss", "prior_sample", "UnCLIP", "load_unclip",
            "nearest_embeddings", "check_images", "embed_scale", "PARTS", "SOURCES"]

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import captions, checkpoints, paths
 from .clip import clip_config_from_profile, embed_images, embed_text, save_clip
@@ -29,11 +28,15 @@ from .config import Profile, Runtime, get_runtime
 from .data import batch_indices, load_mnist, to_device
 from .forward import simple_loss
 from .schedules import make_schedule
+from .text2image_training import P_MENTION
 from .train import TrainResult, fit
 from .unclip import DiffusionPrior, PriorConfig, UnCLIP, embed_scale, prior_loss
 from .unet import UNet, UNetConfig, unet_config_from_profile
 
-__all__ = ["unclip_config", "check_unclip_target", "train_unclip", "variation_measures", "drop_rows"]
+__all__ = ["unclip_config", "check_unclip_target", "train_unclip", "variation_measures", "drop_rows",
+           "PRIOR_GUIDANCE"]
+
+PRIOR_GUIDANCE = 1.0     # the prior's default guidance w: plain conditional (bench/unclip.py also measures 2 and 4)
 
 
 def unclip_config(profile: Profile, clip_config: dict | None = None) -> dict:
@@ -47,13 +50,8 @@ def unclip_config(profile: Profile, clip_config: dict | None = None) -> dict:
     prior = {**PriorConfig(embed_dim=D, width=profile.unclip_prior_width, blocks=profile.unclip_prior_blocks
                            ).to_dict(), "T": profile.T, "schedule": profile.schedule, "p_uncond": profile.p_uncond,
              "batch_size": profile.unclip_prior_batch, "steps": profile.unclip_prior_steps,
-             "embed_scale": embed_scale(D), "prediction": "x0", "p_mention": captions_p_mention()}
+             "embed_scale": embed_scale(D), "prediction": "x0", "p_mention": P_MENTION}
     return {"model": "unclip", "decoder": decoder, "prior": prior, "clip": clip_cfg}
-
-
-def captions_p_mention() -> float:
-    from .text2image_training import P_MENTION
-    return P_MENTION
 
 
 def drop_rows(vectors: torch.Tensor, p_uncond: float, generator: torch.Generator) -> torch.Tensor:
@@ -66,9 +64,6 @@ def drop_rows(vectors: torch.Tensor, p_uncond: float, generator: torch.Generator
 def _sampling_defaults(profile: Profile) -> dict:
     return {"steps": profile.sample_steps, "guidance": profile.guidance, "prior_steps": profile.sample_steps,
             "prior_guidance": PRIOR_GUIDANCE}
-
-
-PRIOR_GUIDANCE = 1.0     # the prior's default guidance w (bench/README.md, "unCLIP": measured at 1, 2 and 4)
 
 
 # ---------------------------------------------------------------------------------------------- the folder
