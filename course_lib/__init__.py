@@ -22,6 +22,8 @@ One idea per module, in the order the lessons meet them:
     clip_training   its caption dataset, contrastive loss and training run (train.fit); find or train it
     pipeline    text to image: the frozen text encoder and TextToImage (from_pretrained, sampling; no data)
     text2image_training   its captioned dataset, encoding cache and training run (train.fit); measuring it
+    unclip      DALL-E 2's recipe: the embedding decoder, the diffusion prior over CLIP vectors, UnCLIP (no data)
+    unclip_training   their training runs on the digits' CLIP embeddings (train.fit); variation measures
     diagnostics the checks that catch the classic diffusion bugs (appendix A1)
     book        `make course`: execute every lesson and render the course book
     weights     `make weights`: train, measure and export the reference weights

@@ -1,6 +1,6 @@
 """The course's command line: ``python -m course_lib <command> --help``.
 
-    train {classifier,denoiser,class,clip,text2image,text2image-lm,flow}   train (or resume) one model
+    train {classifier,denoiser,class,clip,text2image,text2image-lm,flow,unclip}   train (or resume) one model
     sample     --checkpoint DIR --n N --steps S --sampler {ddpm,ddim} --seed K --out FILE
                --checkpoint data/weights/flow --labels all --steps 10 --sampler {euler,heun} --guidance 2
     generate   "a thin two" "a 9" --checkpoint DIR -n 16 --guidance 3 --steps 50 --seed 0 --out grid.png
@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-MODEL_NAMES = ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "flow")
-TEXT_TO_IMAGE = ("text2image", "text2image-lm")          # the models `generate` can use
+MODEL_NAMES = ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "flow", "unclip")
+TEXT_TO_IMAGE = ("text2image", "text2image-lm", "unclip")          # the models `generate` can use
 FLOW_SAMPLER_NAMES = ("euler", "heun")                   # the ODE solvers of a flow model (lesson 12)
 
 
@@ -101,11 +101,15 @@ def cmd_train(args) -> int:
     if args.steps is not None:
         field = {"classifier": "classifier_steps", "denoiser": "train_steps", "class": "class_train_steps",
                  "clip": "clip_steps", "text2image": "t2i_train_steps",
-                 "text2image-lm": "lm_train_steps", "flow": "flow_train_steps"}[args.model]
+                 "text2image-lm": "lm_train_steps", "flow": "flow_train_steps", "unclip": "unclip_decoder_steps"}[args.model]
         profile = profile.replace(**{field: args.steps})
     _, train_fn, _ = REGISTRY[args.model]
     out = Path(args.out).expanduser() if args.out else paths.default_checkpoint(args.model)
-    check_training_target(out)                          # before the data, the clusters or any step
+    if args.model == "unclip":                          # decoder/ and prior/ sub-checkpoints
+        from .unclip_training import check_unclip_target
+        check_unclip_target(out)
+    else:
+        check_training_target(out)                      # before the data, the clusters or any step
     try:
         res: TrainResult = train_fn(profile, out, rt, None, not args.no_progress)
     except (ValueError, FloatingPointError) as e:       # another config or schedule in --out, a NaN loss

@@ -93,6 +93,12 @@ class Profile:
     flow_train_steps: int            # its training steps (the class model's, for an equal-budget comparison)
     flow_steps: int                  # Euler/Heun steps used by default
     flow_guidance: float             # default classifier-free guidance scale on the velocity
+    # --- unCLIP on digits (lesson 10): a decoder from CLIP image embeddings, a prior from text embeddings
+    unclip_decoder_steps: int        # the decoder UNet's training steps (batches of batch_size)
+    unclip_prior_steps: int          # the diffusion prior's training steps
+    unclip_prior_batch: int          # its batch size (an MLP over 64-d vectors: a step costs little)
+    unclip_prior_width: int          # its hidden width
+    unclip_prior_blocks: int         # its residual MLP blocks
     # --- where a lesson finds the models it only uses
     fallback: str | None = None      # profile whose finished models serve when none matches this one
 
@@ -121,6 +127,8 @@ PROFILES: dict[str, Profile] = {
         t2i_train_steps=300, toy_steps=600,
         lm_train_steps=300, lm_templates=1,
         flow_train_steps=150, flow_steps=10, flow_guidance=2.0,
+        unclip_decoder_steps=100, unclip_prior_steps=300, unclip_prior_batch=128, unclip_prior_width=128,
+        unclip_prior_blocks=2,
     ),
     "cpu": Profile(
         name="cpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
@@ -143,6 +151,8 @@ PROFILES: dict[str, Profile] = {
         lm_train_steps=2_400, lm_templates=6,
         # 1,000 steps of 128 (a quarter of the class model's 4,000): what the shared cores allowed (bench/README.md)
         flow_train_steps=1_000, flow_steps=10, flow_guidance=2.0,
+        unclip_decoder_steps=800, unclip_prior_steps=3_000, unclip_prior_batch=256, unclip_prior_width=256,
+        unclip_prior_blocks=3,
     ),
     "gpu": Profile(
         name="gpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
@@ -157,7 +167,8 @@ PROFILES: dict[str, Profile] = {
         clip_steps=6_000, clip_lr=5e-4,
         t2i_train_steps=10_000, toy_steps=3_000,
         lm_train_steps=10_000, lm_templates=6, flow_train_steps=8_000, flow_steps=10, flow_guidance=2.0,
-        fallback="cpu",
+        unclip_decoder_steps=10_000, unclip_prior_steps=20_000, unclip_prior_batch=1_024, unclip_prior_width=512,
+        unclip_prior_blocks=4, fallback="cpu",
     ),
 }
 

@@ -305,8 +305,12 @@ def load_text2image_lm(path: str | Path, device: torch.device | str = "cpu") -> 
 
 
 def load_text_to_image(path: str | Path, device: torch.device | str = "cpu") -> TextToImage:
-    """Either text-to-image pipeline, by what its ``config.json`` says (``"model"``): lesson 08's or this one."""
+    """Any text-to-image pipeline, by what its ``config.json`` says (``"model"``): lesson 08's, this one, or
+    lesson 10's unCLIP."""
     path = Path(path)
     cfg_path = path / "config.json"
     model = json.loads(cfg_path.read_text()).get("model") if cfg_path.is_file() else None
+    if model == "unclip":
+        from .unclip import load_unclip
+        return load_unclip(path, device)
     return load_text2image_lm(path, device) if model == "text2image-lm" else TextToImage.from_pretrained(path, device)

@@ -8,6 +8,8 @@
     clip         CLIP on captioned digits (transformers classes)    07
     text2image   text-conditional UNet + the frozen CLIP text side  08
     flow         class-conditional UNet, flow matching (velocity)   12
+    unclip       decoder from CLIP image embeddings + diffusion     10
+                 prior from text embeddings (DALL-E 2's recipe)
 
 ``get_model(name, profile)`` is what lessons call: the user's checkpoint if it matches the profile's config
 and finished training, else the shipped reference weights if they match, else (``find_usable``) the finished
@@ -187,6 +189,8 @@ REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
                       _lazy("language_encoder", "load_text2image_lm")),
     "flow": (_lazy("flow_training", "flow_config"), _lazy("flow_training", "train_flow"),
              _lazy("flow_training", "load_flow")),
+    "unclip": (_lazy("unclip_training", "unclip_config"), _lazy("unclip_training", "train_unclip"),
+               _lazy("unclip", "load_unclip")),
 }
 
 
@@ -194,7 +198,7 @@ def _steps_for(name: str, profile: Profile) -> int:
     return {"classifier": profile.classifier_steps, "denoiser": profile.train_steps,
             "class": profile.class_train_steps, "clip": profile.clip_steps,
             "text2image": profile.t2i_train_steps, "text2image-lm": profile.lm_train_steps,
-            "flow": profile.flow_train_steps}[name]
+            "flow": profile.flow_train_steps, "unclip": profile.unclip_decoder_steps}[name]
 
 
 def find_matching(name: str, profile: Profile) -> Path | None:

@@ -19,6 +19,8 @@ embedding], added after its first convolution. Conditioning goes through ``cond`
 - a ``LongTensor`` of labels (B,) for a class-conditional model (``num_classes > 0``); the label
   ``num_classes`` (or -1) means "no condition".
 - a ``TextCond`` (token embeddings, mask, pooled) for a text-conditional model (``context_dim > 0``).
+- a float tensor (B, embed_dim) of CLIP image embeddings for an embedding-conditional model (``embed_dim > 0``,
+  unCLIP's decoder, lesson 10); an all-zero row (never a unit embedding) means "no condition".
 """
 from __future__ import annotations
 
@@ -44,11 +46,12 @@ class UNetConfig:
     num_classes: int = 0                     # > 0: class-conditional (one extra "no class" entry)
     context_dim: int = 0                     # > 0: text-conditional (cross-attention to token embeddings)
     heads: int = 4
+    embed_dim: int = 0                       # > 0: conditioned on a (B, embed_dim) vector (unCLIP's decoder)
     kind: str = field(default="unet")
 
     # Fields added after models were shipped are left out of ``to_dict`` while they keep their default, so
     # the configs saved with the shipped weights (and ``find_matching`` on them) stay as they were.
-    OPTIONAL = ()
+    OPTIONAL = ("embed_dim",)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -168,6 +171,9 @@ class UNet(nn.Module):
         if cfg.context_dim:
             self.pooled_proj = nn.Linear(cfg.context_dim, E)
             self.null_context = nn.Parameter(torch.zeros(1, 1, cfg.context_dim))
+        if cfg.embed_dim:                                                # unCLIP (Ramesh et al. 2022, Sec. 2.1):
+            self.embed_proj = nn.Linear(cfg.embed_dim, E)                # the image embedding projected and
+            self.null_embed = nn.Parameter(torch.zeros(cfg.embed_dim))   # added to the time embedding
         self.stem = nn.Conv2d(4, c0, 3, padding=1)
         self.down0 = nn.ModuleList([ResBlock(c0, c0, E, g, cfg.dropout) for _ in range(cfg.blocks)])
         self.downsample = nn.Conv2d(c0, c0, 3, stride=2, padding=1)      # 14 -> 7
@@ -206,6 +212,17 @@ class UNet(nn.Module):
             else:
                 raise ValueError("a text-conditional UNet takes cond = a TextCond or None")
             emb = emb + self.pooled_proj(text.pooled.to(emb.dtype))
+        elif self.config.embed_dim:
+            if cond is None:
+                cond = torch.zeros(B, self.config.embed_dim, device=device)
+            if (not isinstance(cond, torch.Tensor) or not cond.dtype.is_floating_point
+                    or cond.shape != (B, self.config.embed_dim)):
+                raise ValueError(f"an embedding-conditional UNet takes cond = a float tensor (B, "
+                                 f"{self.config.embed_dim}) or None, got "
+                                 f"{tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__}")
+            null = (cond == 0).all(-1, keepdim=True)                     # (B, 1): "no condition" rows
+            vec = torch.where(null, self.null_embed.to(cond.dtype).expand_as(cond), cond)
+            emb = emb + self.embed_proj(vec.to(emb.dtype))
         elif cond is not None:
             raise ValueError("this UNet is unconditional: call it with cond=None")
         return emb, text

@@ -23,17 +23,20 @@ from .config import Profile, Runtime
 __all__ = ["make_weights", "measure", "export", "write_readme"]
 
 COMMANDS = {name: f"python -m course_lib train {name}" for name in
-            ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "flow")}
+            ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "flow", "unclip")}
 
 
 def export(name: str, src: Path | None = None) -> Path:
-    """Copy a finished checkpoint (without ``trainer/``) to ``data/weights/<name>``, atomically."""
+    """Copy a finished checkpoint (without ``trainer/``, also in sub-checkpoints such as unclip's decoder/ and
+    prior/) to ``data/weights/<name>``, atomically."""
     src = Path(src) if src is not None else paths.default_checkpoint(name)
     dst = paths.weights_dir() / name
     with atomic_folder(dst) as tmp:
         for p in src.iterdir():
             if p.is_file():
                 shutil.copy2(p, tmp / p.name)
+            elif p.is_dir() and p.name != "trainer":
+                shutil.copytree(p, tmp / p.name, ignore=shutil.ignore_patterns("trainer", ".*"))
     return dst
 
 
@@ -90,6 +93,10 @@ def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
     if name in ("text2image", "text2image-lm"):
         from .text2image_training import prompt_accuracy
         return {"prompt_digit_accuracy": round(float(prompt_accuracy(model, profile, rt)), 4)}
+    if name == "unclip":
+        from .text2image_training import prompt_accuracy
+        return {"prompt_digit_accuracy": round(float(prompt_accuracy(model, profile, rt)), 4),
+                "text_shortcut_accuracy": round(float(prompt_accuracy(model.using("text"), profile, rt)), 4)}
     return {}
 
 
