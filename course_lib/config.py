@@ -151,7 +151,7 @@ PROFILES: dict[str, Profile] = {
         lm_train_steps=2_400, lm_templates=6,
         # 1,000 steps of 128 (a quarter of the class model's 4,000): what the shared cores allowed (bench/README.md)
         flow_train_steps=1_000, flow_steps=10, flow_guidance=2.0,
-        unclip_decoder_steps=800, unclip_prior_steps=3_000, unclip_prior_batch=256, unclip_prior_width=256,
+        unclip_decoder_steps=4_000, unclip_prior_steps=3_000, unclip_prior_batch=256, unclip_prior_width=256,
         unclip_prior_blocks=3,
     ),
     "gpu": Profile(
