@@ -89,6 +89,15 @@ class Profile:
     lm_train_steps: int              # its UNet's training steps (the encoder is frozen, not trained)
     lm_templates: int                # caption templates it trains on (captions.TEMPLATES[:k]): each caption
                                      # is encoded once before training, ~4 ms a caption on one core
+    # --- latent diffusion (lesson 11): an autoencoder to 7x7xC, a class-conditional UNet on its latents
+    ae_latent_channels: int          # C of the 7x7xC latent (2 vs 4 measured: bench/README.md, "Latent diffusion")
+    ae_channels: tuple[int, ...]     # autoencoder widths at 28x28, 14x14 and 7x7
+    ae_steps: int                    # autoencoder training steps
+    ae_batch: int
+    ae_lr: float
+    ae_kl_weight: float              # weight of the KL term, per pixel as in Stable Diffusion (1e-6 there)
+    latent_unet_channels: tuple[int, ...]   # the latent UNet's widths at 7x7 and 4x4
+    latent_train_steps: int          # its training steps (batch_size images each)
     # --- where a lesson finds the models it only uses
     fallback: str | None = None      # profile whose finished models serve when none matches this one
 
@@ -116,6 +125,8 @@ PROFILES: dict[str, Profile] = {
         clip_steps=150, clip_lr=2e-3,
         t2i_train_steps=300, toy_steps=600,
         lm_train_steps=300, lm_templates=1,
+        ae_latent_channels=4, ae_channels=(8, 16, 32), ae_steps=100, ae_batch=32, ae_lr=2e-3, ae_kl_weight=1e-4,
+        latent_unet_channels=(16, 32), latent_train_steps=200,
     ),
     "cpu": Profile(
         name="cpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
@@ -136,6 +147,8 @@ PROFILES: dict[str, Profile] = {
         clip_steps=2_000, clip_lr=2e-3,
         t2i_train_steps=4_000, toy_steps=2_000,
         lm_train_steps=2_400, lm_templates=6,
+        ae_latent_channels=4, ae_channels=(16, 32, 64), ae_steps=600, ae_batch=128, ae_lr=2e-3, ae_kl_weight=1e-4,
+        latent_unet_channels=(32, 64), latent_train_steps=2_000,
     ),
     "gpu": Profile(
         name="gpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
@@ -149,7 +162,9 @@ PROFILES: dict[str, Profile] = {
         clip_dim=128, clip_layers=4, clip_heads=4, clip_patch=4, clip_embed=128, clip_batch=512,
         clip_steps=6_000, clip_lr=5e-4,
         t2i_train_steps=10_000, toy_steps=3_000,
-        lm_train_steps=10_000, lm_templates=6, fallback="cpu",
+        lm_train_steps=10_000, lm_templates=6,
+        ae_latent_channels=4, ae_channels=(32, 64, 128), ae_steps=3_000, ae_batch=256, ae_lr=1e-3,
+        ae_kl_weight=1e-4, latent_unet_channels=(64, 128), latent_train_steps=8_000, fallback="cpu",
     ),
 }
 

@@ -7,6 +7,8 @@
     class        class-conditional UNet (classifier-free guidance)  05
     clip         CLIP on captioned digits (transformers classes)    07
     text2image   text-conditional UNet + the frozen CLIP text side  08
+    autoencoder  KL autoencoder, 28x28x1 <-> 7x7xC latents          11
+    latent       class-conditional UNet on the autoencoder's latents  11
 
 ``get_model(name, profile)`` is what lessons call: the user's checkpoint if it matches the profile's config
 and finished training, else the shipped reference weights if they match, else (``find_usable``) the finished
@@ -183,13 +185,18 @@ REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
     "text2image-lm": (_lazy("language_encoder_training", "text2image_lm_config"),
                       _lazy("language_encoder_training", "train_text2image_lm"),
                       _lazy("language_encoder", "load_text2image_lm")),
+    "autoencoder": (_lazy("latent_training", "autoencoder_config"), _lazy("latent_training", "train_autoencoder"),
+                    _lazy("autoencoder", "load_autoencoder")),
+    "latent": (_lazy("latent_training", "latent_config"), _lazy("latent_training", "train_latent"),
+               _lazy("latent_training", "load_latent")),
 }
 
 
 def _steps_for(name: str, profile: Profile) -> int:
     return {"classifier": profile.classifier_steps, "denoiser": profile.train_steps,
             "class": profile.class_train_steps, "clip": profile.clip_steps,
-            "text2image": profile.t2i_train_steps, "text2image-lm": profile.lm_train_steps}[name]
+            "text2image": profile.t2i_train_steps, "text2image-lm": profile.lm_train_steps,
+            "autoencoder": profile.ae_steps, "latent": profile.latent_train_steps}[name]
 
 
 def find_matching(name: str, profile: Profile) -> Path | None:
