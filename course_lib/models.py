@@ -38,7 +38,7 @@ from .unet import UNet, UNetConfig, unet_config_from_profile
 
 __all__ = ["denoiser_config", "class_config", "train_denoiser", "train_class_model",
            "load_unet", "get_model", "get_guide", "find_matching", "find_usable",
-           "train_missing", "REGISTRY", "drop_labels"]
+           "train_missing", "REGISTRY", "drop_labels", "unet_from_config"]
 
 
 # --------------------------------------------------------------------------- classifier-free guidance training
@@ -64,9 +64,13 @@ def class_config(profile: Profile) -> dict:
             "schedule": profile.schedule, "n_train": profile.n_train, "p_uncond": profile.p_uncond}
 
 
-def _unet_from_config(cfg: dict) -> UNet:
+def unet_from_config(cfg: dict) -> UNet:
+    """A UNet with fresh weights for a model config (its keys that are not ``UNetConfig`` fields are ignored)."""
     fields = UNetConfig.__dataclass_fields__
     return UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in fields}))
+
+
+_unet_from_config = unet_from_config
 
 
 def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = False, guide: bool = False
