@@ -47,7 +47,7 @@ from course_lib.schedules import make_schedule  # noqa: E402
 from course_lib.unet import UNet, UNetConfig  # noqa: E402
 
 STUDY = (2, 4)            # latent channels compared
-STUDY_STEPS = 250         # autoencoder steps of each study run (the same data, batch and learning rate)
+STUDY_STEPS = 150         # autoencoder steps of each study run (the same data, batch and learning rate)
 ROUNDS, STEPS = 3, 10     # step-rate harness: rounds of STEPS timed steps per model, alternating
 
 

@@ -185,7 +185,7 @@ def train_latent(profile: Profile, out=None, runtime: Runtime | None = None, ste
         (folder / "config.json").write_text(json.dumps({**cfg, "autoencoder_sha256": sha}, indent=2))
 
     meta = {"kind": "latent", "profile": profile.name, "data": f"MNIST train, {len(x)} images, encoded",
-            "autoencoder_sha256": sha, "autoencoder_folder": str(ae_folder), "scaling_factor": s,
+            "autoencoder_sha256": sha, "scaling_factor": s,
             "encode_seconds": round(encode_seconds, 1)}
     return fit(model, loss_fn, get_batch, steps=steps or profile.latent_train_steps, lr=profile.lr,
                warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
