@@ -1,8 +1,10 @@
 """The course's command line: ``python -m course_lib <command> --help``.
 
-    train {classifier,denoiser,class,clip,text2image,text2image-lm,flow,unclip}   train (or resume) one model
+    train {classifier,denoiser,class,clip,text2image,text2image-lm,autoencoder,latent,flow,unclip}
+               train (or resume) one model
     sample     --checkpoint DIR --n N --steps S --sampler {ddpm,ddim} --seed K --out FILE
                --checkpoint data/weights/flow --labels all --steps 10 --sampler {euler,heun} --guidance 2
+               --checkpoint data/weights/latent --labels all --n 1000   (decoded to pixels)
     generate   "a thin two" "a 9" --checkpoint DIR -n 16 --guidance 3 --steps 50 --seed 0 --out grid.png
                "a fat seven" --model text2image-lm -n 16 -o grid.png   (the language model reads any words)
     weights    train every model for the active profile and refresh data/weights/
@@ -19,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-MODEL_NAMES = ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "flow", "unclip")
+MODEL_NAMES = ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "autoencoder", "latent",
+               "flow", "unclip")
 TEXT_TO_IMAGE = ("text2image", "text2image-lm", "unclip")          # the models `generate` can use
 FLOW_SAMPLER_NAMES = ("euler", "heun")                   # the ODE solvers of a flow model (lesson 12)
 
@@ -101,7 +104,9 @@ def cmd_train(args) -> int:
     if args.steps is not None:
         field = {"classifier": "classifier_steps", "denoiser": "train_steps", "class": "class_train_steps",
                  "clip": "clip_steps", "text2image": "t2i_train_steps",
-                 "text2image-lm": "lm_train_steps", "flow": "flow_train_steps", "unclip": "unclip_decoder_steps"}[args.model]
+                 "text2image-lm": "lm_train_steps", "autoencoder": "ae_steps",
+                 "latent": "latent_train_steps", "flow": "flow_train_steps",
+                 "unclip": "unclip_decoder_steps"}[args.model]
         profile = profile.replace(**{field: args.steps})
     _, train_fn, _ = REGISTRY[args.model]
     out = Path(args.out).expanduser() if args.out else paths.default_checkpoint(args.model)
@@ -160,6 +165,8 @@ def cmd_sample(args) -> int:
     from .samplers import sample
     from .schedules import make_schedule
     out = _check_out_file(args.out)                     # before loading or sampling anything
+    if _is_latent(args.checkpoint):                     # lesson 11: sample latents, decode them
+        return _sample_latent(args, out)
     profile, rt = _profile_and_runtime(args)
     try:
         model, cfg = load_unet(args.checkpoint, rt.device)
@@ -214,6 +221,36 @@ def cmd_sample(args) -> int:
         fig = show_strip(frames + [images.cpu()], captions + ["x0"], n=min(args.n, 8), max_frames=11)
         fig.savefig(args.strip, dpi=100)
         print(f"saved the reverse process ({len(frames)} steps, 11 shown) to {args.strip}")
+    return 0
+
+
+def _is_latent(folder: str) -> bool:
+    from .checkpoints import read_json
+    cfg_path = Path(folder) / "config.json"
+    return cfg_path.is_file() and isinstance(cfg := read_json(cfg_path), dict) and cfg.get("kind") == "latent"
+
+
+def _sample_latent(args, out: Path) -> int:
+    """``sample`` for a latent diffusion model: guided latents, decoded by its autoencoder (lesson 11)."""
+    import torch
+    from .checkpoints import CheckpointError
+    from .latent_training import load_latent
+    if args.autoguidance is not None or args.strip:
+        raise SystemExit("error: --autoguidance and --strip are for pixel models; a latent model samples "
+                         "with --labels and --guidance")
+    profile, rt = _profile_and_runtime(args)
+    try:
+        model = load_latent(args.checkpoint, rt.device)
+    except (FileNotFoundError, CheckpointError) as e:
+        raise SystemExit(f"error: {e}")
+    labels = _parse_labels(args.labels, args.n)
+    t0 = time.perf_counter()
+    images = model.generate(n=args.n, labels=labels, guidance=args.guidance if args.guidance is not None
+                            else profile.guidance, steps=args.steps, sampler=args.sampler, eta=args.eta,
+                            generator=torch.Generator().manual_seed(args.seed))
+    print(f"sampled {len(images)} images from {_describe_model(Path(args.checkpoint))} with {args.sampler} "
+          f"in latent space, decoded, in {time.perf_counter() - t0:.1f} s")
+    _save_images(images, labels, str(out))
     return 0
 
 

@@ -99,6 +99,15 @@ class Profile:
     unclip_prior_batch: int          # its batch size (an MLP over 64-d vectors: a step costs little)
     unclip_prior_width: int          # its hidden width
     unclip_prior_blocks: int         # its residual MLP blocks
+    # --- latent diffusion (lesson 11): an autoencoder to 7x7xC, a class-conditional UNet on its latents
+    ae_latent_channels: int          # C of the 7x7xC latent (2 vs 4 measured: bench/README.md, "Latent diffusion")
+    ae_channels: tuple[int, ...]     # autoencoder widths at 28x28, 14x14 and 7x7
+    ae_steps: int                    # autoencoder training steps
+    ae_batch: int
+    ae_lr: float
+    ae_kl_weight: float              # weight of the KL term, per pixel as in Stable Diffusion (1e-6 there)
+    latent_unet_channels: tuple[int, ...]   # the latent UNet's widths at 7x7 and 4x4
+    latent_train_steps: int          # its training steps (batch_size images each)
     # --- where a lesson finds the models it only uses
     fallback: str | None = None      # profile whose finished models serve when none matches this one
 
@@ -129,6 +138,8 @@ PROFILES: dict[str, Profile] = {
         flow_train_steps=150, flow_steps=10, flow_guidance=2.0,
         unclip_decoder_steps=100, unclip_prior_steps=300, unclip_prior_batch=128, unclip_prior_width=128,
         unclip_prior_blocks=2,
+        ae_latent_channels=4, ae_channels=(8, 16, 32), ae_steps=100, ae_batch=32, ae_lr=2e-3, ae_kl_weight=1e-4,
+        latent_unet_channels=(16, 32), latent_train_steps=200,
     ),
     "cpu": Profile(
         name="cpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
@@ -153,6 +164,8 @@ PROFILES: dict[str, Profile] = {
         flow_train_steps=1_000, flow_steps=10, flow_guidance=2.0,
         unclip_decoder_steps=4_000, unclip_prior_steps=3_000, unclip_prior_batch=256, unclip_prior_width=256,
         unclip_prior_blocks=3,
+        ae_latent_channels=4, ae_channels=(16, 32, 64), ae_steps=600, ae_batch=128, ae_lr=2e-3, ae_kl_weight=1e-4,
+        latent_unet_channels=(32, 64), latent_train_steps=2_000,
     ),
     "gpu": Profile(
         name="gpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
@@ -168,7 +181,9 @@ PROFILES: dict[str, Profile] = {
         t2i_train_steps=10_000, toy_steps=3_000,
         lm_train_steps=10_000, lm_templates=6, flow_train_steps=8_000, flow_steps=10, flow_guidance=2.0,
         unclip_decoder_steps=10_000, unclip_prior_steps=20_000, unclip_prior_batch=1_024, unclip_prior_width=512,
-        unclip_prior_blocks=4, fallback="cpu",
+        unclip_prior_blocks=4,
+        ae_latent_channels=4, ae_channels=(32, 64, 128), ae_steps=3_000, ae_batch=256, ae_lr=1e-3,
+        ae_kl_weight=1e-4, latent_unet_channels=(64, 128), latent_train_steps=8_000, fallback="cpu",
     ),
 }
 

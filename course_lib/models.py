@@ -10,6 +10,8 @@
     flow         class-conditional UNet, flow matching (velocity)   12
     unclip       decoder from CLIP image embeddings + diffusion     10
                  prior from text embeddings (DALL-E 2's recipe)
+    autoencoder  KL autoencoder, 28x28x1 <-> 7x7xC latents          11
+    latent       class-conditional UNet on the autoencoder's latents  11
 
 ``get_model(name, profile)`` is what lessons call: the user's checkpoint if it matches the profile's config
 and finished training, else the shipped reference weights if they match, else (``find_usable``) the finished
@@ -39,7 +41,7 @@ from .unet import UNet, UNetConfig, unet_config_from_profile
 
 __all__ = ["denoiser_config", "class_config", "train_denoiser", "train_class_model",
            "load_unet", "get_model", "get_guide", "find_matching", "find_usable",
-           "train_missing", "REGISTRY", "drop_labels"]
+           "train_missing", "REGISTRY", "drop_labels", "unet_from_config"]
 
 
 # --------------------------------------------------------------------------- classifier-free guidance training
@@ -65,9 +67,13 @@ def class_config(profile: Profile) -> dict:
             "schedule": profile.schedule, "n_train": profile.n_train, "p_uncond": profile.p_uncond}
 
 
-def _unet_from_config(cfg: dict) -> UNet:
+def unet_from_config(cfg: dict) -> UNet:
+    """A UNet with fresh weights for a model config (its keys that are not ``UNetConfig`` fields are ignored)."""
     fields = UNetConfig.__dataclass_fields__
     return UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in fields}))
+
+
+_unet_from_config = unet_from_config
 
 
 def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = False, guide: bool = False
@@ -191,6 +197,10 @@ REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
              _lazy("flow_training", "load_flow")),
     "unclip": (_lazy("unclip_training", "unclip_config"), _lazy("unclip_training", "train_unclip"),
                _lazy("unclip", "load_unclip")),
+    "autoencoder": (_lazy("latent_training", "autoencoder_config"), _lazy("latent_training", "train_autoencoder"),
+                    _lazy("autoencoder", "load_autoencoder")),
+    "latent": (_lazy("latent_training", "latent_config"), _lazy("latent_training", "train_latent"),
+               _lazy("latent_training", "load_latent")),
 }
 
 
@@ -198,7 +208,8 @@ def _steps_for(name: str, profile: Profile) -> int:
     return {"classifier": profile.classifier_steps, "denoiser": profile.train_steps,
             "class": profile.class_train_steps, "clip": profile.clip_steps,
             "text2image": profile.t2i_train_steps, "text2image-lm": profile.lm_train_steps,
-            "flow": profile.flow_train_steps, "unclip": profile.unclip_decoder_steps}[name]
+            "flow": profile.flow_train_steps, "unclip": profile.unclip_decoder_steps,
+            "autoencoder": profile.ae_steps, "latent": profile.latent_train_steps}[name]
 
 
 def find_matching(name: str, profile: Profile) -> Path | None:

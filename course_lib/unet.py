@@ -12,6 +12,9 @@ Built bottom-up (after DDPM's UNet, Ho et al. 2020, Appendix B, made small for 2
       -> [ResBlock x n] (concat skip) @14x14 <----------------------------------'
       -> GroupNorm, SiLU, conv -> (B,4,14,14) --pixel_shuffle(2)--> (B,1,28,28)
 
+A latent of 7x7 (lesson 11: ``in_channels=C, image_size=7, patch=1``) skips the space-to-depth stem: the
+same network then works at 7x7 and 4x4 (the stride-2 conv rounds 7 up to 4, the upsampling returns to 7).
+
 Every ResBlock receives the embedding ``emb`` = MLP(sinusoidal(t)) [+ class embedding] [+ pooled text
 embedding], added after its first convolution. Conditioning goes through ``cond`` without changing the call:
 
@@ -47,11 +50,14 @@ class UNetConfig:
     context_dim: int = 0                     # > 0: text-conditional (cross-attention to token embeddings)
     heads: int = 4
     embed_dim: int = 0                       # > 0: conditioned on a (B, embed_dim) vector (unCLIP's decoder)
+    in_channels: int = 1                     # channels of the input: 1 for digits, C for a latent (lesson 11)
+    image_size: int = 28                     # 28 for pixels; 7 for a 7x7 latent (levels 7x7 and 4x4)
+    patch: int = 2                           # the stem's space-to-depth factor; 1 (none) for a 7x7 latent
     kind: str = field(default="unet")
 
     # Fields added after models were shipped are left out of ``to_dict`` while they keep their default, so
     # the configs saved with the shipped weights (and ``find_matching`` on them) stay as they were.
-    OPTIONAL = ("embed_dim",)
+    OPTIONAL = ("embed_dim", "in_channels", "image_size", "patch")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -174,7 +180,10 @@ class UNet(nn.Module):
         if cfg.embed_dim:                                                # unCLIP (Ramesh et al. 2022, Sec. 2.1):
             self.embed_proj = nn.Linear(cfg.embed_dim, E)                # the image embedding projected and
             self.null_embed = nn.Parameter(torch.zeros(cfg.embed_dim))   # added to the time embedding
-        self.stem = nn.Conv2d(4, c0, 3, padding=1)
+        if cfg.image_size % cfg.patch:
+            raise ValueError(f"image_size {cfg.image_size} is not divisible by the stem's patch {cfg.patch}")
+        stem_channels = cfg.in_channels * cfg.patch ** 2                 # after space-to-depth
+        self.stem = nn.Conv2d(stem_channels, c0, 3, padding=1)
         self.down0 = nn.ModuleList([ResBlock(c0, c0, E, g, cfg.dropout) for _ in range(cfg.blocks)])
         self.downsample = nn.Conv2d(c0, c0, 3, stride=2, padding=1)      # 14 -> 7
         self.down1 = nn.ModuleList([ResBlock(c0 if i == 0 else c1, c1, E, g, cfg.dropout)
@@ -190,7 +199,7 @@ class UNet(nn.Module):
         self.up0 = nn.ModuleList([ResBlock(2 * c0 if i == 0 else c0, c0, E, g, cfg.dropout)
                                   for i in range(cfg.blocks)])
         self.out_norm = nn.GroupNorm(g, c0)
-        self.out = nn.Conv2d(c0, 4, 3, padding=1)
+        self.out = nn.Conv2d(c0, stem_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)                                  # start by predicting zero noise
         nn.init.zeros_(self.out.bias)
 
@@ -228,17 +237,19 @@ class UNet(nn.Module):
         return emb, text
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1:] != (1, 28, 28):
-            raise ValueError(f"expected x of shape (B, 1, 28, 28), got {tuple(x.shape)}")
+        c, s = self.config.in_channels, self.config.image_size
+        if x.dim() != 4 or x.shape[1:] != (c, s, s):
+            raise ValueError(f"expected x of shape (B, {c}, {s}, {s}), got {tuple(x.shape)}")
         B = x.shape[0]
         if t.dim() == 0:
             t = t.expand(B)
         emb, text = self._embed(t, cond, B, x.device)
-        h = self.stem(F.pixel_unshuffle(x, 2))                           # (B, C0, 14, 14)
+        p = self.config.patch
+        h = self.stem(F.pixel_unshuffle(x, p) if p > 1 else x)           # (B, C0, 14, 14) (a latent: 7x7)
         for blk in self.down0:
             h = blk(h, emb)
         skip0 = h
-        h = self.downsample(h)                                           # (B, C0, 7, 7)
+        h = self.downsample(h)                                           # (B, C0, 7, 7) (a latent: 4x4)
         for blk in self.down1:
             h = blk(h, emb)
         skip1 = h                                                        # (B, C1, 7, 7)
@@ -253,8 +264,9 @@ class UNet(nn.Module):
             h = blk(h, emb)
         if self.up1_cross is not None:
             h = self.up1_cross(h, text.tokens.to(h.dtype), text.mask)
-        h = self.upsample(F.interpolate(h, scale_factor=2, mode="nearest"))  # (B, C0, 14, 14)
+        h = self.upsample(F.interpolate(h, size=skip0.shape[-2:], mode="nearest"))  # (B, C0, 14, 14)
         h = torch.cat([h, skip0], dim=1)
         for blk in self.up0:
             h = blk(h, emb)
-        return F.pixel_shuffle(self.out(F.silu(self.out_norm(h))), 2)    # (B, 1, 28, 28)
+        h = self.out(F.silu(self.out_norm(h)))
+        return F.pixel_shuffle(h, p) if p > 1 else h                     # (B, 1, 28, 28) (a latent: C, 7, 7)

@@ -23,7 +23,7 @@ from .config import Profile, Runtime
 __all__ = ["make_weights", "measure", "export", "write_readme"]
 
 COMMANDS = {name: f"python -m course_lib train {name}" for name in
-            ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "flow", "unclip")}
+            ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "autoencoder", "latent", "flow", "unclip")}
 
 
 def export(name: str, src: Path | None = None) -> Path:
@@ -90,6 +90,11 @@ def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
     if name == "clip":
         from .clip_training import zero_shot_accuracy
         return {"zero_shot_accuracy": round(float(zero_shot_accuracy(model, profile, rt)), 4)}
+    if name in ("autoencoder", "latent"):
+        from .latent_training import latent_quality, reconstruction_accuracy
+        if name == "autoencoder":
+            return {"reconstruction_accuracy": round(reconstruction_accuracy(model, profile, rt), 4)}
+        return latent_quality(model, profile, rt)
     if name in ("text2image", "text2image-lm"):
         from .text2image_training import prompt_accuracy
         return {"prompt_digit_accuracy": round(float(prompt_accuracy(model, profile, rt)), 4)}

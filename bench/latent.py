@@ -1,0 +1,221 @@
+"""Benchmark: latent diffusion on digits (lesson 11) against the pixel class model (lesson 05).
+
+For the active profile it gets the ``autoencoder`` and ``latent`` models (``get_model``, training them when
+missing) and the pixel ``class`` model, then measures
+
+    autoencoder   training seconds (its training.json), the course classifier's accuracy on the reconstructions
+                  of the test set (and on the originals), the reconstruction L1, the scaling factor; and, when
+                  the study checkpoints exist (``--study``: C = 2 and C = 4 trained alike for STUDY_STEPS), the
+                  same for each, the short study that chose C
+    step rate     one harness, the same batch: DDPM's L_simple, backward and a fused AdamW step, for the pixel
+                  class UNet on (B, 1, 28, 28) and the latent UNet on (B, C, 7, 7), in alternating rounds;
+                  images per second by wall clock and by this process's CPU time (the cores are shared)
+    sample step   one guided UNet call (a doubled batch) for each, the cost per sampling step
+    quality       at the same guidance w = ``profile.guidance`` and sampler (DDIM ``profile.sample_steps``):
+                  class accuracy, confident fraction, FID with the real-vs-real floor at the same N
+
+Targets (cpu profile): the autoencoder trains in <= 180 s and its reconstructions keep >= 99 % classifier
+accuracy; the latent training step processes >= 3x the images per second of the pixel class model; the latent
+model's class accuracy is within 1 point of the pixel model's at the same w, trained for no more wall time.
+
+Usage:
+    python bench/latent.py [--profile test|cpu|gpu] [--threads K] [--study]
+
+Writes ``bench/results/latent-<profile>.json``.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from course_lib import checkpoints, paths  # noqa: E402
+from course_lib import latent_training as LT  # noqa: E402
+from course_lib.autoencoder import load_autoencoder  # noqa: E402
+from course_lib.data import batch_indices, load_mnist  # noqa: E402
+from course_lib.forward import simple_loss  # noqa: E402
+from course_lib.guidance import guided  # noqa: E402
+from course_lib.metrics import classify, evaluate_samples, label_accuracy, real_images  # noqa: E402
+from course_lib.models import _unet_from_config, class_config, drop_labels, find_usable, get_model  # noqa: E402
+from course_lib.samplers import sample  # noqa: E402
+from course_lib.schedules import make_schedule  # noqa: E402
+from course_lib.unet import UNet, UNetConfig  # noqa: E402
+
+STUDY = (2, 4)            # latent channels compared
+STUDY_STEPS = 150         # autoencoder steps of each study run (the same data, batch and learning rate)
+ROUNDS, STEPS = 3, 10     # step-rate harness: rounds of STEPS timed steps per model, alternating
+
+
+def study_folder(c: int) -> Path:
+    return paths.checkpoints_dir() / f"autoencoder-study-c{c}"
+
+
+def train_study(profile, rt) -> None:
+    for c in STUDY:
+        LT.train_autoencoder(profile.replace(ae_latent_channels=c), out=study_folder(c), runtime=rt,
+                             steps=STUDY_STEPS, progress=True)
+
+
+@torch.no_grad()
+def autoencoder_figures(ae, profile, rt, clf) -> dict:
+    x, y = load_mnist("test", profile=profile, device=rt.device, quiet=True)
+    rec = LT.reconstruct(ae.to(rt.device), x)
+    return {"latent_channels": ae.config.latent_channels, "reconstruction_accuracy":
+            round(label_accuracy(classify(clf, rec)[0], y), 4), "original_accuracy":
+            round(label_accuracy(classify(clf, x)[0], y), 4), "reconstruction_l1": round(float((rec - x).abs().mean()), 4),
+            "scaling_factor": round(ae.scaling_factor, 4), "n_test": len(x)}
+
+
+def step_rates(profile, rt, latent_model) -> dict:
+    """Training images per second of both UNets in one harness, the same batch and loss."""
+    B = profile.batch_size
+    schedule = make_schedule(profile.schedule, profile.T, rt.device)
+    x, y = load_mnist("train", n=10_000, device=rt.device, quiet=True)
+    ae = latent_model.autoencoder
+    post = LT.encode_dataset(ae, x)
+    s = ae.scaling_factor
+    torch.manual_seed(0)
+    pixel = _unet_from_config(class_config(profile)).to(rt.device)
+    cfg = LT.latent_config(profile)
+    latent = UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in UNetConfig.__dataclass_fields__}))
+    latent.to(rt.device)
+
+    def pixel_batch(g):
+        idx = batch_indices(len(x), B, g, rt.device)
+        return x[idx], y[idx]
+
+    def latent_batch(g):
+        idx = batch_indices(len(x), B, g, rt.device)
+        return s * LT.Posterior(post.mean[idx], post.logvar[idx]).sample(g), y[idx]
+
+    def timed(model, get_batch, n):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=rt.device.type in ("cuda", "cpu"))
+        g = torch.Generator(device=rt.device).manual_seed(0)
+        wall = cpu = 0.0
+        for i in range(n + 2):                       # two warm-up steps
+            w0, c0 = time.perf_counter(), time.process_time()
+            x0, labels = get_batch(g)
+            loss = simple_loss(model, x0, schedule, generator=g, cond=drop_labels(labels, 0.1, g))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i >= 2:
+                wall += time.perf_counter() - w0
+                cpu += time.process_time() - c0
+        return wall, cpu
+
+    totals = {"pixel": [0.0, 0.0], "latent": [0.0, 0.0]}
+    for _ in range(ROUNDS):
+        for name, model, gb in (("pixel", pixel, pixel_batch), ("latent", latent, latent_batch)):
+            w, c = timed(model, gb, STEPS)
+            totals[name][0] += w
+            totals[name][1] += c
+    n_img = ROUNDS * STEPS * B
+    out = {"batch": B, "steps_timed": ROUNDS * STEPS}
+    for name, (w, c) in totals.items():
+        out[name] = {"images_per_s_wall": round(n_img / w, 1), "images_per_s_cpu_time": round(n_img / c, 1)}
+    out["ratio_wall"] = round(out["latent"]["images_per_s_wall"] / out["pixel"]["images_per_s_wall"], 2)
+    out["ratio_cpu_time"] = round(out["latent"]["images_per_s_cpu_time"] / out["pixel"]["images_per_s_cpu_time"], 2)
+    out["numbers_per_image"] = {"pixel": 28 * 28, "latent": int(latent_model.autoencoder.latent_shape[0] * 49)}
+    return out
+
+
+@torch.no_grad()
+def sample_step_cost(profile, rt, pixel_model, latent_model, n: int = 100, reps: int = 5) -> dict:
+    """Seconds per guided UNet call (batch 2n: conditional and unconditional halves), pixels vs latents."""
+    out = {}
+    labels = (torch.arange(n) % 10).to(rt.device)
+    t = torch.full((n,), 500, device=rt.device)
+    for name, model, shape in (("pixel", pixel_model, (1, 28, 28)),
+                               ("latent", latent_model.unet, latent_model.autoencoder.latent_shape)):
+        x = torch.randn(n, *shape, device=rt.device)
+        net = guided(model, profile.guidance)
+        net(x, t, labels)
+        w0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(reps):
+            net(x, t, labels)
+        out[name] = {"seconds_wall": round((time.perf_counter() - w0) / reps, 4),
+                     "seconds_cpu_time": round((time.process_time() - c0) / reps, 4)}
+    out["n"], out["ratio_cpu_time"] = n, round(out["pixel"]["seconds_cpu_time"] / out["latent"]["seconds_cpu_time"], 2)
+    return out
+
+
+def quality(profile, rt, pixel_model, latent_model, clf) -> dict:
+    n, w = profile.n_eval, profile.guidance
+    labels = (torch.arange(n) % 10).to(rt.device)
+    real = real_images(profile, n, rt.device)
+    schedule = make_schedule(profile.schedule, profile.T, rt.device)
+    rows = {}
+    t0 = time.perf_counter()
+    x = sample(guided(pixel_model, w), n, schedule, steps=profile.sample_steps,
+               generator=torch.Generator().manual_seed(0), cond=labels, device=rt.device)
+    rows["pixel"] = {**evaluate_samples(clf, x, labels.cpu(), real), "sample_seconds": round(time.perf_counter() - t0, 1)}
+    t0 = time.perf_counter()
+    x = latent_model.generate(labels=labels, guidance=w, steps=profile.sample_steps,
+                              generator=torch.Generator().manual_seed(0))
+    rows["latent"] = {**evaluate_samples(clf, x, labels.cpu(), real), "sample_seconds": round(time.perf_counter() - t0, 1)}
+    for r in rows.values():
+        r.pop("histogram", None)
+        for k in ("confident", "accuracy", "mean_confidence", "fid", "fid_floor"):
+            r[k] = round(float(r[k]), 4)
+    return {"n": n, "guidance": w, "sampler": f"ddim-{profile.sample_steps}", **rows}
+
+
+def train_record(name: str, profile) -> dict:
+    found = find_usable(name, profile)
+    if found is None:
+        return {}
+    tr = checkpoints.read_training(found[0])
+    return {"folder": str(found[0]), "steps": tr.get("step"), "batch": tr.get("batch_size"),
+            "train_seconds": tr.get("train_seconds")}
+
+
+def main() -> None:
+    args = common.parse_args(__doc__.split("\n")[0], lambda p: p.add_argument(
+        "--study", action="store_true", help=f"train the C = {STUDY} study autoencoders first (if missing)"))
+    profile, rt = common.start(args)
+    if args.study:
+        train_study(profile, rt)
+    clf = get_model("classifier", profile, rt)
+    ae = get_model("autoencoder", profile, rt)
+    latent_model = get_model("latent", profile, rt)
+    pixel_model = get_model("class", profile, rt)
+    result = {"autoencoder": {**autoencoder_figures(ae, profile, rt, clf), **train_record("autoencoder", profile)}}
+    study = {}
+    for c in STUDY:
+        if (study_folder(c) / "config.json").is_file():
+            study[f"C={c}"] = {**autoencoder_figures(load_autoencoder(study_folder(c), rt.device), profile, rt, clf),
+                               "steps": checkpoints.read_training(study_folder(c)).get("step")}
+    result["channel_study"] = study
+    result["training_step"] = step_rates(profile, rt, latent_model)
+    result["sampling_step"] = sample_step_cost(profile, rt, pixel_model, latent_model)
+    result["quality"] = quality(profile, rt, pixel_model, latent_model, clf)
+    result["training"] = {"latent": train_record("latent", profile), "pixel_class": train_record("class", profile)}
+    q, ts, tr = result["quality"], result["training_step"], result["training"]
+    ae_s = result["autoencoder"].get("train_seconds") or 0.0
+    lat_s, pix_s = tr["latent"].get("train_seconds"), tr["pixel_class"].get("train_seconds")
+    result["targets"] = {
+        "autoencoder_train_seconds_le_180": {"value": ae_s, "met": ae_s <= 180},
+        "reconstruction_accuracy_ge_0.99": {"value": result["autoencoder"]["reconstruction_accuracy"],
+                                            "met": result["autoencoder"]["reconstruction_accuracy"] >= 0.99},
+        "training_images_per_s_ratio_ge_3": {"value_wall": ts["ratio_wall"], "value_cpu_time": ts["ratio_cpu_time"],
+                                             "met": ts["ratio_cpu_time"] >= 3},
+        "accuracy_within_1_point_at_no_more_wall_time": {
+            "latent": q["latent"]["accuracy"], "pixel": q["pixel"]["accuracy"],
+            "latent_train_seconds": lat_s, "pixel_train_seconds": pix_s,
+            "met": bool(q["latent"]["accuracy"] >= q["pixel"]["accuracy"] - 0.01
+                        and lat_s is not None and pix_s is not None and lat_s <= pix_s)},
+    }
+    result["note"] = ("the 2 cores were shared with other jobs (see load_average): wall-clock figures are upper "
+                      "bounds; the step-rate ratio is also given in this process's CPU time, which contention "
+                      "changes far less")
+    common.save("latent", profile, rt, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""Latent diffusion on digits (lesson 11): train the autoencoder, then the class-conditional UNet on its latents.
+
+    1. autoencoder:  L = |x - decode(z)|_1 + kl_weight * KL(q(z|x) || N(0, I)),   z ~ q(z|x)
+                     then the scaling factor s = 1 / std(z) over training images (so s * z has unit variance)
+    2. latent model: the training set encoded once; each step draws z ~ q(z|x) for a batch, and the class UNet
+                     learns DDPM's L_simple on z0 = s * z (``forward.simple_loss``), labels dropped with
+                     probability p_uncond (``models.drop_labels``) for classifier-free guidance
+    3. sampling:     z0 from ``samplers.sample(..., shape=(C, 7, 7))`` with ``guidance.guided``; images =
+                     decode(z0 / s)
+
+(Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models", Sec. 3 and Appendix G.)
+Both trainings run through ``train.fit``: atomic checkpoints, EMA, resuming. The latent model records the
+autoencoder's config and the SHA-256 of its weights; ``load_latent`` refuses another autoencoder.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from . import checkpoints, paths
+from .autoencoder import Autoencoder, AutoencoderConfig, Posterior, kl_divergence, load_autoencoder, \
+    weights_sha256
+from .config import Profile, Runtime, get_runtime, inference_autocast
+from .data import batch_indices, load_mnist
+from .forward import simple_loss
+from .guidance import guided
+from .samplers import sample
+from .schedules import make_schedule
+from .train import TrainResult, fit
+from .unet import UNet, UNetConfig
+
+__all__ = ["autoencoder_config", "autoencoder_loss", "measure_scaling_factor", "train_autoencoder",
+           "latent_config", "encode_dataset", "train_latent", "LatentDiffusion", "load_latent",
+           "find_autoencoder", "reconstruct", "reconstruction_accuracy", "latent_quality",
+           "SCALE_IMAGES"]
+
+SCALE_IMAGES = 10_000        # training images the scaling factor is measured on (the first ones)
+
+
+# --------------------------------------------------------------------------- 1. the autoencoder
+def autoencoder_config(profile: Profile) -> dict:
+    return {**AutoencoderConfig(latent_channels=profile.ae_latent_channels,
+                                channels=tuple(profile.ae_channels)).to_dict(),
+            "n_train": profile.n_train, "kl_weight": profile.ae_kl_weight, "batch_size": profile.ae_batch,
+            "lr": profile.ae_lr}
+
+
+def autoencoder_loss(model: Autoencoder, x: torch.Tensor, kl_weight: float, generator: torch.Generator
+                     ) -> tuple[torch.Tensor, dict]:
+    """|x - x_hat|_1 + kl_weight * KL, both summed over an image and divided by its 784 pixels, as Stable
+    Diffusion's ``LPIPSWithDiscriminator`` weighs them (less its perceptual and adversarial terms).
+
+    Returns: (loss, {"rec": mean L1 per pixel, "kl": mean KL per image}), the second part detached.
+    """
+    x_hat, post = model(x, generator)
+    rec = (x_hat.float() - x).abs().flatten(1).mean(1)                    # (B,) L1 per pixel
+    kl = kl_divergence(post.mean.float(), post.logvar.float())            # (B,) nats per image
+    loss = (rec + kl_weight * kl / x[0].numel()).mean()
+    return loss, {"rec": rec.mean().detach(), "kl": kl.mean().detach()}
+
+
+@torch.no_grad()
+def measure_scaling_factor(model: Autoencoder, x: torch.Tensor, generator: torch.Generator,
+                           batch_size: int = 1000) -> float:
+    """s = 1 / std(z), z ~ q(z | x) over the images ``x``: the latents the diffusion model sees, s * z, then
+    have unit variance (Rombach et al. 2022, Sec. 4.3.2; Stable Diffusion's 0.18215)."""
+    zs = [model.encode(x[i:i + batch_size]).sample(generator).float() for i in range(0, len(x), batch_size)]
+    return float(1.0 / torch.cat(zs).std())
+
+
+def train_autoencoder(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
+                      progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train the autoencoder for ``profile`` (resumes from ``out``). Every checkpoint's ``config.json`` holds
+    the ``scaling_factor`` measured with its EMA weights on the first ``SCALE_IMAGES`` training images."""
+    rt = runtime or get_runtime()
+    cfg = autoencoder_config(profile)
+    out = Path(out) if out is not None else paths.default_checkpoint("autoencoder")
+    x, _ = load_mnist("train", profile=profile, device=rt.device)
+    torch.manual_seed(0)
+    model = Autoencoder(AutoencoderConfig.from_dict(cfg))
+
+    def get_batch(g):
+        return x[batch_indices(len(x), cfg["batch_size"], g, rt.device)]
+
+    def loss_fn(m, batch, g):
+        return autoencoder_loss(m, batch, cfg["kl_weight"], g)[0]
+
+    def export(inner: Autoencoder, folder: Path) -> None:
+        g = torch.Generator(device=rt.device).manual_seed(0)
+        s = measure_scaling_factor(inner, x[:SCALE_IMAGES], g)
+        save_file({k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()},
+                  str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps({**cfg, "scaling_factor": s}, indent=2))
+
+    meta = {"kind": "autoencoder", "profile": profile.name, "data": f"MNIST train, {len(x)} images"}
+    return fit(model, loss_fn, get_batch, steps=steps or profile.ae_steps, lr=cfg["lr"],
+               warmup_steps=profile.warmup_steps, batch_size=cfg["batch_size"], ema_decay=profile.ema_decay,
+               config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
+               export=export, desc="train autoencoder", progress=progress, stop_after=stop_after,
+               rng_device=rt.device)
+
+
+# --------------------------------------------------------------------------- 2. the latent diffusion model
+def latent_config(profile: Profile) -> dict:
+    """The class-conditional UNet at 7x7 on C channels (no space-to-depth stem), the chain, and the
+    autoencoder it works in (its config; the hash of its weights is added when training starts)."""
+    unet = UNetConfig(channels=tuple(profile.latent_unet_channels), attention=profile.attention,
+                      time_dim=profile.time_dim, blocks=profile.blocks, num_classes=10,
+                      in_channels=profile.ae_latent_channels, image_size=7, patch=1)
+    return {**unet.to_dict(), "kind": "latent", "T": profile.T, "schedule": profile.schedule,
+            "n_train": profile.n_train, "p_uncond": profile.p_uncond, "autoencoder": autoencoder_config(profile)}
+
+
+@torch.no_grad()
+def encode_dataset(model: Autoencoder, x: torch.Tensor, batch_size: int = 1000) -> Posterior:
+    """q(z | x) for every image, once: (mean, logvar), each (N, C, 7, 7)."""
+    parts = [model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return Posterior(torch.cat([p.mean for p in parts]), torch.cat([p.logvar for p in parts]))
+
+
+def _autoencoder_for(profile: Profile, rt: Runtime, progress: bool) -> Path:
+    """The finished autoencoder of ``profile`` (the user's, else the shipped one), trained now if missing."""
+    from .models import find_usable, train_missing
+    found = find_usable("autoencoder", profile)
+    if found is not None and found[1] is profile:
+        return found[0]
+    return train_missing("autoencoder", profile, rt, progress)[0]
+
+
+def train_latent(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
+                 progress: bool = True, stop_after: int | None = None, autoencoder: str | Path | None = None
+                 ) -> TrainResult:
+    """Train the class-conditional latent diffusion model (resumes from ``out``, but only on the same
+    autoencoder: another one's latents would mean nothing to it).
+
+    Args:
+        autoencoder: the autoencoder folder (default: the profile's finished one, trained now if missing).
+    Raises:
+        ValueError: ``out`` holds a run on another autoencoder (another weights hash).
+    """
+    rt = runtime or get_runtime()
+    cfg = latent_config(profile)
+    out = Path(out) if out is not None else paths.default_checkpoint("latent")
+    checkpoints.check_training_target(out)
+    ae_folder = Path(autoencoder) if autoencoder is not None else _autoencoder_for(profile, rt, progress)
+    ae = load_autoencoder(ae_folder, rt.device)
+    diff = checkpoints.config_difference(_config_of(ae_folder), cfg["autoencoder"])
+    if diff:
+        raise ValueError(f"the autoencoder in {ae_folder} is not the one this profile's latent model uses "
+                         f"({diff})")
+    sha = weights_sha256(ae_folder)
+    if checkpoints.has_checkpoint(out):
+        saved = checkpoints.read_training(out).get("autoencoder_sha256")
+        if saved not in (None, sha):
+            raise ValueError(f"{out} holds a latent model trained on another autoencoder (weights sha256 "
+                             f"{saved[:12]}..., {ae_folder} has {sha[:12]}...); delete {out} to start over")
+    x, y = load_mnist("train", profile=profile, device=rt.device)
+    start = time.perf_counter()
+    post = encode_dataset(ae, x)                                        # once: (N, C, 7, 7) mean and logvar
+    encode_seconds = time.perf_counter() - start
+    s = ae.scaling_factor
+    schedule = make_schedule(profile.schedule, profile.T, rt.device)
+    torch.manual_seed(0)
+    model = UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in UNetConfig.__dataclass_fields__}))
+
+    def get_batch(g):
+        idx = batch_indices(len(x), profile.batch_size, g, rt.device)
+        z = Posterior(post.mean[idx], post.logvar[idx]).sample(g)       # z ~ q(z | x), fresh every step
+        return s * z, y[idx]                                            # unit variance: z0 of the chain
+
+    def loss_fn(m, batch, g):
+        from .models import drop_labels
+        z0, labels = batch
+        return simple_loss(m, z0, schedule, generator=g, cond=drop_labels(labels, cfg["p_uncond"], g),
+                           return_parts=True)                           # DDPM Eq. (14), on latents
+
+    def export(inner: UNet, folder: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()},
+                  str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps({**cfg, "autoencoder_sha256": sha}, indent=2))
+
+    meta = {"kind": "latent", "profile": profile.name, "data": f"MNIST train, {len(x)} images, encoded",
+            "autoencoder_sha256": sha, "scaling_factor": s,
+            "encode_seconds": round(encode_seconds, 1)}
+    return fit(model, loss_fn, get_batch, steps=steps or profile.latent_train_steps, lr=profile.lr,
+               warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
+               config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
+               export=export, desc="train latent", progress=progress, T=profile.T, stop_after=stop_after,
+               rng_device=rt.device)
+
+
+def _config_of(folder: Path) -> dict:
+    """An autoencoder folder's config as ``autoencoder_config`` gives it (without the measured scale)."""
+    cfg = dict(checkpoints.read_json(Path(folder) / "config.json"))
+    cfg.pop("scaling_factor", None)
+    return cfg
+
+
+# --------------------------------------------------------------------------- 3. sampling and loading
+class LatentDiffusion(nn.Module):
+    """The latent UNet and its autoencoder. ``model(z, t, cond)`` is the UNet (so guidance and every sampler
+    apply to it unchanged); ``generate`` samples latents and decodes them to digits."""
+
+    def __init__(self, unet: UNet, autoencoder: Autoencoder, schedule: str):
+        super().__init__()
+        self.unet, self.autoencoder, self.schedule_name = unet, autoencoder, schedule
+        self.T = unet.T
+        self.config = unet.config
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        return self.unet(z, t, cond)
+
+    @torch.no_grad()
+    def generate(self, n: int | None = None, labels: torch.Tensor | None = None, guidance: float = 3.0,
+                 steps: int | None = None, sampler: str = "ddim", eta: float | None = None,
+                 generator: torch.Generator | None = None, callback=None, return_latents: bool = False):
+        """Sample ``n`` digits (or one per label in ``labels``, guided with scale ``guidance``).
+
+        Returns: images (n, 1, 28, 28) in [-1, 1]; with ``return_latents``, (images, z0 (n, C, 7, 7)).
+        """
+        device = next(self.unet.parameters()).device
+        if labels is not None:
+            labels = labels.to(device)
+            n = len(labels)
+        if n is None:
+            raise ValueError("give n (unconditional samples) or labels")
+        net = guided(self.unet, guidance) if labels is not None else self.unet
+        schedule = make_schedule(self.schedule_name, self.T, device)
+        z0 = sample(net, n, schedule, sampler=sampler, steps=steps, eta=eta, generator=generator, cond=labels,
+                    device=device, clip_x0=False, shape=self.autoencoder.latent_shape, callback=callback)
+        with inference_autocast(device):
+            images = torch.cat([self.autoencoder.from_latent(z0[i:i + 500]).float() for i in range(0, n, 500)])
+        return (images, z0) if return_latents else images
+
+
+def find_autoencoder(sha: str, folders=None) -> Path:
+    """The autoencoder folder whose weights hash to ``sha``: the user's checkpoint, then the shipped one."""
+    folders = folders or (paths.default_checkpoint("autoencoder"), paths.weights_dir() / "autoencoder")
+    for folder in folders:
+        if (Path(folder) / "model.safetensors").is_file() and weights_sha256(folder) == sha:
+            return Path(folder)
+    raise FileNotFoundError(f"no autoencoder with weights sha256 {sha[:12]}... (the one this latent model was "
+                            f"trained on) in {' or '.join(map(str, folders))}; retrain the latent model with "
+                            f"`python -m course_lib train latent` on the autoencoder you have")
+
+
+def load_latent(path: str | Path, device: torch.device | str = "cpu", autoencoder: str | Path | None = None
+                ) -> LatentDiffusion:
+    """Load a latent model folder and the autoencoder it was trained on (in eval mode).
+
+    Args:
+        autoencoder: its folder (default: found by the weights hash saved in the latent model's config).
+    Raises:
+        CheckpointError: ``autoencoder`` is another autoencoder than the one the model was trained on.
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no model at {path} (looked for {path / 'config.json'})")
+    cfg = checkpoints.read_json(path / "config.json")
+    if not isinstance(cfg, dict) or cfg.get("kind") != "latent" or "autoencoder_sha256" not in cfg:
+        raise checkpoints.CheckpointError(f"{path / 'config.json'} is not a latent diffusion model's config; "
+                                          f"pass a latent model folder (e.g. data/weights/latent)")
+    sha = cfg["autoencoder_sha256"]
+    ae_folder = find_autoencoder(sha) if autoencoder is None else Path(autoencoder)
+    ae = load_autoencoder(ae_folder, device)
+    diff = checkpoints.config_difference(cfg["autoencoder"], _config_of(ae_folder))
+    got = weights_sha256(ae_folder)
+    if diff or got != sha:
+        why = f"its config differs ({diff})" if diff else f"its weights hash {got[:12]}..., not {sha[:12]}..."
+        raise checkpoints.CheckpointError(f"{path} was trained on another autoencoder than {ae_folder}: {why}; "
+                                          f"its latents would decode to noise. Pass the autoencoder it was "
+                                          f"trained on, or retrain with `python -m course_lib train latent`")
+    unet = UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in UNetConfig.__dataclass_fields__}))
+    checkpoints.load_weights(unet, path, device=device)
+    unet.T = int(cfg["T"])
+    return LatentDiffusion(unet.eval(), ae, cfg["schedule"]).eval()
+
+
+# --------------------------------------------------------------------------- measuring
+@torch.no_grad()
+def reconstruct(model: Autoencoder, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """decode(mean of q(z | x)), clamped to [-1, 1]: the deterministic reconstruction. x: (N, 1, 28, 28)."""
+    return torch.cat([model.decode(model.encode(x[i:i + batch_size]).mean).clamp(-1, 1)
+                      for i in range(0, len(x), batch_size)])
+
+
+def reconstruction_accuracy(model: Autoencoder, profile: Profile, runtime: Runtime | None = None,
+                            return_original: bool = False):
+    """The course classifier's accuracy on the reconstructions of the first ``profile.n_test`` test digits
+    (with ``return_original``: (that, its accuracy on the originals))."""
+    from .metrics import classify, label_accuracy
+    from .models import get_model
+    rt = runtime or get_runtime()
+    clf = get_model("classifier", profile, rt, progress=False)
+    x, y = load_mnist("test", profile=profile, device=rt.device, quiet=True)
+    acc = label_accuracy(classify(clf, reconstruct(model.to(rt.device), x))[0], y)
+    return (acc, label_accuracy(classify(clf, x)[0], y)) if return_original else acc
+
+
+def latent_quality(model: LatentDiffusion, profile: Profile, runtime: Runtime | None = None) -> dict:
+    """``profile.n_eval`` guided samples (labels 0-9 in turn, DDIM ``profile.sample_steps``, w =
+    ``profile.guidance``), as ``weights.measure`` gives the pixel class model's."""
+    from .metrics import evaluate_samples
+    from .models import get_model
+    rt = runtime or get_runtime()
+    clf = get_model("classifier", profile, rt, progress=False)
+    n = profile.n_eval
+    labels = torch.arange(n) % 10
+    x = model.generate(labels=labels, guidance=profile.guidance, steps=profile.sample_steps,
+                       generator=torch.Generator().manual_seed(0))
+    ev = evaluate_samples(clf, x, labels)
+    return {"confident": round(float(ev["confident"]), 4), "accuracy": round(float(ev["accuracy"]), 4),
+            "n": n, "sampler": f"ddim-{profile.sample_steps}", "guidance": profile.guidance}

@@ -1,0 +1,142 @@
+"""Lesson 11: the KL autoencoder (28x28x1 <-> 7x7xC), its scaling factor, and class-conditional diffusion in
+its latent space (training, resuming, the autoencoder check, sampling through the CLI)."""
+import json
+import math
+
+import pytest
+import torch
+
+from course_lib import latent_training as LT
+from course_lib.autoencoder import Autoencoder, AutoencoderConfig, kl_divergence, load_autoencoder
+from course_lib.checkpoints import CheckpointError
+from course_lib.config import get_profile, get_runtime
+from course_lib.unet import UNet, UNetConfig
+
+PROFILE = get_profile("test")
+
+
+# --------------------------------------------------------------------------- the network
+def test_encode_decode_shapes_and_the_latent_scaling():
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(latent_channels=3, channels=(8, 16, 16)))
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    post = ae.encode(x)
+    assert post.mean.shape == post.logvar.shape == (5, 3, 7, 7) == (5, *ae.latent_shape)
+    x_hat, _ = ae(x, torch.Generator().manual_seed(0))
+    assert x_hat.shape == x.shape and ae.decode(post.mean).shape == x.shape
+    g = torch.Generator().manual_seed(1)
+    ae.scaling_factor = LT.measure_scaling_factor(ae, x, g)
+    with torch.no_grad():
+        z = ae.to_latent(x, torch.Generator().manual_seed(1))                     # the same draws
+    assert abs(float(z.std()) - 1.0) < 1e-4                                         # unit variance
+    assert torch.allclose(ae.from_latent(z), ae.decode(z / ae.scaling_factor).clamp(-1, 1))
+
+
+def test_kl_term_is_zero_at_the_prior_and_matches_the_closed_form():
+    zeros = torch.zeros(2, 4, 7, 7)
+    assert torch.equal(kl_divergence(zeros, zeros), torch.zeros(2))                 # q = N(0, I)
+    mean, logvar = torch.full((1, 1, 1, 1), 2.0), torch.full((1, 1, 1, 1), math.log(0.25))
+    q, p = torch.distributions.Normal(2.0, 0.5), torch.distributions.Normal(0.0, 1.0)
+    assert torch.allclose(kl_divergence(mean, logvar), torch.distributions.kl_divergence(q, p).reshape(1))
+
+
+def test_bad_shapes_and_ranges_are_clear_errors():
+    ae = Autoencoder(AutoencoderConfig(latent_channels=2, channels=(8, 16, 16)))
+    with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
+        ae.encode(torch.zeros(2, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        ae.encode(torch.full((2, 1, 28, 28), 255.0))
+    with pytest.raises(ValueError, match=r"\(B, 2, 7, 7\)"):
+        ae.decode(torch.zeros(2, 4, 7, 7))
+    with pytest.raises(ValueError, match="3 entries"):
+        Autoencoder(AutoencoderConfig(channels=(8, 16)))
+    lat = UNet(UNetConfig(channels=(16, 32), time_dim=32, in_channels=2, image_size=7, patch=1))
+    with pytest.raises(ValueError, match=r"\(B, 2, 7, 7\)"):
+        lat(torch.zeros(2, 1, 28, 28), torch.tensor([1, 2]))
+
+
+def test_latent_unet_keeps_the_latent_shape_and_pixel_configs_unchanged():
+    lat = UNet(UNetConfig(channels=(16, 32), time_dim=32, num_classes=10, in_channels=4, image_size=7, patch=1))
+    z = torch.randn(3, 4, 7, 7)
+    assert lat(z, torch.tensor([0, 500, 999]), torch.tensor([1, -1, 9])).shape == z.shape
+    pixel = UNetConfig(channels=(32, 64), num_classes=10).to_dict()
+    assert not {"in_channels", "image_size", "patch"} & set(pixel)          # shipped configs still match
+    assert UNetConfig.from_dict(lat.config.to_dict()) == lat.config
+
+
+# --------------------------------------------------------------------------- training (test profile)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    rt = get_runtime("cpu")
+    root = tmp_path_factory.mktemp("latent")
+    half = LT.train_autoencoder(PROFILE, out=root / "ae", runtime=rt, progress=False,
+                                stop_after=PROFILE.ae_steps // 2)
+    assert half.step == PROFILE.ae_steps // 2
+    ae_res = LT.train_autoencoder(PROFILE, out=root / "ae", runtime=rt, progress=False)
+    lat_res = LT.train_latent(PROFILE, out=root / "latent", runtime=rt, progress=False, autoencoder=root / "ae")
+    return root, ae_res, lat_res
+
+
+def test_autoencoder_resumes_and_saves_its_scaling_factor(trained):
+    root, ae_res, _ = trained
+    assert ae_res.resumed_from == PROFILE.ae_steps // 2 and ae_res.step == PROFILE.ae_steps
+    ae = load_autoencoder(root / "ae")
+    s = json.loads((root / "ae" / "config.json").read_text())["scaling_factor"]
+    assert ae.scaling_factor == s and 0 < s < 100
+    x, _ = LT.load_mnist("train", n=LT.SCALE_IMAGES, profile=PROFILE, quiet=True)
+    with torch.no_grad():
+        z = ae.to_latent(x, torch.Generator().manual_seed(0))
+    assert 0.95 < float(z.std()) < 1.05                                     # computed from the data
+    rec = LT.reconstruct(ae, x[:200])
+    assert (rec - x[:200]).abs().mean() < 0.5 * (x[:200] - x[:200].mean()).abs().mean()   # better than a blank
+
+
+def test_latent_model_beats_chance_and_refuses_another_autoencoder(trained, tmp_path):
+    root, _, lat_res = trained
+    model = LT.load_latent(root / "latent", autoencoder=root / "ae")
+    cfg = json.loads((root / "latent" / "config.json").read_text())
+    assert cfg["autoencoder"] == LT.autoencoder_config(PROFILE) and len(cfg["autoencoder_sha256"]) == 64
+    labels = torch.arange(200) % 10
+    images = model.generate(labels=labels, guidance=3.0, steps=10, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (200, 1, 28, 28) and images.min() >= -1 and images.max() <= 1
+    from course_lib.metrics import classify, label_accuracy
+    from course_lib.models import get_model
+    clf = get_model("classifier", PROFILE, get_runtime("cpu"), progress=False)
+    acc = label_accuracy(classify(clf, images)[0], labels)
+    z = (acc - 0.1) / math.sqrt(0.1 * 0.9 / 200)
+    assert z > 4, f"class accuracy {acc:.1%} is not above chance (10 %): z = {z:.1f}"
+    # another autoencoder (same config, other weights): refused when loading, and when resuming training
+    other = LT.train_autoencoder(PROFILE, out=tmp_path / "other", runtime=get_runtime("cpu"), progress=False,
+                                 steps=2)
+    assert other.step == 2
+    with pytest.raises(CheckpointError, match="another autoencoder"):
+        LT.load_latent(root / "latent", autoencoder=tmp_path / "other")
+    with pytest.raises(FileNotFoundError, match="no autoencoder with weights sha256"):
+        LT.find_autoencoder(cfg["autoencoder_sha256"], folders=(tmp_path / "other",))
+    with pytest.raises(ValueError, match="another autoencoder"):
+        LT.train_latent(PROFILE, out=root / "latent", progress=False, autoencoder=tmp_path / "other")
+    with pytest.raises(CheckpointError, match="not an autoencoder"):
+        load_autoencoder(root / "latent")
+    with pytest.raises(CheckpointError, match="not a latent"):
+        LT.load_latent(root / "ae")
+
+
+def test_cli_samples_decoded_digits_in_the_class_models_format(trained, tmp_path, monkeypatch):
+    from course_lib.__main__ import main
+    root, _, _ = trained
+    monkeypatch.setenv("COURSE_HOME", str(root.parent))          # find_autoencoder looks in checkpoints/
+    import shutil
+    shutil.copytree(root / "ae", root.parent / "autoencoder", dirs_exist_ok=True)
+    out = tmp_path / "x.pt"
+    assert main(["sample", "--checkpoint", str(root / "latent"), "--labels", "all", "--n", "12", "--steps", "3",
+                 "--out", str(out)]) == 0
+    images, labels = torch.load(out, weights_only=True)
+    assert images.shape == (12, 1, 28, 28) and labels.tolist() == [i % 10 for i in range(12)]
+    with pytest.raises(SystemExit, match="--strip"):
+        main(["sample", "--checkpoint", str(root / "latent"), "--strip", "s.png", "--out", str(out)])
+
+
+def test_registry_entries_match_the_profile():
+    from course_lib.models import REGISTRY, _steps_for
+    assert LT.latent_config(PROFILE)["in_channels"] == PROFILE.ae_latent_channels
+    assert _steps_for("autoencoder", PROFILE) == PROFILE.ae_steps and "latent" in REGISTRY
