@@ -148,7 +148,8 @@ def main() -> None:
         targets[f"variations_class_kept>={t['class_kept']}"] = variations["class_kept"] >= t["class_kept"]
     common.save("unclip", profile, rt, {
         "cpu_model": _cpu_model(), "load_average_at_start": load_at_start,
-        "note": "the 2 cores were shared with other jobs during training and this run: times are upper bounds",
+        "note": ("times are wall-clock on the cores as the load averages show them (training's own load is in "
+                 "its training.json); a load above the thread count means other jobs shared the cores"),
         "n": n, "sample_steps": profile.sample_steps, "decoder_guidance": pipe.default_guidance,
         "prior_guidance": pipe.default_prior_guidance, "train": train, "modality_gap": gap, "digits": digits,
         "digits_text_shortcut": digits_text, "digits_nearest_real_embedding": digits_nearest,
