@@ -243,12 +243,16 @@ def _sample_latent(args, out: Path) -> int:
         model = load_latent(args.checkpoint, rt.device)
     except (FileNotFoundError, CheckpointError) as e:
         raise SystemExit(f"error: {e}")
+    sampler = args.sampler or "ddim"
+    if sampler in FLOW_SAMPLER_NAMES:
+        raise SystemExit(f"error: {args.checkpoint} is a DDPM model in latent space (it predicts the noise): use "
+                         f"--sampler ddim or ddpm, not {sampler} (euler and heun sample flow models, lesson 12)")
     labels = _parse_labels(args.labels, args.n)
     t0 = time.perf_counter()
     images = model.generate(n=args.n, labels=labels, guidance=args.guidance if args.guidance is not None
-                            else profile.guidance, steps=args.steps, sampler=args.sampler, eta=args.eta,
+                            else profile.guidance, steps=args.steps, sampler=sampler, eta=args.eta,
                             generator=torch.Generator().manual_seed(args.seed))
-    print(f"sampled {len(images)} images from {_describe_model(Path(args.checkpoint))} with {args.sampler} "
+    print(f"sampled {len(images)} images from {_describe_model(Path(args.checkpoint))} with {sampler} "
           f"in latent space, decoded, in {time.perf_counter() - t0:.1f} s")
     _save_images(images, labels, str(out))
     return 0

@@ -97,13 +97,17 @@ class Autoencoder(nn.Module):
     factor (what the diffusion model sees). ``scaling_factor`` (a float, 1.0 until training measures it) is
     saved in ``config.json`` beside the weights."""
 
-    def __init__(self, config: AutoencoderConfig | None = None, scaling_factor: float = 1.0, **kwargs):
+    def __init__(self, config: AutoencoderConfig | None = None, scaling_factor: float = 1.0,
+                 latent_bound: float | None = None, **kwargs):
         super().__init__()
         cfg = config or AutoencoderConfig(**kwargs)
         if len(cfg.channels) != 3:
             raise ValueError(f"the autoencoder has three resolutions (28, 14, 7): channels must have 3 entries, "
                              f"got {cfg.channels}")
         self.config, self.scaling_factor = cfg, float(scaling_factor)
+        # the range [-b, b] that holds the training latents (scaled), measured with the scaling factor: a
+        # sampler clips its predicted x0 to it, as a pixel sampler clips to [-1, 1] (None: not measured)
+        self.latent_bound = None if latent_bound is None else float(latent_bound)
         c28, c14, c7 = cfg.channels
         C, g = cfg.latent_channels, cfg.groups
         self.encoder = nn.Sequential(
@@ -164,7 +168,8 @@ def weights_sha256(folder: str | os.PathLike) -> str:
 
 
 def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu") -> Autoencoder:
-    """Load an autoencoder folder (``config.json`` with its ``scaling_factor``, ``model.safetensors``), in
+    """Load an autoencoder folder (``config.json`` with its ``scaling_factor`` and ``latent_bound``,
+    ``model.safetensors``), in
     eval mode."""
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -174,6 +179,7 @@ def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu"
         kind = cfg.get("kind") if isinstance(cfg, dict) else None
         raise checkpoints.CheckpointError(f"{path / 'config.json'} is not an autoencoder's config (kind {kind!r}); "
                                           f"pass an autoencoder folder (e.g. data/weights/autoencoder)")
-    model = Autoencoder(AutoencoderConfig.from_dict(cfg), scaling_factor=cfg.get("scaling_factor", 1.0))
+    model = Autoencoder(AutoencoderConfig.from_dict(cfg), scaling_factor=cfg.get("scaling_factor", 1.0),
+                        latent_bound=cfg.get("latent_bound"))
     checkpoints.load_weights(model, path, device=device)
     return model.eval()

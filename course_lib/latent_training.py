@@ -2,11 +2,15 @@
 
     1. autoencoder:  L = |x - decode(z)|_1 + kl_weight * KL(q(z|x) || N(0, I)),   z ~ q(z|x)
                      then the scaling factor s = 1 / std(z) over training images (so s * z has unit variance)
+                     and the latent bound b, the 99.9th percentile of |s * z| (the latents' range)
     2. latent model: the training set encoded once; each step draws z ~ q(z|x) for a batch, and the class UNet
                      learns DDPM's L_simple on z0 = s * z (``forward.simple_loss``), labels dropped with
                      probability p_uncond (``models.drop_labels``) for classifier-free guidance
-    3. sampling:     z0 from ``samplers.sample(..., shape=(C, 7, 7))`` with ``guidance.guided``; images =
-                     decode(z0 / s)
+    3. sampling:     z0 from ``samplers.sample(..., shape=(C, 7, 7), clip_x0=b)`` with ``guidance.guided``;
+                     images = decode(z0 / s). Clipping x0_hat to [-b, b] matters: the cosine schedule ends at
+                     alpha_bar_T ~ 2e-9, so at the first step x0_hat = (z_T - sqrt(1 - alpha_bar) eps_hat) /
+                     sqrt(alpha_bar) multiplies eps_hat's error by ~2e4 (unclipped, 46 % of samples showed the
+                     asked-for digit; clipped, 99 %: bench/README.md)
 
 (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models", Sec. 3 and Appendix G.)
 Both trainings run through ``train.fit``: atomic checkpoints, EMA, resuming. The latent model records the
@@ -34,12 +38,14 @@ from .schedules import make_schedule
 from .train import TrainResult, fit
 from .unet import UNet, UNetConfig
 
-__all__ = ["autoencoder_config", "autoencoder_loss", "measure_scaling_factor", "train_autoencoder",
+__all__ = ["autoencoder_config", "autoencoder_loss", "measure_scaling_factor", "measure_latent_bound",
+           "train_autoencoder",
            "latent_config", "encode_dataset", "train_latent", "LatentDiffusion", "load_latent",
            "find_autoencoder", "reconstruct", "reconstruction_accuracy", "latent_quality",
            "SCALE_IMAGES"]
 
 SCALE_IMAGES = 10_000        # training images the scaling factor is measured on (the first ones)
+LATENT_BOUND_QUANTILE = 0.999  # the latent bound holds this fraction of the scaled latents' values
 
 
 # --------------------------------------------------------------------------- 1. the autoencoder
@@ -73,10 +79,21 @@ def measure_scaling_factor(model: Autoencoder, x: torch.Tensor, generator: torch
     return float(1.0 / torch.cat(zs).std())
 
 
+@torch.no_grad()
+def measure_latent_bound(model: Autoencoder, x: torch.Tensor, scaling_factor: float, generator: torch.Generator,
+                         q: float = LATENT_BOUND_QUANTILE, batch_size: int = 1000) -> float:
+    """b = the ``q`` quantile of |s * z|, z ~ q(z | x) over the images ``x``: the range of the latents the
+    diffusion model learns, the latent space's [-1, 1]. A sampler clips its x0 prediction to [-b, b]."""
+    zs = [model.encode(x[i:i + batch_size]).sample(generator).float() for i in range(0, len(x), batch_size)]
+    a = (scaling_factor * torch.cat(zs)).abs().flatten().sort().values
+    return float(a[min(len(a) - 1, int(q * (len(a) - 1)))])
+
+
 def train_autoencoder(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
                       progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train the autoencoder for ``profile`` (resumes from ``out``). Every checkpoint's ``config.json`` holds
-    the ``scaling_factor`` measured with its EMA weights on the first ``SCALE_IMAGES`` training images."""
+    the ``scaling_factor`` and ``latent_bound`` measured with its EMA weights on the first ``SCALE_IMAGES``
+    training images."""
     rt = runtime or get_runtime()
     cfg = autoencoder_config(profile)
     out = Path(out) if out is not None else paths.default_checkpoint("autoencoder")
@@ -93,9 +110,11 @@ def train_autoencoder(profile: Profile, out=None, runtime: Runtime | None = None
     def export(inner: Autoencoder, folder: Path) -> None:
         g = torch.Generator(device=rt.device).manual_seed(0)
         s = measure_scaling_factor(inner, x[:SCALE_IMAGES], g)
+        b = measure_latent_bound(inner, x[:SCALE_IMAGES], s, g)
         save_file({k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()},
                   str(folder / "model.safetensors"))
-        (folder / "config.json").write_text(json.dumps({**cfg, "scaling_factor": s}, indent=2))
+        (folder / "config.json").write_text(json.dumps({**cfg, "scaling_factor": s, "latent_bound": b},
+                                                        indent=2))
 
     meta = {"kind": "autoencoder", "profile": profile.name, "data": f"MNIST train, {len(x)} images"}
     return fit(model, loss_fn, get_batch, steps=steps or profile.ae_steps, lr=cfg["lr"],
@@ -195,9 +214,10 @@ def train_latent(profile: Profile, out=None, runtime: Runtime | None = None, ste
 
 
 def _config_of(folder: Path) -> dict:
-    """An autoencoder folder's config as ``autoencoder_config`` gives it (without the measured scale)."""
+    """An autoencoder folder's config as ``autoencoder_config`` gives it (without the measured scale and bound)."""
     cfg = dict(checkpoints.read_json(Path(folder) / "config.json"))
     cfg.pop("scaling_factor", None)
+    cfg.pop("latent_bound", None)
     return cfg
 
 
@@ -218,8 +238,10 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def generate(self, n: int | None = None, labels: torch.Tensor | None = None, guidance: float = 3.0,
                  steps: int | None = None, sampler: str = "ddim", eta: float | None = None,
-                 generator: torch.Generator | None = None, callback=None, return_latents: bool = False):
-        """Sample ``n`` digits (or one per label in ``labels``, guided with scale ``guidance``).
+                 generator: torch.Generator | None = None, callback=None, return_latents: bool = False,
+                 clip_x0: bool | float | None = None):
+        """Sample ``n`` digits (or one per label in ``labels``, guided with scale ``guidance``). ``clip_x0``
+        (default: the autoencoder's ``latent_bound``) is the samplers' argument; False samples unclipped.
 
         Returns: images (n, 1, 28, 28) in [-1, 1]; with ``return_latents``, (images, z0 (n, C, 7, 7)).
         """
@@ -232,7 +254,8 @@ class LatentDiffusion(nn.Module):
         net = guided(self.unet, guidance) if labels is not None else self.unet
         schedule = make_schedule(self.schedule_name, self.T, device)
         z0 = sample(net, n, schedule, sampler=sampler, steps=steps, eta=eta, generator=generator, cond=labels,
-                    device=device, clip_x0=False, shape=self.autoencoder.latent_shape, callback=callback)
+                    device=device, clip_x0=(self.autoencoder.latent_bound or False) if clip_x0 is None else clip_x0,
+                    shape=self.autoencoder.latent_shape, callback=callback)
         with inference_autocast(device):
             images = torch.cat([self.autoencoder.from_latent(z0[i:i + 500]).float() for i in range(0, n, 500)])
         return (images, z0) if return_latents else images

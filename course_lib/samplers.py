@@ -123,18 +123,21 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float = DYNAMIC_PERCENTILE) 
 
 
 def _check_clip(clip_x0) -> None:
-    if not (clip_x0 is True or clip_x0 is False or clip_x0 == "dynamic"):
-        raise ValueError(f"clip_x0 must be True, False or 'dynamic', got {clip_x0!r}")
+    bound = (isinstance(clip_x0, (int, float)) and not isinstance(clip_x0, bool) and math.isfinite(clip_x0)
+             and clip_x0 > 0)
+    if not (clip_x0 is True or clip_x0 is False or clip_x0 == "dynamic" or bound):
+        raise ValueError(f"clip_x0 must be True, False, 'dynamic' or a bound b > 0 (clip to [-b, b]), "
+                         f"got {clip_x0!r}")
 
 
 def denoise(model: Callable, x_t: torch.Tensor, t: torch.Tensor, schedule: Schedule, *, cond=None,
-            clip_x0: bool | str = True) -> tuple[torch.Tensor, torch.Tensor]:
+            clip_x0: bool | float | str = True) -> tuple[torch.Tensor, torch.Tensor]:
     """One call of the network, turned into a prediction of the clean image (DDPM Eq. 15):
 
         x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) / sqrt(alpha_bar_t)
 
-    With ``clip_x0`` (True: clip to [-1, 1]; "dynamic": ``dynamic_threshold``), x0_hat is brought into the
-    data range and eps_hat is recomputed from it, so the two stay consistent (as in Ho et al.'s code and
+    With ``clip_x0`` (True: clip to [-1, 1]; a number b: clip to [-b, b], the range of a latent space, lesson
+    11; "dynamic": ``dynamic_threshold``), x0_hat is brought into the data range and eps_hat is recomputed from it, so the two stay consistent (as in Ho et al.'s code and
     diffusers' ``clip_sample``).
 
     Args:
@@ -149,7 +152,11 @@ def denoise(model: Callable, x_t: torch.Tensor, t: torch.Tensor, schedule: Sched
     x0_hat = predict_x0_from_eps(x_t, t, eps_hat, schedule)
     if clip_x0 is False:
         return x0_hat, eps_hat
-    x0_hat = x0_hat.clamp(-1.0, 1.0) if clip_x0 is True else dynamic_threshold(x0_hat)
+    if clip_x0 == "dynamic":
+        x0_hat = dynamic_threshold(x0_hat)
+    else:
+        b = 1.0 if clip_x0 is True else float(clip_x0)
+        x0_hat = x0_hat.clamp(-b, b)
     return x0_hat, predict_eps_from_x0(x_t, t, x0_hat, schedule)
 
 
@@ -173,7 +180,7 @@ def _setup(x_T: torch.Tensor, schedule: Schedule, steps, eta: float) -> tuple[Sc
 # --------------------------------------------------------------------------- DDPM
 @torch.no_grad()
 def ddpm_sample(model: Callable, x_T: torch.Tensor, schedule: Schedule, *, steps=None, eta: float = 1.0,
-                clip_x0: bool | str = True, generator: torch.Generator | None = None,
+                clip_x0: bool | float | str = True, generator: torch.Generator | None = None,
                 callback: Callable[[dict], None] | None = None, cond=None, variance: str = "beta_tilde"
                 ) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2): for t = T-1, ..., 0
@@ -192,7 +199,7 @@ def ddpm_sample(model: Callable, x_T: torch.Tensor, schedule: Schedule, *, steps
         steps: None (all T steps, the default), an int S (S evenly spaced steps) or explicit timesteps.
         eta: scales the noise: sigma_t <- eta sigma_t (1: Algorithm 2; 0: the posterior mean, no noise.
             That is *not* DDIM, whose eta = 0 is a different, deterministic update: use ``ddim_sample``).
-        clip_x0: True (clip x0_hat to [-1, 1]), False, or "dynamic" (``dynamic_threshold``).
+        clip_x0: True (clip x0_hat to [-1, 1]), a bound b (to [-b, b]), False, or "dynamic".
         generator: seeds all noise (CPU generator; noise is moved to x_T's device).
         callback: called at every step with ``{"i": step number, "t": timestep (int), "x_t": the input of
             the step, "x0_hat": the predicted clean image}``.
@@ -283,7 +290,7 @@ def ddim_step(x0_hat: torch.Tensor, eps_hat: torch.Tensor, alpha_bar_t, alpha_ba
 
 @torch.no_grad()
 def ddim_sample(model: Callable, x_T: torch.Tensor, schedule: Schedule, *, steps=None, eta: float = 0.0,
-                clip_x0: bool | str = True, generator: torch.Generator | None = None,
+                clip_x0: bool | float | str = True, generator: torch.Generator | None = None,
                 callback: Callable[[dict], None] | None = None, cond=None,
                 final_alpha_bar: float | torch.Tensor = 1.0) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, Eq. 12, see ``ddim_step``) over a subset of the timesteps.
@@ -298,7 +305,7 @@ def ddim_sample(model: Callable, x_T: torch.Tensor, schedule: Schedule, *, steps
         steps: an int S (S evenly spaced timesteps, see ``timesteps``), explicit timesteps, or None
             (``DDIM_DEFAULT_STEPS``, at most T).
         eta: the amount of noise, >= 0 (0: deterministic DDIM; 1: DDPM's posterior variance).
-        clip_x0: True (clip x0_hat to [-1, 1]), False, or "dynamic" (``dynamic_threshold``).
+        clip_x0: True (clip x0_hat to [-1, 1]), a bound b (to [-b, b]), False, or "dynamic".
         generator: seeds all noise (CPU generator; noise is moved to x_T's device).
         callback: called at every step with ``{"i", "t", "x_t", "x0_hat"}`` (see ``ddpm_sample``).
         cond: passed to ``model`` unchanged.
@@ -402,7 +409,7 @@ def batched(model: Callable, batch_size: int = SAMPLE_BATCH, device: torch.devic
 
 def sample(model: Callable, n: int, schedule: Schedule, *, sampler: str = "ddim", steps=None,
            eta: float | None = None, generator: torch.Generator | None = None, cond=None,
-           device: torch.device | str = "cpu", clip_x0: bool | str = True,
+           device: torch.device | str = "cpu", clip_x0: bool | float | str = True,
            callback: Callable[[dict], None] | None = None, shape: tuple[int, ...] = (1, 28, 28),
            batch_size: int = SAMPLE_BATCH) -> torch.Tensor:
     """Draw x_T ~ N(0, I) with ``generator`` and run ``SAMPLERS[sampler]`` on it: what lessons call.

@@ -83,6 +83,8 @@ def test_autoencoder_resumes_and_saves_its_scaling_factor(trained):
     ae = load_autoencoder(root / "ae")
     s = json.loads((root / "ae" / "config.json").read_text())["scaling_factor"]
     assert ae.scaling_factor == s and 0 < s < 100
+    b = json.loads((root / "ae" / "config.json").read_text())["latent_bound"]
+    assert ae.latent_bound == b and 1 < b < 10                              # ~3.5 for unit-variance latents
     x, _ = LT.load_mnist("train", n=LT.SCALE_IMAGES, profile=PROFILE, quiet=True)
     with torch.no_grad():
         z = ae.to_latent(x, torch.Generator().manual_seed(0))
@@ -97,8 +99,10 @@ def test_latent_model_beats_chance_and_refuses_another_autoencoder(trained, tmp_
     cfg = json.loads((root / "latent" / "config.json").read_text())
     assert cfg["autoencoder"] == LT.autoencoder_config(PROFILE) and len(cfg["autoencoder_sha256"]) == 64
     labels = torch.arange(200) % 10
-    images = model.generate(labels=labels, guidance=3.0, steps=10, generator=torch.Generator().manual_seed(0))
+    images, z0 = model.generate(labels=labels, guidance=3.0, steps=10, generator=torch.Generator().manual_seed(0),
+                                return_latents=True)
     assert images.shape == (200, 1, 28, 28) and images.min() >= -1 and images.max() <= 1
+    assert z0.abs().max() <= model.autoencoder.latent_bound + 1e-5         # x0 clipped to the latents' range
     from course_lib.metrics import classify, label_accuracy
     from course_lib.models import get_model
     clf = get_model("classifier", PROFILE, get_runtime("cpu"), progress=False)
@@ -132,6 +136,8 @@ def test_cli_samples_decoded_digits_in_the_class_models_format(trained, tmp_path
                  "--out", str(out)]) == 0
     images, labels = torch.load(out, weights_only=True)
     assert images.shape == (12, 1, 28, 28) and labels.tolist() == [i % 10 for i in range(12)]
+    with pytest.raises(SystemExit, match="ddim or ddpm"):
+        main(["sample", "--checkpoint", str(root / "latent"), "--sampler", "euler", "--out", str(out)])
     with pytest.raises(SystemExit, match="--strip"):
         main(["sample", "--checkpoint", str(root / "latent"), "--strip", "s.png", "--out", str(out)])
 

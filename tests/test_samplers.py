@@ -235,7 +235,11 @@ def test_clip_keeps_x0_hat_in_range(sampler):
     S.SAMPLERS[sampler](Wild(), noise(), s, steps=10, clip_x0=False, callback=seen.append,
                         generator=torch.Generator().manual_seed(0))
     assert max(d["x0_hat"].abs().max() for d in seen) > 2
-    for bad in ("yes", 1, None):
+    seen = []                                                 # a bound b: a latent space's range
+    out = S.SAMPLERS[sampler](Wild(), noise(), s, steps=10, clip_x0=2.5, callback=seen.append,
+                              generator=torch.Generator().manual_seed(0))
+    assert all(d["x0_hat"].abs().max() <= 2.5 + 1e-6 for d in seen) and max(d["x0_hat"].abs().max() for d in seen) > 1
+    for bad in ("yes", 0, -1.0, float("nan"), None):
         with pytest.raises(ValueError, match="clip_x0"):
             S.SAMPLERS[sampler](Wild(), noise(), s, clip_x0=bad)
 
