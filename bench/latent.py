@@ -171,7 +171,12 @@ def train_record(name: str, profile) -> dict:
     if found is None:
         return {}
     tr = checkpoints.read_training(found[0])
-    return {"folder": str(found[0]), "steps": tr.get("step"), "batch": tr.get("batch_size"),
+    folder = found[0].resolve()
+    try:
+        folder = folder.relative_to(Path.cwd().resolve())          # no machine's absolute paths in the JSON
+    except ValueError:
+        folder = Path(folder.parent.name) / folder.name
+    return {"folder": str(folder), "steps": tr.get("step"), "batch": tr.get("batch_size"),
             "train_seconds": tr.get("train_seconds")}
 
 
@@ -211,9 +216,9 @@ def main() -> None:
             "met": bool(q["latent"]["accuracy"] >= q["pixel"]["accuracy"] - 0.01
                         and lat_s is not None and pix_s is not None and lat_s <= pix_s)},
     }
-    result["note"] = ("the 2 cores were shared with other jobs (see load_average): wall-clock figures are upper "
-                      "bounds; the step-rate ratio is also given in this process's CPU time, which contention "
-                      "changes far less")
+    result["note"] = ("wall-clock figures are upper bounds where load_average exceeds the thread count (other "
+                      "jobs on the cores); the step-rate ratio is also given in this process's CPU time, which "
+                      "contention changes far less")
     common.save("latent", profile, rt, result)
 
 

@@ -165,7 +165,7 @@ PROFILES: dict[str, Profile] = {
         unclip_decoder_steps=4_000, unclip_prior_steps=3_000, unclip_prior_batch=256, unclip_prior_width=256,
         unclip_prior_blocks=3,
         ae_latent_channels=4, ae_channels=(16, 32, 64), ae_steps=600, ae_batch=128, ae_lr=2e-3, ae_kl_weight=1e-4,
-        latent_unet_channels=(32, 64), latent_train_steps=2_000,
+        latent_unet_channels=(32, 64), latent_train_steps=4_000,
     ),
     "gpu": Profile(
         name="gpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
