@@ -59,8 +59,24 @@ def _key(nb_path: Path, profile: Profile, lib_hash: str) -> str:
     return hashlib.sha256(nb_path.read_bytes() + profile.name.encode() + lib_hash.encode()).hexdigest()[:16]
 
 
+CELL_TIMEOUT = 3_600         # seconds one cell may go without finishing before its lesson is stopped
+
+
+def cell_timeout() -> int:
+    """Seconds a cell may run (``COURSE_CELL_TIMEOUT``, default ``CELL_TIMEOUT``): a cell that never gets its
+    reply (a rare hang between the Jupyter client and an idle kernel) stops its lesson instead of the course
+    waiting for ever."""
+    text = os.environ.get("COURSE_CELL_TIMEOUT", "").strip()
+    if not text:
+        return CELL_TIMEOUT
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"COURSE_CELL_TIMEOUT must be a whole number of seconds >= 1, got {text!r}")
+    return int(text)
+
+
 def execute_lesson(nb_path: Path, out_dir: Path, timeout: int | None = None) -> tuple[Path, float]:
-    """Execute one notebook (working directory ``lessons/``) and write the executed copy and its HTML."""
+    """Execute one notebook (working directory ``lessons/``) and write the executed copy and its HTML.
+    ``timeout``: seconds per cell (None: no limit); nbclient's ``CellTimeoutError`` past it."""
     import nbformat
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
@@ -254,11 +270,25 @@ def course_jobs(runtime: Runtime, jobs: int | None = None) -> tuple[int, int | N
     return jobs, max(1, (os.cpu_count() or 1) // jobs)
 
 
-def _execute_in_worker(nb_path: Path, out_dir: Path, threads: int | None) -> tuple[Path, float]:
-    """``execute_lesson`` in a worker process; its kernel inherits ``OMP_NUM_THREADS`` (torch's threads)."""
+def _execute_in_worker(nb_path: Path, out_dir: Path, threads: int | None, timeout: int) -> tuple[Path, float]:
+    """``execute_lesson`` in a worker process; its kernel inherits ``OMP_NUM_THREADS`` (torch's threads).
+
+    A cell past ``timeout`` seconds is taken for the client's rare lost reply (seen once on 2 cores: the
+    kernel idle, the client waiting): the lesson runs once more, in a new kernel, and fails if it times out
+    again."""
+    from nbclient.exceptions import CellTimeoutError
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
-    return execute_lesson(nb_path, out_dir)
+    try:
+        return execute_lesson(nb_path, out_dir, timeout)
+    except CellTimeoutError:
+        print(f"[lesson] {nb_path.name}: a cell did not finish in {timeout} s; executing the lesson once more",
+              flush=True)
+    try:
+        return execute_lesson(nb_path, out_dir, timeout)
+    except CellTimeoutError:
+        raise RuntimeError(f"{nb_path.name}: a cell did not finish in {timeout} s, twice; if it really needs "
+                           f"longer, set COURSE_CELL_TIMEOUT (seconds)") from None
 
 
 def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = False,
@@ -275,6 +305,7 @@ def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = F
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     jobs, threads = course_jobs(runtime, jobs)                   # checked before any compute
+    timeout = cell_timeout()
     out_dir = Path(out_dir) if out_dir is not None else paths.build_dir()
     (out_dir / "lessons").mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -301,7 +332,7 @@ def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = F
     run.sort(key=lambda p: -manifest.get(p.name, {}).get("seconds", 0.0))
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = {pool.submit(_execute_in_worker, nb_path, out_dir, threads): nb_path for nb_path in run}
+        futures = {pool.submit(_execute_in_worker, nb_path, out_dir, threads, timeout): nb_path for nb_path in run}
         for future in as_completed(futures):
             nb_path = futures[future]
             _, seconds = future.result()           # re-raises a lesson's error here

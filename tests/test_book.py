@@ -182,3 +182,29 @@ def test_lessons_run_side_by_side_each_kernel_with_its_share_of_threads(tmp_path
     with pytest.raises(Exception, match="broken lesson"):
         book.run_course(get_profile("test"), get_runtime("cpu"), out_dir=out)
     assert "unchanged" in capsys.readouterr().out                      # the two good ones were kept
+
+
+def test_a_cell_past_the_timeout_is_retried_once_then_stops_its_lesson(tmp_path, monkeypatch, capfd):
+    """A cell that gets no reply in COURSE_CELL_TIMEOUT seconds: the lesson runs once more, and fails clearly
+    if it times out again (nothing waits for ever)."""
+    import pytest
+    monkeypatch.setattr(book, "ensure_models", lambda *a, **k: {})
+    src = tmp_path / "lessons"
+    src.mkdir()
+    marker = tmp_path / "first-run-done"
+    slow_once = (f"import os, time, pathlib\nm = pathlib.Path({str(marker)!r})\n"
+                 f"if not m.exists():\n    m.touch(); time.sleep(30)\nprint('done')")
+    lessons = [_tiny_lesson(src, "00_slow_once", slow_once)]
+    monkeypatch.setattr(book, "lesson_paths", lambda: lessons)
+    monkeypatch.setenv("COURSE_CELL_TIMEOUT", "3")
+    out = tmp_path / "book"
+    assert book.run_course(get_profile("test"), get_runtime("cpu"), out_dir=out, jobs=1) == 0
+    assert "did not finish in 3 s; executing the lesson once more" in capfd.readouterr().out
+    assert nbformat.read(out / "lessons" / lessons[0].name, as_version=4).cells[1].outputs[0]["text"] == "done\n"
+    lessons.append(_tiny_lesson(src, "01_always_slow", "import time; time.sleep(30)"))
+    with pytest.raises(RuntimeError, match="twice; if it really needs longer, set COURSE_CELL_TIMEOUT"):
+        book.run_course(get_profile("test"), get_runtime("cpu"), out_dir=out, jobs=1)
+    for bad in ("0", "soon", "-5"):
+        monkeypatch.setenv("COURSE_CELL_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="COURSE_CELL_TIMEOUT"):
+            book.run_course(get_profile("test"), get_runtime("cpu"), out_dir=out, jobs=1)
