@@ -108,7 +108,7 @@ def check_targets(rows: list[dict], flow_train_s: float | None) -> dict:
     pick = lambda r: None if r is None else {k: r[k] for k in ("sampler", "w", "steps", "nfe", "accuracy", "fid")}
     return {
         "training_10_min": {"train_seconds": flow_train_s, "passed": flow_train_s is not None
-                            and flow_train_s <= 600, "note": "cores shared with other jobs: an upper bound"},
+                            and flow_train_s <= 600, "note": "wall-clock as recorded in training.json"},
         "steps_10": {"need": ">= 99 % accuracy and FID <= DDIM-25's at the lowest w where DDIM-25 reaches 99 %",
                      "ddim25_reference": pick(ref), "flow_best_at_99": pick(at10),
                      "flow_euler_best_at_99": pick(at10_euler), "flow_best_accuracy": pick(max10),
@@ -147,7 +147,8 @@ def main() -> int:
     rows, started = [], time.time()
     base = {"profile_config": profile.to_dict(), "cpu_model": cpu_model(), "threads": torch.get_num_threads(),
             "n": n, "seed": SEED, "trained": trained, "flow_ws": FLOW_WS, "ddim_ws": DDIM_WS,
-            "note": "2 CPU cores shared with other jobs: timings are upper bounds (load average beside each)"}
+            "note": ("timings are wall-clock, the 1-minute load average beside each row: above the thread count, "
+                     "other jobs shared the cores and the times are upper bounds")}
     for sampler, w, steps in grid():
         model = ddpm_model if sampler == "ddim" else flow_model
         x, secs = draw(sampler, model, w, steps, labels, n, rt, schedule)

@@ -160,8 +160,8 @@ PROFILES: dict[str, Profile] = {
         clip_steps=2_000, clip_lr=2e-3,
         t2i_train_steps=4_000, toy_steps=2_000,
         lm_train_steps=2_400, lm_templates=6,
-        # 1,000 steps of 128 (a quarter of the class model's 4,000): what the shared cores allowed (bench/README.md)
-        flow_train_steps=1_000, flow_steps=10, flow_guidance=2.0,
+        # the flow model: the class model's steps and batch; w = 1.5 from bench/flow_matching.py's grid
+        flow_train_steps=4_000, flow_steps=10, flow_guidance=1.5,
         unclip_decoder_steps=4_000, unclip_prior_steps=3_000, unclip_prior_batch=256, unclip_prior_width=256,
         unclip_prior_blocks=3,
         ae_latent_channels=4, ae_channels=(16, 32, 64), ae_steps=600, ae_batch=128, ae_lr=2e-3, ae_kl_weight=1e-4,
