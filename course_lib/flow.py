@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from .samplers import _base_model, batched, SAMPLE_BATCH
+from .samplers import _base_model, batched, check_labels, SAMPLE_BATCH
 
 __all__ = ["TIME_SCALE", "TIMES", "FLOW_SAMPLERS", "check_t", "flow_path", "velocity_target", "sample_time",
            "flow_loss", "x0_from_v", "eps_from_v", "v_from_eps", "v_from_x0", "ddpm_to_flow", "velocity",
@@ -279,14 +279,7 @@ def check_flow_model(model: Callable, cond=None) -> None:
     if objective is not None and objective != "flow":
         raise ValueError(f"this model was trained with the {objective!r} objective (it predicts the noise): "
                          f"euler and heun integrate a flow model's velocity; sample it with ddim or ddpm")
-    k = getattr(getattr(base, "config", None), "num_classes", 0)
-    if isinstance(cond, torch.Tensor) and not cond.dtype.is_floating_point and cond.numel():
-        if not k:
-            raise ValueError("labels were given, but this model is not class-conditional (num_classes = 0)")
-        lo, hi = int(cond.min()), int(cond.max())
-        if lo < -1 or hi >= k:
-            raise ValueError(f"label {lo if lo < -1 else hi} is out of range: this model knows labels 0 to "
-                             f"{k - 1} (and -1 for 'no condition')")
+    check_labels(base, cond)
 
 
 def sample(model: Callable, n: int, *, sampler: str = "euler", steps: int = 10, generator=None, cond=None,

@@ -59,7 +59,7 @@ from . import captions, checkpoints
 from .guidance import Guided
 from .samplers import SAMPLERS, batched
 from .schedules import Schedule, make_schedule
-from .text import MAX_LENGTH, SPECIAL_TOKENS, validate_prompt
+from .text import MAX_LENGTH, SPECIAL_TOKENS, check_prompts
 from .unet import TextCond, UNet, UNetConfig
 
 __all__ = ["TextEncoder", "TextToImage", "load_text2image", "load_text_side", "write_pipeline", "digit_prompts",
@@ -213,13 +213,7 @@ class TextToImage:
                 vocabulary (naming it and the nearest known words), is too long, or names two digits or two
                 opposite words ("thick thin").
         """
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("no prompts given: pass one or more, e.g. ['a thick seven', '3']")
-        for p in prompts:
-            validate_prompt(p, self.max_length, self.vocabulary)
-            captions.parse_prompt(p)
-        return prompts
+        return check_prompts(prompts, self.max_length, self.vocabulary)
 
     def encode(self, prompts: str | Sequence[str]) -> TextCond:
         """Checked prompts -> ``TextCond`` (tokens (B, L, D), mask (B, L), pooled (B, D)) on the device."""

@@ -364,7 +364,17 @@ def check_model_inputs(model: Callable, schedule: Schedule, cond=None) -> None:
     if isinstance(trained_T, int) and trained_T != schedule.T:
         raise ValueError(f"the model was trained on a chain of T={trained_T} steps, but the schedule has "
                          f"T={schedule.T}: make it with make_schedule(..., {trained_T})")
-    k = getattr(getattr(base, "config", None), "num_classes", 0)
+    check_labels(base, cond)
+
+
+def check_labels(model: Callable, cond=None) -> None:
+    """Refuse class labels (an integer ``cond``) that the model does not know: 0 .. num_classes - 1, or -1
+    for "no condition"; any labels for a model that is not class-conditional. Other conditions pass.
+
+    Raises:
+        ValueError: naming the label and the range.
+    """
+    k = getattr(getattr(_base_model(model), "config", None), "num_classes", 0)
     if isinstance(cond, torch.Tensor) and not cond.dtype.is_floating_point and cond.numel():
         if not k:
             raise ValueError("labels were given, but this model is not class-conditional (num_classes = 0)")

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from . import paths
-from .captions import ATTRIBUTES, VOCABULARY, all_captions, normalize_prompt
+from .captions import ATTRIBUTES, VOCABULARY, all_captions, normalize_prompt, parse_prompt
 
-__all__ = ["SPECIAL_TOKENS", "PAD", "END", "START", "MAX_LENGTH", "build_tokenizer", "save_tokenizer",
+__all__ = ["check_prompts", "SPECIAL_TOKENS", "PAD", "END", "START", "MAX_LENGTH", "build_tokenizer", "save_tokenizer",
            "load_tokenizer", "tokenizer_dir", "validate_prompt", "encode", "WordVectors", "fit_word_vectors",
            "cosine_matrix"]
 
@@ -114,6 +114,23 @@ def validate_prompt(prompt: str, max_length: int = MAX_LENGTH, vocabulary=VOCABU
                          f"{max_length - 2} (max_length={max_length} tokens, with <start> and <end>)")
     return words
 
+
+
+def check_prompts(prompts, max_length: int = MAX_LENGTH, vocabulary=VOCABULARY) -> list[str]:
+    """One prompt or several, as a list, after every check a text-to-image model makes before computing:
+    each prompt's words (``validate_prompt``) and its content (``captions.parse_prompt``: one digit, no two
+    opposite words such as "thick thin").
+
+    Raises:
+        ValueError: no prompts, or the first prompt that fails a check, naming why.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("no prompts given: pass one or more, e.g. ['a thick seven', '3']")
+    for p in prompts:
+        validate_prompt(p, max_length, vocabulary)
+        parse_prompt(p)
+    return prompts
 
 def encode(prompts: str | list[str], max_length: int = MAX_LENGTH, tokenizer=None
            ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,7 +50,7 @@ from .forward import predict_eps_from_x0, q_sample
 from .guidance import Guided
 from .samplers import SAMPLERS, batched, ddim_step, timesteps
 from .schedules import Schedule, make_schedule
-from .text import MAX_LENGTH, SPECIAL_TOKENS, validate_prompt
+from .text import MAX_LENGTH, SPECIAL_TOKENS, check_prompts
 from .unet import UNet, timestep_embedding
 
 __all__ = ["PriorConfig", "DiffusionPrior", "prior_loss", "prior_sample", "UnCLIP", "load_unclip",
@@ -314,13 +314,7 @@ class UnCLIP:
     def check_prompts(self, prompts: str | Sequence[str]) -> list[str]:
         """The prompts as a list, after the course CLIP's checks (``text.validate_prompt``: known words, length;
         ``captions.parse_prompt``: one digit, no opposite words); nothing is computed before this passes."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("no prompts given: pass one or more, e.g. ['a thick seven', '3']")
-        for p in prompts:
-            validate_prompt(p, self.max_length, self.vocabulary)
-            captions.parse_prompt(p)
-        return prompts
+        return check_prompts(prompts, self.max_length, self.vocabulary)
 
     def text_embeddings(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """Unit CLIP text embeddings (P, D) on the device, for checked prompts."""
