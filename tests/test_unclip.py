@@ -79,7 +79,7 @@ def test_prior_guidance_one_is_the_conditional_prediction_and_its_loss_trains():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert parts["per_example"].shape == (64,) and parts["t"].shape == (64,)
     assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
 
