@@ -7,10 +7,10 @@ missing) and the pixel ``class`` model, then measures
                   of the test set (and on the originals), the reconstruction L1, the scaling factor; and, when
                   the study checkpoints exist (``--study``: C = 2 and C = 4 trained alike for STUDY_STEPS), the
                   same for each, the short study that chose C
-    step rate     one harness, the same batch: DDPM's L_simple, backward and a fused AdamW step, for the pixel
-                  class UNet on (B, 1, 28, 28) and the latent UNet on (B, C, 7, 7), in alternating rounds;
-                  images per second by wall clock and by this process's CPU time (the cores are shared)
-    sample step   one guided UNet call (a doubled batch) for each, the cost per sampling step
+    step costs    ``latent_training.step_costs`` (what lesson 11 shows, with more steps): a training step
+                  (L_simple under the runtime's autocast, backward, AdamW) and a guided sampling step of the
+                  pixel class UNet on (B, 1, 28, 28) and the latent UNet on (B, C, 7, 7), fresh networks, in
+                  alternating rounds; by wall clock and by this process's CPU time
     quality       at the same guidance w = ``profile.guidance`` and sampler (DDIM ``profile.sample_steps``):
                   class accuracy, confident fraction, FID with the real-vs-real floor at the same N
 
@@ -37,18 +37,16 @@ import common  # noqa: E402
 from course_lib import checkpoints, paths  # noqa: E402
 from course_lib import latent_training as LT  # noqa: E402
 from course_lib.autoencoder import load_autoencoder  # noqa: E402
-from course_lib.data import batch_indices, load_mnist  # noqa: E402
-from course_lib.forward import simple_loss  # noqa: E402
+from course_lib.data import load_mnist  # noqa: E402
 from course_lib.guidance import guided  # noqa: E402
 from course_lib.metrics import classify, evaluate_samples, label_accuracy, real_images  # noqa: E402
-from course_lib.models import _unet_from_config, class_config, drop_labels, find_usable, get_model  # noqa: E402
+from course_lib.models import find_usable, get_model  # noqa: E402
 from course_lib.samplers import sample  # noqa: E402
 from course_lib.schedules import make_schedule  # noqa: E402
-from course_lib.unet import UNet, UNetConfig  # noqa: E402
 
 STUDY = (2, 4)            # latent channels compared
 STUDY_STEPS = 150         # autoencoder steps of each study run (the same data, batch and learning rate)
-ROUNDS, STEPS = 3, 10     # step-rate harness: rounds of STEPS timed steps per model, alternating
+ROUNDS, STEPS = 3, 10     # LT.step_costs: rounds of STEPS timed steps per model, alternating
 
 
 def study_folder(c: int) -> Path:
@@ -69,80 +67,6 @@ def autoencoder_figures(ae, profile, rt, clf) -> dict:
             round(label_accuracy(classify(clf, rec)[0], y), 4), "original_accuracy":
             round(label_accuracy(classify(clf, x)[0], y), 4), "reconstruction_l1": round(float((rec - x).abs().mean()), 4),
             "scaling_factor": round(ae.scaling_factor, 4), "n_test": len(x)}
-
-
-def step_rates(profile, rt, latent_model) -> dict:
-    """Training images per second of both UNets in one harness, the same batch and loss."""
-    B = profile.batch_size
-    schedule = make_schedule(profile.schedule, profile.T, rt.device)
-    x, y = load_mnist("train", n=10_000, device=rt.device, quiet=True)
-    ae = latent_model.autoencoder
-    post = LT.encode_dataset(ae, x)
-    s = ae.scaling_factor
-    torch.manual_seed(0)
-    pixel = _unet_from_config(class_config(profile)).to(rt.device)
-    cfg = LT.latent_config(profile)
-    latent = UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in UNetConfig.__dataclass_fields__}))
-    latent.to(rt.device)
-
-    def pixel_batch(g):
-        idx = batch_indices(len(x), B, g, rt.device)
-        return x[idx], y[idx]
-
-    def latent_batch(g):
-        idx = batch_indices(len(x), B, g, rt.device)
-        return s * LT.Posterior(post.mean[idx], post.logvar[idx]).sample(g), y[idx]
-
-    def timed(model, get_batch, n):
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=rt.device.type in ("cuda", "cpu"))
-        g = torch.Generator(device=rt.device).manual_seed(0)
-        wall = cpu = 0.0
-        for i in range(n + 2):                       # two warm-up steps
-            w0, c0 = time.perf_counter(), time.process_time()
-            x0, labels = get_batch(g)
-            loss = simple_loss(model, x0, schedule, generator=g, cond=drop_labels(labels, 0.1, g))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if i >= 2:
-                wall += time.perf_counter() - w0
-                cpu += time.process_time() - c0
-        return wall, cpu
-
-    totals = {"pixel": [0.0, 0.0], "latent": [0.0, 0.0]}
-    for _ in range(ROUNDS):
-        for name, model, gb in (("pixel", pixel, pixel_batch), ("latent", latent, latent_batch)):
-            w, c = timed(model, gb, STEPS)
-            totals[name][0] += w
-            totals[name][1] += c
-    n_img = ROUNDS * STEPS * B
-    out = {"batch": B, "steps_timed": ROUNDS * STEPS}
-    for name, (w, c) in totals.items():
-        out[name] = {"images_per_s_wall": round(n_img / w, 1), "images_per_s_cpu_time": round(n_img / c, 1)}
-    out["ratio_wall"] = round(out["latent"]["images_per_s_wall"] / out["pixel"]["images_per_s_wall"], 2)
-    out["ratio_cpu_time"] = round(out["latent"]["images_per_s_cpu_time"] / out["pixel"]["images_per_s_cpu_time"], 2)
-    out["numbers_per_image"] = {"pixel": 28 * 28, "latent": int(latent_model.autoencoder.latent_shape[0] * 49)}
-    return out
-
-
-@torch.no_grad()
-def sample_step_cost(profile, rt, pixel_model, latent_model, n: int = 100, reps: int = 5) -> dict:
-    """Seconds per guided UNet call (batch 2n: conditional and unconditional halves), pixels vs latents."""
-    out = {}
-    labels = (torch.arange(n) % 10).to(rt.device)
-    t = torch.full((n,), 500, device=rt.device)
-    for name, model, shape in (("pixel", pixel_model, (1, 28, 28)),
-                               ("latent", latent_model.unet, latent_model.autoencoder.latent_shape)):
-        x = torch.randn(n, *shape, device=rt.device)
-        net = guided(model, profile.guidance)
-        net(x, t, labels)
-        w0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(reps):
-            net(x, t, labels)
-        out[name] = {"seconds_wall": round((time.perf_counter() - w0) / reps, 4),
-                     "seconds_cpu_time": round((time.process_time() - c0) / reps, 4)}
-    out["n"], out["ratio_cpu_time"] = n, round(out["pixel"]["seconds_cpu_time"] / out["latent"]["seconds_cpu_time"], 2)
-    return out
 
 
 def quality(profile, rt, pixel_model, latent_model, clf) -> dict:
@@ -197,19 +121,19 @@ def main() -> None:
             study[f"C={c}"] = {**autoencoder_figures(load_autoencoder(study_folder(c), rt.device), profile, rt, clf),
                                "steps": checkpoints.read_training(study_folder(c)).get("step")}
     result["channel_study"] = study
-    result["training_step"] = step_rates(profile, rt, latent_model)
-    result["sampling_step"] = sample_step_cost(profile, rt, pixel_model, latent_model)
+    result["step_costs"] = LT.step_costs(profile, rt, steps=STEPS, rounds=ROUNDS)
     result["quality"] = quality(profile, rt, pixel_model, latent_model, clf)
     result["training"] = {"latent": train_record("latent", profile), "pixel_class": train_record("class", profile)}
-    q, ts, tr = result["quality"], result["training_step"], result["training"]
+    q, ts, tr = result["quality"], result["step_costs"], result["training"]
     ae_s = result["autoencoder"].get("train_seconds") or 0.0
     lat_s, pix_s = tr["latent"].get("train_seconds"), tr["pixel_class"].get("train_seconds")
     result["targets"] = {
         "autoencoder_train_seconds_le_180": {"value": ae_s, "met": ae_s <= 180},
         "reconstruction_accuracy_ge_0.99": {"value": result["autoencoder"]["reconstruction_accuracy"],
                                             "met": result["autoencoder"]["reconstruction_accuracy"] >= 0.99},
-        "training_images_per_s_ratio_ge_3": {"value_wall": ts["ratio_wall"], "value_cpu_time": ts["ratio_cpu_time"],
-                                             "met": ts["ratio_cpu_time"] >= 3},
+        "training_images_per_s_ratio_ge_3": {"value_wall": round(ts["train_ratio_wall"], 2),
+                                             "value_cpu_time": round(ts["train_ratio_cpu_time"], 2),
+                                             "met": ts["train_ratio_cpu_time"] >= 3},
         "accuracy_within_1_point_at_no_more_wall_time": {
             "latent": q["latent"]["accuracy"], "pixel": q["pixel"]["accuracy"],
             "latent_train_seconds": lat_s, "pixel_train_seconds": pix_s,

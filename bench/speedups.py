@@ -28,7 +28,7 @@ import common  # noqa: E402
 from course_lib.config import Runtime  # noqa: E402
 from course_lib.data import batch_indices, load_mnist  # noqa: E402
 from course_lib.forward import simple_loss  # noqa: E402
-from course_lib.models import _unet_from_config, denoiser_config  # noqa: E402
+from course_lib.models import unet_from_config, denoiser_config  # noqa: E402
 from course_lib.schedules import make_schedule  # noqa: E402
 from course_lib.train import fit  # noqa: E402
 
@@ -70,7 +70,7 @@ def main() -> None:
             def get_batch(g):                                        # g lives on the CPU here
                 return x_host[batch_indices(len(x_host), batch, g)].to(rt.device)
         torch.manual_seed(0)
-        model = _unet_from_config(cfg)
+        model = unet_from_config(cfg)
         common_kw = dict(lr=profile.denoiser_lr, warmup_steps=profile.warmup_steps, batch_size=batch,
                          ema_decay=profile.ema_decay, config=cfg, runtime=run_rt, progress=False,
                          rng_device=rt.device if resident else None)

@@ -169,16 +169,9 @@ def weights_sha256(folder: str | os.PathLike) -> str:
 
 def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu") -> Autoencoder:
     """Load an autoencoder folder (``config.json`` with its ``scaling_factor`` and ``latent_bound``,
-    ``model.safetensors``), in
-    eval mode."""
+    ``model.safetensors``), in eval mode."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no autoencoder at {path} (looked for {path / 'config.json'})")
-    cfg = checkpoints.read_json(path / "config.json")
-    if not isinstance(cfg, dict) or cfg.get("kind") != "autoencoder":
-        kind = cfg.get("kind") if isinstance(cfg, dict) else None
-        raise checkpoints.CheckpointError(f"{path / 'config.json'} is not an autoencoder's config (kind {kind!r}); "
-                                          f"pass an autoencoder folder (e.g. data/weights/autoencoder)")
+    cfg = checkpoints.read_config(path, "autoencoder", "an autoencoder", "data/weights/autoencoder")
     model = Autoencoder(AutoencoderConfig.from_dict(cfg), scaling_factor=cfg.get("scaling_factor", 1.0),
                         latent_bound=cfg.get("latent_bound"))
     checkpoints.load_weights(model, path, device=device)

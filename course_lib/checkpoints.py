@@ -71,6 +71,29 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path} is not valid JSON ({e}); {fix_for(path.parent)}") from None
 
 
+def read_config(folder: str | os.PathLike, kind: str, what: str, example: str, needs: tuple[str, ...] = ()
+                ) -> dict:
+    """A model folder's ``config.json``, checked to be of ``kind`` (and to hold the keys ``needs``).
+
+    Args:
+        what: the model in words, for the messages ("an autoencoder", "the course classifier").
+        example: a folder to suggest (e.g. "data/weights/autoencoder").
+    Raises:
+        FileNotFoundError: no ``config.json`` in ``folder``.
+        CheckpointError: not valid JSON, or another kind of model's config.
+    """
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no model at {folder} (looked for {path}; {what}'s folder holds one, e.g. "
+                                f"{example})")
+    cfg = read_json(path)
+    if not isinstance(cfg, dict) or cfg.get("kind") != kind or any(k not in cfg for k in needs):
+        found = cfg.get("kind") if isinstance(cfg, dict) else None
+        raise CheckpointError(f"{path} is not {what}'s config (kind {found!r}); pass {what}'s folder "
+                              f"(e.g. {example})")
+    return cfg
+
+
 def read_tensors(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """``safetensors.torch.load_file`` with a ``CheckpointError`` naming the file if it is truncated, empty
     or not a safetensors file at all (safetensors never runs code from the file: nothing is unpickled)."""

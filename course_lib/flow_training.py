@@ -15,7 +15,7 @@ from . import paths
 from .config import Profile, Runtime, cpu_runtime, get_runtime
 from .data import batch_indices, load_mnist
 from .flow import TIME_SCALE, flow_loss
-from .models import _unet_from_config, drop_labels, load_unet
+from .models import unet_from_config, drop_labels, load_unet
 from .train import TrainResult, fit
 from .unet import UNet, unet_config_from_profile
 
@@ -40,7 +40,7 @@ def train_flow(profile: Profile, out=None, runtime: Runtime | None = None, steps
     out = Path(out) if out is not None else paths.default_checkpoint("flow")
     x, y = load_mnist("train", profile=profile, device=rt.device)
     torch.manual_seed(seed)                    # the initial weights do not depend on what ran before
-    model = _unet_from_config(cfg)
+    model = unet_from_config(cfg)
 
     def get_batch(g):
         idx = batch_indices(len(x), profile.batch_size, g, rt.device)

@@ -29,10 +29,11 @@ from torch import nn
 from . import checkpoints, paths
 from .autoencoder import Autoencoder, AutoencoderConfig, Posterior, kl_divergence, load_autoencoder, \
     weights_sha256
-from .config import Profile, Runtime, get_runtime, inference_autocast
+from .config import Profile, Runtime, autocast, get_runtime, inference_autocast
 from .data import batch_indices, load_mnist
 from .forward import simple_loss
 from .guidance import guided
+from .models import drop_labels, unet_from_config
 from .samplers import sample
 from .schedules import make_schedule
 from .train import TrainResult, fit
@@ -41,7 +42,7 @@ from .unet import UNet, UNetConfig
 __all__ = ["autoencoder_config", "autoencoder_loss", "measure_scaling_factor", "measure_latent_bound",
            "train_autoencoder",
            "latent_config", "encode_dataset", "train_latent", "LatentDiffusion", "load_latent",
-           "find_autoencoder", "reconstruct", "reconstruction_accuracy", "latent_quality",
+           "find_autoencoder", "reconstruct", "reconstruction_accuracy", "latent_quality", "step_costs",
            "SCALE_IMAGES"]
 
 SCALE_IMAGES = 10_000        # training images the scaling factor is measured on (the first ones)
@@ -185,7 +186,7 @@ def train_latent(profile: Profile, out=None, runtime: Runtime | None = None, ste
     s = ae.scaling_factor
     schedule = make_schedule(profile.schedule, profile.T, rt.device)
     torch.manual_seed(0)
-    model = UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in UNetConfig.__dataclass_fields__}))
+    model = unet_from_config(cfg)
 
     def get_batch(g):
         idx = batch_indices(len(x), profile.batch_size, g, rt.device)
@@ -193,7 +194,6 @@ def train_latent(profile: Profile, out=None, runtime: Runtime | None = None, ste
         return s * z, y[idx]                                            # unit variance: z0 of the chain
 
     def loss_fn(m, batch, g):
-        from .models import drop_labels
         z0, labels = batch
         return simple_loss(m, z0, schedule, generator=g, cond=drop_labels(labels, cfg["p_uncond"], g),
                            return_parts=True)                           # DDPM Eq. (14), on latents
@@ -282,12 +282,8 @@ def load_latent(path: str | Path, device: torch.device | str = "cpu", autoencode
         CheckpointError: ``autoencoder`` is another autoencoder than the one the model was trained on.
     """
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no model at {path} (looked for {path / 'config.json'})")
-    cfg = checkpoints.read_json(path / "config.json")
-    if not isinstance(cfg, dict) or cfg.get("kind") != "latent" or "autoencoder_sha256" not in cfg:
-        raise checkpoints.CheckpointError(f"{path / 'config.json'} is not a latent diffusion model's config; "
-                                          f"pass a latent model folder (e.g. data/weights/latent)")
+    cfg = checkpoints.read_config(path, "latent", "a latent model", "data/weights/latent",
+                                  needs=("autoencoder_sha256",))
     sha = cfg["autoencoder_sha256"]
     ae_folder = find_autoencoder(sha) if autoencoder is None else Path(autoencoder)
     ae = load_autoencoder(ae_folder, device)
@@ -298,7 +294,7 @@ def load_latent(path: str | Path, device: torch.device | str = "cpu", autoencode
         raise checkpoints.CheckpointError(f"{path} was trained on another autoencoder than {ae_folder}: {why}; "
                                           f"its latents would decode to noise. Pass the autoencoder it was "
                                           f"trained on, or retrain with `python -m course_lib train latent`")
-    unet = UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in UNetConfig.__dataclass_fields__}))
+    unet = unet_from_config(cfg)
     checkpoints.load_weights(unet, path, device=device)
     unet.T = int(cfg["T"])
     return LatentDiffusion(unet.eval(), ae, cfg["schedule"]).eval()
@@ -339,3 +335,71 @@ def latent_quality(model: LatentDiffusion, profile: Profile, runtime: Runtime | 
     ev = evaluate_samples(clf, x, labels)
     return {"confident": round(float(ev["confident"]), 4), "accuracy": round(float(ev["accuracy"]), 4),
             "n": n, "sampler": f"ddim-{profile.sample_steps}", "guidance": profile.guidance}
+
+
+def step_costs(profile: Profile, runtime: Runtime | None = None, steps: int = 3, rounds: int = 1,
+               guidance: float | None = None) -> dict:
+    """What one UNet step costs on pixels and on latents: lesson 05's class UNet on (1, 28, 28) and the
+    latent UNet on (C, 7, 7), both freshly made at the profile's sizes (timing needs no trained weights) and
+    fed one batch of ``profile.batch_size`` random inputs of their shape.
+
+    Per model: a training step (DDPM's L_simple forward under the runtime's autocast, backward, AdamW) and a
+    guided sampling step (one doubled batch), each timed ``steps`` times after two warm-up steps, in
+    ``rounds`` rounds that alternate the models; wall-clock and this process's CPU time.
+
+    Returns: {"pixel": {...}, "latent": {...}, "batch", "steps_timed", "train_ratio_wall",
+    "train_ratio_cpu_time", "sample_ratio_cpu_time"}; each model's entry holds ``train_step_s``,
+    ``train_images_per_s_wall``, ``train_images_per_s_cpu_time``, ``sample_step_s``, ``sample_step_cpu_s``
+    and ``numbers_per_image``.
+    """
+    from .models import class_config
+    rt = runtime or get_runtime()
+    w = profile.guidance if guidance is None else guidance
+    B = profile.batch_size
+    schedule = make_schedule(profile.schedule, profile.T, rt.device)
+    g = torch.Generator(device=rt.device).manual_seed(0)
+    labels = (torch.arange(B) % 10).to(rt.device)
+    t = torch.randint(0, profile.T, (B,), generator=g, device=rt.device)
+    torch.manual_seed(0)
+    shapes = {"pixel": (1, 28, 28), "latent": (profile.ae_latent_channels, 7, 7)}
+    nets = {"pixel": unet_from_config(class_config(profile)).to(rt.device),
+            "latent": unet_from_config(latent_config(profile)).to(rt.device)}
+    opts = {name: torch.optim.AdamW(net.parameters(), lr=profile.lr) for name, net in nets.items()}
+    x0s = {name: torch.randn(B, *shapes[name], generator=g, device=rt.device) for name in nets}
+
+    def train_step(name: str) -> None:
+        with autocast(rt):
+            loss = simple_loss(nets[name], x0s[name], schedule, generator=g,
+                               cond=drop_labels(labels, profile.p_uncond, g))
+        opts[name].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[name].step()
+
+    @torch.no_grad()
+    def sample_step(name: str) -> None:
+        with inference_autocast(rt.device):
+            guided(nets[name], w)(x0s[name], t, labels)
+
+    totals = {(name, kind): [0.0, 0.0] for name in nets for kind in ("train", "sample")}
+    for _ in range(rounds):
+        for name in nets:
+            for kind, fn in (("train", train_step), ("sample", sample_step)):
+                for _ in range(2):                                       # warm-up
+                    fn(name)
+                w0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(steps):
+                    fn(name)
+                totals[name, kind][0] += time.perf_counter() - w0
+                totals[name, kind][1] += time.process_time() - c0
+    n = steps * rounds
+    out: dict = {"batch": B, "steps_timed": n}
+    for name, shape in shapes.items():
+        (tw, tc), (sw, sc) = totals[name, "train"], totals[name, "sample"]
+        out[name] = {"train_step_s": tw / n, "train_images_per_s_wall": B * n / tw,
+                     "train_images_per_s_cpu_time": B * n / tc, "sample_step_s": sw / n, "sample_step_cpu_s": sc / n,
+                     "numbers_per_image": shape[0] * shape[1] * shape[2]}
+    out["train_ratio_wall"] = out["latent"]["train_images_per_s_wall"] / out["pixel"]["train_images_per_s_wall"]
+    out["train_ratio_cpu_time"] = (out["latent"]["train_images_per_s_cpu_time"]
+                                   / out["pixel"]["train_images_per_s_cpu_time"])
+    out["sample_ratio_cpu_time"] = out["pixel"]["sample_step_cpu_s"] / out["latent"]["sample_step_cpu_s"]
+    return out

@@ -174,13 +174,8 @@ def train_classifier(profile: Profile, out=None, runtime: Runtime | None = None,
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Classifier:
     """Load a classifier checkpoint folder (``config.json`` + ``model.safetensors``), in eval mode."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no classifier at {path} (looked for {path / 'config.json'})")
-    cfg = checkpoints.read_json(path / "config.json")
-    if not isinstance(cfg, dict) or cfg.get("kind") != "classifier" or "channels" not in cfg:
-        raise checkpoints.CheckpointError(f"{path / 'config.json'} is not the course classifier's config "
-                                          f"(kind {cfg.get('kind') if isinstance(cfg, dict) else None!r}); pass the "
-                                          f"classifier's folder (e.g. data/weights/classifier)")
+    cfg = checkpoints.read_config(path, "classifier", "the course classifier", "data/weights/classifier",
+                                  needs=("channels",))
     model = Classifier(ClassifierConfig.from_dict(cfg))
     checkpoints.load_weights(model, path, device=device)
     return model.eval()

@@ -73,9 +73,6 @@ def unet_from_config(cfg: dict) -> UNet:
     return UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in fields}))
 
 
-_unet_from_config = unet_from_config
-
-
 def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = False, guide: bool = False
               ) -> tuple[UNet, dict]:
     """Load a UNet checkpoint folder: (model in eval mode, its config dict with T and schedule).
@@ -93,7 +90,7 @@ def load_unet(path: str | Path, device: torch.device | str = "cpu", raw: bool = 
             f"{path / 'config.json'} is not a course UNet's config (kind {kind!r}): {path} holds another kind of "
             f"model; pass a denoiser or class model folder (e.g. data/weights/class)")
     try:
-        model = _unet_from_config(cfg)
+        model = unet_from_config(cfg)
     except (TypeError, ValueError, KeyError) as e:
         raise checkpoints.CheckpointError(f"{path / 'config.json'} does not describe a UNet this course can build "
                                           f"({e}); delete the folder or restore it") from None
@@ -125,7 +122,7 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
                     cluster_seconds=round(time.perf_counter() - start, 1))   # (fit resumes only the same ones)
     schedule = make_schedule(profile.schedule, profile.T, rt.device)
     torch.manual_seed(seed)                    # the initial weights do not depend on what ran before
-    model = _unet_from_config(cfg)
+    model = unet_from_config(cfg)
     batch_size = cfg.get("batch_size", profile.batch_size)     # the denoiser's config names its own
     lr = cfg.get("lr", profile.lr)                              # (batch size and learning rate)
 

@@ -136,9 +136,9 @@ def denoise(model: Callable, x_t: torch.Tensor, t: torch.Tensor, schedule: Sched
 
         x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) / sqrt(alpha_bar_t)
 
-    With ``clip_x0`` (True: clip to [-1, 1]; a number b: clip to [-b, b], the range of a latent space, lesson
-    11; "dynamic": ``dynamic_threshold``), x0_hat is brought into the data range and eps_hat is recomputed from it, so the two stay consistent (as in Ho et al.'s code and
-    diffusers' ``clip_sample``).
+    With ``clip_x0`` (True: clip to [-1, 1]; a number b: clip to [-b, b], the range of a latent space,
+    lesson 11; "dynamic": ``dynamic_threshold``), x0_hat is brought into the data range and eps_hat is
+    recomputed from it, so the two stay consistent (as in Ho et al.'s code and diffusers' ``clip_sample``).
 
     Args:
         x_t: (B, C, H, W) noisy images; t: (B,) long timesteps; cond: passed to ``model`` unchanged.

@@ -150,7 +150,7 @@ def make_weights(profile: Profile, rt: Runtime, models=tuple(COMMANDS)) -> dict:
         dst = export(name, folder)
         tr = read_training(dst)
         last = sum(res.losses[-50:]) / max(1, len(res.losses[-50:]))
-        size_kb = sum(p.stat().st_size for p in dst.iterdir()) / 1e3
+        size_kb = sum(p.stat().st_size for p in dst.rglob("*") if p.is_file()) / 1e3   # sub-folders too (unclip)
         summary["models"][name] = {"profile": profile.name, "steps": tr["step"], "data": tr.get("data", "MNIST"),
                                    "train_seconds": tr.get("train_seconds", 0.0), "final_loss": round(last, 5),
                                    "quality": quality, "size_kb": round(size_kb, 1)}
