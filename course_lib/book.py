@@ -37,7 +37,7 @@ from . import paths
 from .links import lesson_paths, lesson_title, readme_lesson_rows
 from .config import Profile, Runtime
 
-__all__ = ["lesson_paths", "execute_lesson", "lesson_summary", "thumbnail", "render_index", "run_course",
+__all__ = ["lesson_paths", "execute_lesson", "render_lesson_page", "lesson_summary", "thumbnail", "render_index", "run_course",
            "ensure_models", "course_jobs"]
 
 LESSON_MODELS = ("classifier", "denoiser", "class", "clip", "text2image")
@@ -75,11 +75,11 @@ def cell_timeout() -> int:
 
 
 def execute_lesson(nb_path: Path, out_dir: Path, timeout: int | None = None) -> tuple[Path, float]:
-    """Execute one notebook (working directory ``lessons/``) and write the executed copy and its HTML.
-    ``timeout``: seconds per cell (None: no limit); nbclient's ``CellTimeoutError`` past it."""
+    """Execute one notebook (working directory ``lessons/``) and write the executed copy and its HTML page
+    (``render_lesson_page``). ``timeout``: seconds per cell (None: no limit); nbclient's ``CellTimeoutError``
+    past it."""
     import nbformat
     from nbclient import NotebookClient
-    from nbconvert import HTMLExporter
     nb = nbformat.read(nb_path, as_version=4)
     t0 = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
@@ -89,13 +89,28 @@ def execute_lesson(nb_path: Path, out_dir: Path, timeout: int | None = None) -> 
     seconds = time.perf_counter() - t0
     (out_dir / "lessons").mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / "lessons" / nb_path.name)
+    return render_lesson_page(nb, nb_path, out_dir), seconds
+
+
+def render_lesson_page(nb, nb_path: Path, out_dir: Path) -> Path:
+    """A lesson's page of the book, ``out_dir/<stem>.html``, from its notebook ``nb`` (executed or not).
+
+    Args:
+        nb: the notebook node (``nbformat.read``).
+        nb_path: the lesson's notebook file (its name and title name the page).
+        out_dir: the book's folder.
+
+    Returns:
+        The page's path (written atomically: a reader never sees half a page).
+    """
+    from nbconvert import HTMLExporter
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(   # the page title: the lesson's heading
         nb, resources={"metadata": {"name": lesson_title(nb_path)}})
-    html_path = out_dir / (nb_path.stem + ".html")
+    html_path = Path(out_dir) / (Path(nb_path).stem + ".html")
     tmp = html_path.with_suffix(".html.tmp")
     tmp.write_text(body, encoding="utf-8")
     os.replace(tmp, html_path)
-    return html_path, seconds
+    return html_path
 
 
 def lesson_summary(nb_name: str, root: str | Path | None = None) -> str | None:
