@@ -37,7 +37,7 @@ from . import paths
 from .links import lesson_paths, lesson_title, readme_lesson_rows
 from .config import Profile, Runtime
 
-__all__ = ["lesson_paths", "execute_lesson", "render_lesson_page", "lesson_summary", "thumbnail", "render_index", "run_course",
+__all__ = ["lesson_paths", "execute_lesson", "render_lesson_page", "book_cells", "tex_to_mathml", "lesson_summary", "thumbnail", "render_index", "run_course",
            "ensure_models", "course_jobs"]
 
 LESSON_MODELS = ("classifier", "denoiser", "class", "clip", "text2image")
@@ -92,21 +92,185 @@ def execute_lesson(nb_path: Path, out_dir: Path, timeout: int | None = None) -> 
     return render_lesson_page(nb, nb_path, out_dir), seconds
 
 
-def render_lesson_page(nb, nb_path: Path, out_dir: Path) -> Path:
+SETUP_TAG = "colab-setup"                # the Colab set-up cell: left out of the book
+SETUP_TITLE = "#@title Set-up"           # ... also found by its title, as the first code cell
+SOLUTION_TAG = "solution"                # a solution cell: folded in the book (<details>)
+
+# The lesson page: JupyterLab's look (nbconvert's "lab" template) with nothing loaded from the network (no
+# MathJax, require.js or mermaid from a CDN: the formulas are MathML already, see ``tex_to_mathml``), a
+# navigation bar at the top and the bottom, and each solution folded.
+PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block extra_css -%}
+<style>
+nav.book{display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;align-items:center;margin:.8rem 0;padding:.5rem 0;
+  font:14px system-ui,sans-serif;border-bottom:1px solid #ddd}
+nav.book.bottom{border-top:1px solid #ddd;border-bottom:none;margin-top:2rem}
+nav.book .colab{margin-left:auto;padding:.15rem .55rem;border-radius:4px;background:#444;color:#fff;
+  text-decoration:none} nav.book .colab b{color:#f9ab00}
+details.solution{margin:.4rem 0 .4rem 0;border-left:3px solid #c8d8ec;padding-left:.4rem}
+details.solution>summary{cursor:pointer;font:14px system-ui,sans-serif;color:#2a5d9f;padding:.2rem 0}
+math[display="block"]{margin:.6em 0}
+</style>
+{%- endblock extra_css -%}
+{%- macro book_nav(where) -%}
+<nav class="book {{ where }}" aria-label="lessons">
+{%- if resources.book.previous %}<a rel="prev" href="{{ resources.book.previous.href }}">&larr; {{ resources.book.previous.title }}</a>{% endif %}
+<a rel="index" href="index.html">All lessons</a>
+{%- if resources.book.next %}<a rel="next" href="{{ resources.book.next.href }}">{{ resources.book.next.title }} &rarr;</a>{% endif %}
+<a class="colab" href="{{ resources.book.colab }}">Open in <b>Colab</b></a>
+</nav>
+{%- endmacro -%}
+{%- block body_header -%}
+{{ super() }}
+{{ book_nav("top") }}
+{%- endblock body_header -%}
+{%- block body_footer -%}
+{{ book_nav("bottom") }}
+{{ super() }}
+{%- endblock body_footer -%}
+{%- block any_cell -%}
+{%- if "solution" in cell.metadata.get("tags", []) -%}
+<details class="solution"><summary>{{ cell.metadata.get("book_summary", "Solution") }}</summary>
+{{ super() }}
+</details>
+{%- else -%}
+{{ super() }}
+{%- endif -%}
+{%- endblock any_cell -%}
+"""
+
+
+def tex_to_mathml(tex: str, display: bool = False) -> str:
+    """A TeX formula as MathML, which browsers typeset without JavaScript or a network (``latex2mathml``).
+
+    Letters in a ``mathvariant`` other than normal (``\\mathcal N``, ``\\mathbb R``, ``\\mathbf x``) become
+    their Unicode mathematical letters, since Chromium's MathML draws only the normal variant. A formula
+    that does not convert is kept as escaped TeX between dollars, as the page showed it before."""
+    from latex2mathml.converter import convert
+    try:
+        out = convert(tex, display="block" if display else "inline")
+    except Exception:                     # latex2mathml raises its own exceptions, and others, on odd TeX
+        return html.escape(f"$${tex}$$" if display else f"${tex}$", quote=False)
+    return re.sub(r'<mi mathvariant="([a-z-]+)">([A-Za-z])</mi>', _math_letter, out)
+
+
+def _math_letter(m: re.Match) -> str:
+    import unicodedata
+    variant = {"script": "SCRIPT", "double-struck": "DOUBLE-STRUCK", "bold": "BOLD", "fraktur": "FRAKTUR",
+               "bold-italic": "BOLD ITALIC", "sans-serif": "SANS-SERIF"}.get(m.group(1))
+    letter = m.group(2)
+    if variant is None:
+        return m.group(0)
+    case = "CAPITAL" if letter.isupper() else "SMALL"
+    for name in (f"MATHEMATICAL {variant} {case} {letter.upper()}", f"{variant} {case} {letter.upper()}"):
+        try:                              # script B, double-struck R, ...: in Letterlike Symbols, not Math
+            return f"<mi>{unicodedata.lookup(name)}</mi>"
+        except KeyError:
+            continue
+    return m.group(0)
+
+
+_EXPORTER = None
+
+
+def _page_exporter():
+    """nbconvert's HTML exporter with the book's template (``PAGE_TEMPLATE``) and markdown whose formulas
+    become MathML (``tex_to_mathml``). Built once: its template environment is compiled on first use."""
+    global _EXPORTER
+    if _EXPORTER is None:
+        from jinja2 import DictLoader
+        from nbconvert import HTMLExporter
+        from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
+
+        class MathMLRenderer(IPythonRenderer):
+            def block_math(self, body: str) -> str:
+                return tex_to_mathml(body, display=True)
+
+            def inline_math(self, body: str) -> str:
+                return tex_to_mathml(body)
+
+            def latex_environment(self, name: str, body: str) -> str:
+                return tex_to_mathml(f"\\begin{{{name}}}{body}\\end{{{name}}}", display=True)
+
+        class BookExporter(HTMLExporter):
+            def markdown2html(self, context, source):
+                # nbconvert's own filter (HTMLExporter.markdown2html) with the renderer above
+                cell = context.get("cell", {})
+                renderer = MathMLRenderer(
+                    escape=False, attachments=cell.get("attachments", {}), embed_images=self.embed_images,
+                    path=context.get("resources", {}).get("metadata", {}).get("path", ""),
+                    anchor_link_text=self.anchor_link_text, exclude_anchor_links=self.exclude_anchor_links,
+                    **self.lexer_options)
+                return MarkdownWithMath(renderer=renderer).render(source)
+
+        from jinja2 import pass_context
+        BookExporter.markdown2html = pass_context(BookExporter.markdown2html)
+        _EXPORTER = BookExporter(template_name="lab", template_file="book.html.j2",
+                                 extra_loaders=[DictLoader({"book.html.j2": PAGE_TEMPLATE})])
+    return _EXPORTER
+
+
+def book_cells(nb):
+    """The notebook as the book shows it (a copy): without the Colab set-up cell (tagged ``SETUP_TAG``, or
+    the first code cell when it starts with ``SETUP_TITLE``), and with Colab's ``#@title`` line taken off
+    every solution (tagged ``SOLUTION_TAG``), whose title becomes the fold's label."""
+    import copy
+    nb = copy.deepcopy(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    first_code = code[0] if code else None
+    kept = []
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if SETUP_TAG in tags or (cell is first_code and cell.source.lstrip().startswith(SETUP_TITLE)):
+            continue
+        if SOLUTION_TAG in tags and cell.cell_type == "code":
+            first, _, rest = cell.source.partition("\n")
+            if first.startswith("#@title"):
+                title = re.sub(r"\{.*\}|\(click to expand\)", "", first[len("#@title"):]).strip()
+                cell.metadata["book_summary"] = title or "Solution"
+                cell.source = rest
+        kept.append(cell)
+    nb.cells = kept
+    return nb
+
+
+def render_lesson_page(nb, nb_path: Path, out_dir: Path, lessons: list[Path] | None = None) -> Path:
     """A lesson's page of the book, ``out_dir/<stem>.html``, from its notebook ``nb`` (executed or not).
+
+    The page reads offline: formulas are MathML (``tex_to_mathml``), nothing is loaded from a CDN. It has
+    links to the previous and next lesson and to the index, an "Open in Colab" link (``links.colab_url``),
+    no Colab set-up cell, and each solution folded (``book_cells``).
 
     Args:
         nb: the notebook node (``nbformat.read``).
         nb_path: the lesson's notebook file (its name and title name the page).
         out_dir: the book's folder.
+        lessons: the lessons in course order, for the previous / next links (default: ``lesson_paths()``).
 
     Returns:
         The page's path (written atomically: a reader never sees half a page).
     """
-    from nbconvert import HTMLExporter
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(   # the page title: the lesson's heading
-        nb, resources={"metadata": {"name": lesson_title(nb_path)}})
-    html_path = Path(out_dir) / (Path(nb_path).stem + ".html")
+    from .links import colab_url
+    nb_path = Path(nb_path)
+    order = [Path(p).name for p in (lessons if lessons is not None else lesson_paths())]
+    paths_by_name = {Path(p).name: Path(p) for p in (lessons if lessons is not None else lesson_paths())}
+    i = order.index(nb_path.name) if nb_path.name in order else None
+
+    def neighbour(j: int) -> dict | None:
+        if i is None or not 0 <= j < len(order):
+            return None
+        p = paths_by_name[order[j]]
+        return {"href": html.escape(p.stem + ".html"), "title": html.escape(lesson_title(p))}
+
+    book = {"previous": neighbour(i - 1) if i is not None else None,
+            "next": neighbour(i + 1) if i is not None else None,
+            "colab": html.escape(colab_url(nb_path))}
+    body, _ = _page_exporter().from_notebook_node(     # the page title: the lesson's heading
+        book_cells(nb), resources={"metadata": {"name": lesson_title(nb_path)}, "book": book})
+    html_path = Path(out_dir) / (nb_path.stem + ".html")
     tmp = html_path.with_suffix(".html.tmp")
     tmp.write_text(body, encoding="utf-8")
     os.replace(tmp, html_path)
