@@ -95,10 +95,13 @@ def execute_lesson(nb_path: Path, out_dir: Path, timeout: int | None = None) -> 
 SETUP_TAG = "colab-setup"                # the Colab set-up cell: left out of the book
 SETUP_TITLE = "#@title Set-up"           # ... also found by its title, as the first code cell
 SOLUTION_TAG = "solution"                # a solution cell: folded in the book (<details>)
+# matplotlib's animation player (``to_jshtml``) links Font Awesome from a CDN for its button icons
+REMOTE_ICONS = re.compile(r"<link\b[^>]*font-awesome[^>]*>", re.IGNORECASE)
 
 # The lesson page: JupyterLab's look (nbconvert's "lab" template) with nothing loaded from the network (no
-# MathJax, require.js or mermaid from a CDN: the formulas are MathML already, see ``tex_to_mathml``), a
-# navigation bar at the top and the bottom, and each solution folded.
+# MathJax, require.js or mermaid from a CDN: the formulas are MathML already, see ``tex_to_mathml``; the
+# animation players' Font Awesome icons are drawn as text glyphs), a navigation bar at the top and the
+# bottom, and each solution folded.
 PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
@@ -113,6 +116,11 @@ nav.book .colab{margin-left:auto;padding:.15rem .55rem;border-radius:4px;backgro
 details.solution{margin:.4rem 0 .4rem 0;border-left:3px solid #c8d8ec;padding-left:.4rem}
 details.solution>summary{cursor:pointer;font:14px system-ui,sans-serif;color:#2a5d9f;padding:.2rem 0}
 math[display="block"]{margin:.6em 0}
+.anim-buttons .fa{font:normal 13px/1 system-ui,sans-serif}
+.fa-play:before{content:"\\25B6"} .fa-pause:before{content:"\\2759\\2759"} .fa-plus:before{content:"+"}
+.fa-step-forward:before{content:"\\25B6\\2759"} .fa-step-backward:before{content:"\\2759\\25C0"}
+.fa-fast-forward:before{content:"\\25B6\\25B6"} .fa-fast-backward:before{content:"\\25C0\\25C0"}
+.fa-minus:before{content:"\\2212"} .fa-flip-horizontal{display:inline-block;transform:scaleX(-1)}
 </style>
 {%- endblock extra_css -%}
 {%- macro book_nav(where) -%}
@@ -216,7 +224,8 @@ def _page_exporter():
 def book_cells(nb):
     """The notebook as the book shows it (a copy): without the Colab set-up cell (tagged ``SETUP_TAG``, or
     the first code cell when it starts with ``SETUP_TITLE``), and with Colab's ``#@title`` line taken off
-    every solution (tagged ``SOLUTION_TAG``), whose title becomes the fold's label."""
+    every solution (tagged ``SOLUTION_TAG``), whose title becomes the fold's label; HTML outputs lose their
+    link to Font Awesome on a CDN (``REMOTE_ICONS``: the page draws those icons itself)."""
     import copy
     nb = copy.deepcopy(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -232,6 +241,10 @@ def book_cells(nb):
                 title = re.sub(r"\{.*\}|\(click to expand\)", "", first[len("#@title"):]).strip()
                 cell.metadata["book_summary"] = title or "Solution"
                 cell.source = rest
+        for out in cell.get("outputs", []):
+            page = out.get("data", {}).get("text/html")
+            if page is not None:
+                out["data"]["text/html"] = REMOTE_ICONS.sub("", "".join(page) if isinstance(page, list) else page)
         kept.append(cell)
     nb.cells = kept
     return nb

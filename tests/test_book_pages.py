@@ -1,6 +1,7 @@
 """The course book's lesson pages (``book.render_lesson_page``), on small made-up lessons (no execution):
 formulas as MathML, nothing from a CDN, previous / next / index links and an "Open in Colab" link, no Colab
 set-up cell, solutions folded. ``tests/test_browser.py`` opens the same pages in Chromium offline."""
+import functools
 import re
 from pathlib import Path
 
@@ -18,9 +19,23 @@ SOLUTION = ('#@title Solution (click to expand) { display-mode: "form" }\n'
 FORMULA = r"q(x_t \mid x_0) = \mathcal N\big(\sqrt{\bar\alpha_t}\, x_0,\ (1 - \bar\alpha_t) I\big)"
 
 
+@functools.lru_cache(maxsize=1)
+def player_html() -> str:
+    """matplotlib's animation player for two tiny frames (what ``plotting.animate`` shows in a lesson)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation
+    fig, ax = plt.subplots(figsize=(1, 1), dpi=20)
+    img = ax.imshow([[0.0, 1.0]])
+    html = FuncAnimation(fig, lambda i: img.set_data([[i, 1.0 - i]]), frames=2).to_jshtml()
+    plt.close(fig)
+    return html
+
+
 def small_lesson(title: str, setup_tagged: bool = True) -> nbformat.NotebookNode:
     """A lesson as the course writes them: heading, Colab set-up cell, an inline and a display formula,
-    code with output, an exercise's solution cell."""
+    code with output, an animation, an exercise's solution cell."""
     setup_meta = {"cellView": "form", "jupyter": {"source_hidden": True}}
     if setup_tagged:
         setup_meta["tags"] = ["colab-setup"]
@@ -28,6 +43,8 @@ def small_lesson(title: str, setup_tagged: bool = True) -> nbformat.NotebookNode
         new_markdown_cell(f"# {title}\n\nThe noise level $\\bar\\alpha_t$ falls with $t$:\n\n$${FORMULA}$$"),
         new_code_cell(SETUP, metadata=setup_meta),
         new_code_cell("print(1 + 1)", outputs=[new_output("stream", name="stdout", text="2\n")]),
+        new_code_cell("animate(frames)", outputs=[new_output("display_data", data={"text/html": player_html(),
+                                                                                 "text/plain": "<HTML>"})]),
         new_markdown_cell("**Exercise.** Write `my_answer`; a price of \\$5 is not a formula."),
         new_code_cell(SOLUTION, metadata={"cellView": "form", "jupyter": {"source_hidden": True},
                                           "tags": ["solution"]},
@@ -63,7 +80,8 @@ def test_formulas_are_mathml_and_nothing_comes_from_a_cdn(pages):
     assert len(maths) == 3 and sum('display="block"' in m for m in maths) == 1, maths
     assert "$" not in re.sub(r"\\\$5|\$5", "", page.split("<main>", 1)[1]), "raw TeX left on the page"
     assert "\\bar" not in page and "\U0001D4A9" in page          # \mathcal N drawn as the script letter
-    remote = re.findall(r'<(?:script|link|img)\b[^>]*(?:src|href)="(https?:[^"]*)"', page)
+    assert "anim-buttons" in page and "fa-play" in page                    # the player is on the page
+    remote = re.findall(r'<(?:script|link|img)\b[^>]*(?:src|href)=\s*"(https?:[^"]*)"', page)
     assert not remote, f"the page loads {remote}"
 
 
@@ -96,8 +114,10 @@ def test_the_setup_cell_is_left_out_and_solutions_are_folded(pages):
 def test_book_cells_leaves_the_notebook_alone():
     nb = small_lesson("Lesson 00 — x")
     shown = book.book_cells(nb)
-    assert len(nb.cells) == 5 and len(shown.cells) == 4 and nb.cells[4].source == SOLUTION
-    assert shown.cells[3].source.startswith("def my_answer") and shown.cells[3].metadata["book_summary"] == "Solution"
+    assert len(nb.cells) == 6 and len(shown.cells) == 5 and nb.cells[5].source == SOLUTION
+    assert "font-awesome" in nb.cells[3].outputs[0].data["text/html"]
+    assert "font-awesome" not in shown.cells[2].outputs[0].data["text/html"]
+    assert shown.cells[4].source.startswith("def my_answer") and shown.cells[4].metadata["book_summary"] == "Solution"
 
 
 def test_a_formula_that_does_not_convert_stays_readable_tex():
