@@ -22,6 +22,13 @@ it took, one line on what you build in it, and a small picture from its own exec
   ``index.html`` as a data URI, shrunk to fit ``THUMB_PX`` with a ``THUMB_COLORS`` palette (as it is, if it
   already fits), so the index stays one small file (about 10 kB a lesson; TV static, which does not
   compress, about 20 kB).
+
+Each lesson's page (``render_lesson_page``) reads offline, like the index: its formulas are MathML made when
+the page is written (``latex2mathml``; every browser draws MathML, with no JavaScript and no network), and
+nothing is taken from a CDN (nbconvert's MathJax, require.js and mermaid are left out; the animation
+players' icons are drawn by the page). A bar at its top and bottom links the previous lesson, the index and
+the next lesson, and opens the lesson in Colab. The Colab set-up cell is left out, and each exercise's
+solution is folded (``<details>``), as Colab's forms and JupyterLab hide them.
 """
 from __future__ import annotations
 
@@ -211,7 +218,7 @@ def _page_exporter():
                     escape=False, attachments=cell.get("attachments", {}), embed_images=self.embed_images,
                     path=context.get("resources", {}).get("metadata", {}).get("path", ""),
                     anchor_link_text=self.anchor_link_text, exclude_anchor_links=self.exclude_anchor_links,
-                    **self.lexer_options)
+                    **getattr(self, "lexer_options", {}))
                 return MarkdownWithMath(renderer=renderer).render(source)
 
         from jinja2 import pass_context
@@ -375,15 +382,16 @@ def thumbnail(executed_nb: str | Path, max_px: tuple[int, int] = THUMB_PX) -> by
 
 def render_index(out_dir: Path, entries: list[dict], profile: Profile, runtime: Runtime,
                  root: str | Path | None = None) -> Path:
-    """``build/index.html``: per executed lesson, its title linking to its page, the time it took, what you
-    build in it (``lesson_summary``) and a picture from its executed notebook in ``out_dir/lessons/``
-    (``thumbnail``).
+    """``build/index.html``: per executed lesson, its title linking to its page, the time it took, a link
+    that opens it in Colab, what you build in it (``lesson_summary``) and a picture from its executed
+    notebook in ``out_dir/lessons/`` (``thumbnail``).
 
     Args:
         entries: ``{"title", "html", "seconds"}`` per lesson, in course order (the manifest's records).
         root: the course folder whose README gives the lines (default: the course).
     """
     import base64
+    from .links import colab_url
     rows = []
     for e in entries:
         nb_name = Path(e["html"]).with_suffix(".ipynb").name
@@ -393,15 +401,17 @@ def render_index(out_dir: Path, entries: list[dict], profile: Profile, runtime: 
                    else '<span class="thumb"></span>')
         summary = lesson_summary(nb_name, root)
         line = f'<br><span class="what">{_inline_markdown(summary)}</span>' if summary else ""
+        colab = html.escape(colab_url(nb_name))
         rows.append(f'<li>{picture}<div><a href="{html.escape(e["html"])}">{html.escape(e["title"])}</a>'
-                    f' <span class="meta">{e["seconds"]:.0f} s</span>{line}</div></li>')
+                    f' <span class="meta" title="the time it took to execute">{e["seconds"]:.0f} s</span>'
+                    f' <a class="colab" href="{colab}">Open in Colab</a>{line}</div></li>')
     rows = "\n".join(rows)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>From Noise to Digits: the course book</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:50rem;margin:3rem auto;line-height:1.5;padding:0 1rem}}
 ol{{list-style:none;padding:0}} li{{display:flex;gap:1rem;align-items:center;margin:.8rem 0}}
 .thumb{{flex:none;width:160px;max-height:90px;object-fit:contain}} .what{{color:#444}}
-.meta{{color:#777;font-size:.85em}}</style></head>
+.meta{{color:#777;font-size:.85em}} .colab{{font-size:.85em;color:#b06f00}}</style></head>
 <body><h1>From Noise to Digits</h1>
 <p>Every lesson below was executed on <b>{html.escape(runtime.device.type)}</b> with the
 <b>{html.escape(profile.name)}</b> profile ({html.escape(runtime.precision)}), with its pictures and animations.</p>

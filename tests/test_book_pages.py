@@ -126,3 +126,13 @@ def test_a_formula_that_does_not_convert_stays_readable_tex():
     assert book.tex_to_mathml("<b>", display=True).count("<b>") == 0          # escaped either way
     assert book.tex_to_mathml(r"\mathbb R").count("\u211d") == 1           # double-struck R: Letterlike Symbols
     assert 'display="block"' in book.tex_to_mathml("x", display=True)
+
+
+def test_the_index_opens_each_lesson_in_colab(tmp_path):
+    from course_lib.config import get_profile, get_runtime
+    entries = [{"title": f"Lesson {i:02d}", "html": f"{i:02d}_small.html", "seconds": 3.0} for i in range(2)]
+    index = book.render_index(tmp_path, entries, get_profile("test"), get_runtime("cpu"), root=tmp_path)
+    items = re.findall(r"<li>(.*?)</li>", index.read_text(encoding="utf-8"), re.DOTALL)
+    assert len(items) == 2
+    for i, item in enumerate(items):
+        assert f'href="{colab_url(f"{i:02d}_small.ipynb")}"' in item and "Open in Colab" in item
