@@ -169,6 +169,9 @@ def tex_to_mathml(tex: str, display: bool = False) -> str:
         out = convert(tex, display="block" if display else "inline")
     except Exception:                     # latex2mathml raises its own exceptions, and others, on odd TeX
         return html.escape(f"$${tex}$$" if display else f"${tex}$", quote=False)
+    # HTML needs no namespace on <math>, and without one a formula in a heading survives nbconvert's anchor
+    # filter (an XML round trip that would rename it <ns0:math>, which no browser takes for math)
+    out = out.replace(' xmlns="http://www.w3.org/1998/Math/MathML"', "", 1)
     return re.sub(r'<mi mathvariant="([a-z-]+)">([A-Za-z])</mi>', _math_letter, out)
 
 

@@ -45,7 +45,7 @@ def small_lesson(title: str, setup_tagged: bool = True) -> nbformat.NotebookNode
         new_code_cell("print(1 + 1)", outputs=[new_output("stream", name="stdout", text="2\n")]),
         new_code_cell("animate(frames)", outputs=[new_output("display_data", data={"text/html": player_html(),
                                                                                  "text/plain": "<HTML>"})]),
-        new_markdown_cell("**Exercise.** Write `my_answer`; a price of \\$5 is not a formula."),
+        new_markdown_cell("## Exercise: the answer to $x_t$\n\nWrite `my_answer`; a price of \\$5 is not a formula."),
         new_code_cell(SOLUTION, metadata={"cellView": "form", "jupyter": {"source_hidden": True},
                                           "tags": ["solution"]},
                       outputs=[new_output("stream", name="stdout", text="[ok] my_answer: correct\n")]),
@@ -77,7 +77,8 @@ def test_formulas_are_mathml_and_nothing_comes_from_a_cdn(pages):
     _, html = pages
     page = html["00_small"]
     maths = re.findall(r"<math\b[^>]*>", page)
-    assert len(maths) == 3 and sum('display="block"' in m for m in maths) == 1, maths
+    assert len(maths) == 4 and sum('display="block"' in m for m in maths) == 1, maths
+    assert "ns0:" not in page, "a formula in a heading lost its MathML element name"
     assert "$" not in re.sub(r"\\\$5|\$5", "", page.split("<main>", 1)[1]), "raw TeX left on the page"
     assert "\\bar" not in page and "\U0001D4A9" in page          # \mathcal N drawn as the script letter
     assert "anim-buttons" in page and "fa-play" in page                    # the player is on the page
