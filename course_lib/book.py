@@ -108,9 +108,11 @@ REMOTE_ICONS = re.compile(r"<link\b[^>]*font-awesome[^>]*>", re.IGNORECASE)
 # The lesson page: JupyterLab's look (nbconvert's "lab" template) with nothing loaded from the network (no
 # MathJax, require.js or mermaid from a CDN: the formulas are MathML already, see ``tex_to_mathml``; the
 # animation players' Font Awesome icons are drawn as text glyphs), a navigation bar at the top and the
-# bottom, and each solution folded.
+# bottom, and each solution folded. Only a page that stored widget state (progress bars, lesson 08's
+# prompt box) still asks a CDN for the widget manager and the require.js it needs: online it draws them,
+# offline they are left out, as before.
 PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
-{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_requirejs -%}{%- if "widgets" in nb.metadata -%}{{ super() }}{%- endif -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {%- block extra_css -%}

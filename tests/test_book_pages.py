@@ -137,3 +137,18 @@ def test_the_index_opens_each_lesson_in_colab(tmp_path):
     assert len(items) == 2
     for i, item in enumerate(items):
         assert f'href="{colab_url(f"{i:02d}_small.ipynb")}"' in item and "Open in Colab" in item
+
+
+def test_only_a_page_with_widgets_asks_for_the_widget_manager(tmp_path):
+    """Progress bars and lesson 08's prompt box are widgets: their page keeps require.js and the widget
+    manager (online they draw; offline they are left out), every other page asks nothing of a CDN."""
+    nb = small_lesson("Lesson 00 — x")
+    path = tmp_path / "00_x.ipynb"
+    nbformat.write(nb, path)
+    plain = book.render_lesson_page(nb, path, tmp_path, lessons=[path]).read_text(encoding="utf-8")
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {
+        "state": {}, "version_major": 2, "version_minor": 0}}
+    widgets = book.render_lesson_page(nb, path, tmp_path, lessons=[path]).read_text(encoding="utf-8")
+    assert "require" not in plain and "html-manager" not in plain
+    assert "require.js" in widgets or "require.min.js" in widgets
+    assert "html-manager" in widgets
