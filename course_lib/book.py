@@ -169,6 +169,8 @@ def tex_to_mathml(tex: str, display: bool = False) -> str:
     from latex2mathml.converter import convert
     try:
         out = convert(tex, display="block" if display else "inline")
+        if "<mi>&</mi>" in out:           # an alignment it does not know (``aligned``): a bare & in the page
+            raise ValueError(tex)
     except Exception:                     # latex2mathml raises its own exceptions, and others, on odd TeX
         return html.escape(f"$${tex}$$" if display else f"${tex}$", quote=False)
     # HTML needs no namespace on <math>, and without one a formula in a heading survives nbconvert's anchor

@@ -124,6 +124,7 @@ def test_book_cells_leaves_the_notebook_alone():
 def test_a_formula_that_does_not_convert_stays_readable_tex():
     assert book.tex_to_mathml(r"\frac{1}{") == r"$\frac{1}{$"
     assert book.tex_to_mathml("x^", display=True) == "$$x^$$"
+    assert book.tex_to_mathml(r"\begin{aligned} a &= b \end{aligned}") == r"$\begin{aligned} a &amp;= b \end{aligned}$"
     assert book.tex_to_mathml("<b>", display=True).count("<b>") == 0          # escaped either way
     assert book.tex_to_mathml(r"\mathbb R").count("\u211d") == 1           # double-struck R: Letterlike Symbols
     assert 'display="block"' in book.tex_to_mathml("x", display=True)

@@ -1,6 +1,8 @@
 """The course book as a reader sees it: render it under the test profile, then open ``index.html`` and
 every lesson page in headless Chromium (``tests/browser.py``) and check that each page loads, that the
-index links every lesson, and that every figure is drawn.
+index links every lesson, and that every figure is drawn. Every host name is unresolvable there, as on a
+train: a small made-up lesson's page (``test_book_pages.small_book``, seconds) must typeset its formulas
+and ask nothing of the network.
 
 Rendering executes every lesson again (nbval executes them too, in the same ``make test``), after training
 the test-profile models the lessons need into the session's COURSE_HOME, where nbval's runs of the lessons
