@@ -49,7 +49,7 @@ TIMES = ("uniform", "logit-normal")
 
 def _t(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """t as (B, 1, ..., 1) for x of shape (B, ...), in x's dtype; t a scalar or (B,) tensor."""
-    t = torch.as_tensor(t, device=x.device).to(x.dtype)
+    t = torch.as_tensor(t).to(x.dtype).to(x.device)          # the dtype first: no float64 t reaches mps
     if t.dim() == 0:
         t = t.expand(x.shape[0])
     if t.shape != (x.shape[0],):
