@@ -115,3 +115,27 @@ def test_the_flow_samplers_make_no_float64():
         flow.sample(model, 2, sampler="euler", steps=2, cond=torch.tensor([1, 2]),
                     generator=torch.Generator().manual_seed(3))
     no_float64(run)
+
+
+@pytest.mark.parametrize("sync_every", [1, 2])
+def test_the_loss_by_t_is_still_each_bins_mean(sync_every):
+    """The bins now add up in float32 on the device between two reads (every step on a CPU; ``SYNC_EVERY``
+    steps on a GPU, here 2) and in numpy's float64 on the host: each is still the mean of its examples."""
+    schedule = make_schedule("cosine", 50)
+    model, seen = tiny_unet(), []
+
+    def loss(m, x, g):
+        out = simple_loss(m, x, schedule, generator=g, return_parts=True)
+        seen.append((out[1]["t"].clone(), out[1]["per_example"].detach().clone()))
+        return out
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 28, 28, generator=g) * 2 - 1
+    res = fit(model, loss, lambda gen: x, steps=5, lr=1e-3, warmup_steps=1, batch_size=8, ema_decay=0.9,
+              config={"kind": "no-float64"}, runtime=CPU, progress=False, T=schedule.T, t_bins=5,
+              sync_every=sync_every)
+    t = torch.cat([s[0] for s in seen]).double()
+    per = torch.cat([s[1] for s in seen]).double()
+    b = (t * 5 // schedule.T).clamp(max=4)
+    expected = [per[b == i].mean().item() if (b == i).any() else 0.0 for i in range(5)]
+    assert res.loss_by_t["loss"] == pytest.approx(expected, rel=1e-5)
+    assert res.loss_by_t["t_mid"] == [5.0, 15.0, 25.0, 35.0, 45.0]
