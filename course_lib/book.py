@@ -22,6 +22,13 @@ it took, one line on what you build in it, and a small picture from its own exec
   ``index.html`` as a data URI, shrunk to fit ``THUMB_PX`` with a ``THUMB_COLORS`` palette (as it is, if it
   already fits), so the index stays one small file (about 10 kB a lesson; TV static, which does not
   compress, about 20 kB).
+
+Each lesson's page (``render_lesson_page``) reads offline, like the index: its formulas are MathML made when
+the page is written (``latex2mathml``; every browser draws MathML, with no JavaScript and no network), and
+nothing is taken from a CDN (nbconvert's MathJax, require.js and mermaid are left out; the animation
+players' icons are drawn by the page). A bar at its top and bottom links the previous lesson, the index and
+the next lesson, and opens the lesson in Colab. The Colab set-up cell is left out, and each exercise's
+solution is folded (``<details>``), as Colab's forms and JupyterLab hide them.
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ from . import paths
 from .links import lesson_paths, lesson_title, readme_lesson_rows
 from .config import Profile, Runtime
 
-__all__ = ["lesson_paths", "execute_lesson", "lesson_summary", "thumbnail", "render_index", "run_course",
+__all__ = ["lesson_paths", "execute_lesson", "render_lesson_page", "book_cells", "tex_to_mathml", "lesson_summary", "thumbnail", "render_index", "run_course",
            "ensure_models", "course_jobs"]
 
 LESSON_MODELS = ("classifier", "denoiser", "class", "clip", "text2image")
@@ -75,11 +82,11 @@ def cell_timeout() -> int:
 
 
 def execute_lesson(nb_path: Path, out_dir: Path, timeout: int | None = None) -> tuple[Path, float]:
-    """Execute one notebook (working directory ``lessons/``) and write the executed copy and its HTML.
-    ``timeout``: seconds per cell (None: no limit); nbclient's ``CellTimeoutError`` past it."""
+    """Execute one notebook (working directory ``lessons/``) and write the executed copy and its HTML page
+    (``render_lesson_page``). ``timeout``: seconds per cell (None: no limit); nbclient's ``CellTimeoutError``
+    past it."""
     import nbformat
     from nbclient import NotebookClient
-    from nbconvert import HTMLExporter
     nb = nbformat.read(nb_path, as_version=4)
     t0 = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
@@ -89,13 +96,212 @@ def execute_lesson(nb_path: Path, out_dir: Path, timeout: int | None = None) -> 
     seconds = time.perf_counter() - t0
     (out_dir / "lessons").mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / "lessons" / nb_path.name)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(   # the page title: the lesson's heading
-        nb, resources={"metadata": {"name": lesson_title(nb_path)}})
-    html_path = out_dir / (nb_path.stem + ".html")
+    return render_lesson_page(nb, nb_path, out_dir), seconds
+
+
+SETUP_TAG = "colab-setup"                # the Colab set-up cell: left out of the book
+SETUP_TITLE = "#@title Set-up"           # ... also found by its title, as the first code cell
+SOLUTION_TAG = "solution"                # a solution cell: folded in the book (<details>)
+# matplotlib's animation player (``to_jshtml``) links Font Awesome from a CDN for its button icons
+REMOTE_ICONS = re.compile(r"<link\b[^>]*font-awesome[^>]*>", re.IGNORECASE)
+
+# The lesson page: JupyterLab's look (nbconvert's "lab" template) with nothing loaded from the network (no
+# MathJax, require.js or mermaid from a CDN: the formulas are MathML already, see ``tex_to_mathml``; the
+# animation players' Font Awesome icons are drawn as text glyphs), a navigation bar at the top and the
+# bottom, and each solution folded. Only a page that stored widget state (progress bars, lesson 08's
+# prompt box) still asks a CDN for the widget manager and the require.js it needs: online it draws them,
+# offline they are left out, as before.
+PAGE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- if "widgets" in nb.metadata -%}{{ super() }}{%- endif -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block extra_css -%}
+<style>
+nav.book{display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;align-items:center;margin:.8rem 0;padding:.5rem 0;
+  font:14px system-ui,sans-serif;border-bottom:1px solid #ddd}
+nav.book.bottom{border-top:1px solid #ddd;border-bottom:none;margin-top:2rem}
+nav.book .colab{margin-left:auto;padding:.15rem .55rem;border-radius:4px;background:#444;color:#fff;
+  text-decoration:none} nav.book .colab b{color:#f9ab00}
+details.solution{margin:.4rem 0 .4rem 0;border-left:3px solid #c8d8ec;padding-left:.4rem}
+details.solution>summary{cursor:pointer;font:14px system-ui,sans-serif;color:#2a5d9f;padding:.2rem 0}
+math[display="block"]{margin:.6em 0}
+.anim-buttons .fa{font:normal 13px/1 system-ui,sans-serif}
+.fa-play:before{content:"\\25B6"} .fa-pause:before{content:"\\2759\\2759"} .fa-plus:before{content:"+"}
+.fa-step-forward:before{content:"\\25B6\\2759"} .fa-step-backward:before{content:"\\2759\\25C0"}
+.fa-fast-forward:before{content:"\\25B6\\25B6"} .fa-fast-backward:before{content:"\\25C0\\25C0"}
+.fa-minus:before{content:"\\2212"} .fa-flip-horizontal{display:inline-block;transform:scaleX(-1)}
+</style>
+{%- endblock extra_css -%}
+{%- macro book_nav(where) -%}
+<nav class="book {{ where }}" aria-label="lessons">
+{%- if resources.book.previous %}<a rel="prev" href="{{ resources.book.previous.href }}">&larr; {{ resources.book.previous.title }}</a>{% endif %}
+<a rel="index" href="index.html">All lessons</a>
+{%- if resources.book.next %}<a rel="next" href="{{ resources.book.next.href }}">{{ resources.book.next.title }} &rarr;</a>{% endif %}
+<a class="colab" href="{{ resources.book.colab }}">Open in <b>Colab</b></a>
+</nav>
+{%- endmacro -%}
+{%- block body_header -%}
+{{ super() }}
+{{ book_nav("top") }}
+{%- endblock body_header -%}
+{%- block body_footer -%}
+{{ book_nav("bottom") }}
+{{ super() }}
+{%- endblock body_footer -%}
+{%- block any_cell -%}
+{%- if "solution" in cell.metadata.get("tags", []) -%}
+<details class="solution"><summary>{{ cell.metadata.get("book_summary", "Solution") }}</summary>
+{{ super() }}
+</details>
+{%- else -%}
+{{ super() }}
+{%- endif -%}
+{%- endblock any_cell -%}
+"""
+
+
+def tex_to_mathml(tex: str, display: bool = False) -> str:
+    """A TeX formula as MathML, which browsers typeset without JavaScript or a network (``latex2mathml``).
+
+    Letters in a ``mathvariant`` other than normal (``\\mathcal N``, ``\\mathbb R``, ``\\mathbf x``) become
+    their Unicode mathematical letters, since Chromium's MathML draws only the normal variant. A formula
+    that does not convert is kept as escaped TeX between dollars, as the page showed it before."""
+    from latex2mathml.converter import convert
+    try:
+        out = convert(tex, display="block" if display else "inline")
+        if "<mi>&</mi>" in out:           # an alignment it does not know (``aligned``): a bare & in the page
+            raise ValueError(tex)
+    except Exception:                     # latex2mathml raises its own exceptions, and others, on odd TeX
+        return html.escape(f"$${tex}$$" if display else f"${tex}$", quote=False)
+    # HTML needs no namespace on <math>, and without one a formula in a heading survives nbconvert's anchor
+    # filter (an XML round trip that would rename it <ns0:math>, which no browser takes for math)
+    out = out.replace(' xmlns="http://www.w3.org/1998/Math/MathML"', "", 1)
+    return re.sub(r'<mi mathvariant="([a-z-]+)">([A-Za-z])</mi>', _math_letter, out)
+
+
+def _math_letter(m: re.Match) -> str:
+    import unicodedata
+    variant = {"script": "SCRIPT", "double-struck": "DOUBLE-STRUCK", "bold": "BOLD", "fraktur": "FRAKTUR",
+               "bold-italic": "BOLD ITALIC", "sans-serif": "SANS-SERIF"}.get(m.group(1))
+    letter = m.group(2)
+    if variant is None:
+        return m.group(0)
+    case = "CAPITAL" if letter.isupper() else "SMALL"
+    for name in (f"MATHEMATICAL {variant} {case} {letter.upper()}", f"{variant} {case} {letter.upper()}"):
+        try:                              # script B, double-struck R, ...: in Letterlike Symbols, not Math
+            return f"<mi>{unicodedata.lookup(name)}</mi>"
+        except KeyError:
+            continue
+    return m.group(0)
+
+
+_EXPORTER = None
+
+
+def _page_exporter():
+    """nbconvert's HTML exporter with the book's template (``PAGE_TEMPLATE``) and markdown whose formulas
+    become MathML (``tex_to_mathml``). Built once: its template environment is compiled on first use."""
+    global _EXPORTER
+    if _EXPORTER is None:
+        from jinja2 import DictLoader
+        from nbconvert import HTMLExporter
+        from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
+
+        class MathMLRenderer(IPythonRenderer):
+            def block_math(self, body: str) -> str:
+                return tex_to_mathml(body, display=True)
+
+            def inline_math(self, body: str) -> str:
+                return tex_to_mathml(body)
+
+            def latex_environment(self, name: str, body: str) -> str:
+                return tex_to_mathml(f"\\begin{{{name}}}{body}\\end{{{name}}}", display=True)
+
+        class BookExporter(HTMLExporter):
+            def markdown2html(self, context, source):
+                # nbconvert's own filter (HTMLExporter.markdown2html) with the renderer above
+                cell = context.get("cell", {})
+                renderer = MathMLRenderer(
+                    escape=False, attachments=cell.get("attachments", {}), embed_images=self.embed_images,
+                    path=context.get("resources", {}).get("metadata", {}).get("path", ""),
+                    anchor_link_text=self.anchor_link_text, exclude_anchor_links=self.exclude_anchor_links,
+                    **getattr(self, "lexer_options", {}))
+                return MarkdownWithMath(renderer=renderer).render(source)
+
+        from jinja2 import pass_context
+        BookExporter.markdown2html = pass_context(BookExporter.markdown2html)
+        _EXPORTER = BookExporter(template_name="lab", template_file="book.html.j2",
+                                 extra_loaders=[DictLoader({"book.html.j2": PAGE_TEMPLATE})])
+    return _EXPORTER
+
+
+def book_cells(nb):
+    """The notebook as the book shows it (a copy): without the Colab set-up cell (tagged ``SETUP_TAG``, or
+    the first code cell when it starts with ``SETUP_TITLE``), and with Colab's ``#@title`` line taken off
+    every solution (tagged ``SOLUTION_TAG``), whose title becomes the fold's label; HTML outputs lose their
+    link to Font Awesome on a CDN (``REMOTE_ICONS``: the page draws those icons itself)."""
+    import copy
+    nb = copy.deepcopy(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    first_code = code[0] if code else None
+    kept = []
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if SETUP_TAG in tags or (cell is first_code and cell.source.lstrip().startswith(SETUP_TITLE)):
+            continue
+        if SOLUTION_TAG in tags and cell.cell_type == "code":
+            first, _, rest = cell.source.partition("\n")
+            if first.startswith("#@title"):
+                title = re.sub(r"\{.*\}|\(click to expand\)", "", first[len("#@title"):]).strip()
+                cell.metadata["book_summary"] = title or "Solution"
+                cell.source = rest
+        for out in cell.get("outputs", []):
+            page = out.get("data", {}).get("text/html")
+            if page is not None:
+                out["data"]["text/html"] = REMOTE_ICONS.sub("", "".join(page) if isinstance(page, list) else page)
+        kept.append(cell)
+    nb.cells = kept
+    return nb
+
+
+def render_lesson_page(nb, nb_path: Path, out_dir: Path, lessons: list[Path] | None = None) -> Path:
+    """A lesson's page of the book, ``out_dir/<stem>.html``, from its notebook ``nb`` (executed or not).
+
+    The page reads offline: formulas are MathML (``tex_to_mathml``), nothing is loaded from a CDN. It has
+    links to the previous and next lesson and to the index, an "Open in Colab" link (``links.colab_url``),
+    no Colab set-up cell, and each solution folded (``book_cells``).
+
+    Args:
+        nb: the notebook node (``nbformat.read``).
+        nb_path: the lesson's notebook file (its name and title name the page).
+        out_dir: the book's folder.
+        lessons: the lessons in course order, for the previous / next links (default: ``lesson_paths()``).
+
+    Returns:
+        The page's path (written atomically: a reader never sees half a page).
+    """
+    from .links import colab_url
+    nb_path = Path(nb_path)
+    order = [Path(p).name for p in (lessons if lessons is not None else lesson_paths())]
+    paths_by_name = {Path(p).name: Path(p) for p in (lessons if lessons is not None else lesson_paths())}
+    i = order.index(nb_path.name) if nb_path.name in order else None
+
+    def neighbour(j: int) -> dict | None:
+        if i is None or not 0 <= j < len(order):
+            return None
+        p = paths_by_name[order[j]]
+        return {"href": html.escape(p.stem + ".html"), "title": html.escape(lesson_title(p))}
+
+    book = {"previous": neighbour(i - 1) if i is not None else None,
+            "next": neighbour(i + 1) if i is not None else None,
+            "colab": html.escape(colab_url(nb_path))}
+    body, _ = _page_exporter().from_notebook_node(     # the page title: the lesson's heading
+        book_cells(nb), resources={"metadata": {"name": lesson_title(nb_path)}, "book": book})
+    html_path = Path(out_dir) / (nb_path.stem + ".html")
     tmp = html_path.with_suffix(".html.tmp")
     tmp.write_text(body, encoding="utf-8")
     os.replace(tmp, html_path)
-    return html_path, seconds
+    return html_path
 
 
 def lesson_summary(nb_name: str, root: str | Path | None = None) -> str | None:
@@ -183,15 +389,16 @@ def thumbnail(executed_nb: str | Path, max_px: tuple[int, int] = THUMB_PX) -> by
 
 def render_index(out_dir: Path, entries: list[dict], profile: Profile, runtime: Runtime,
                  root: str | Path | None = None) -> Path:
-    """``build/index.html``: per executed lesson, its title linking to its page, the time it took, what you
-    build in it (``lesson_summary``) and a picture from its executed notebook in ``out_dir/lessons/``
-    (``thumbnail``).
+    """``build/index.html``: per executed lesson, its title linking to its page, the time it took, a link
+    that opens it in Colab, what you build in it (``lesson_summary``) and a picture from its executed
+    notebook in ``out_dir/lessons/`` (``thumbnail``).
 
     Args:
         entries: ``{"title", "html", "seconds"}`` per lesson, in course order (the manifest's records).
         root: the course folder whose README gives the lines (default: the course).
     """
     import base64
+    from .links import colab_url
     rows = []
     for e in entries:
         nb_name = Path(e["html"]).with_suffix(".ipynb").name
@@ -201,15 +408,17 @@ def render_index(out_dir: Path, entries: list[dict], profile: Profile, runtime: 
                    else '<span class="thumb"></span>')
         summary = lesson_summary(nb_name, root)
         line = f'<br><span class="what">{_inline_markdown(summary)}</span>' if summary else ""
+        colab = html.escape(colab_url(nb_name))
         rows.append(f'<li>{picture}<div><a href="{html.escape(e["html"])}">{html.escape(e["title"])}</a>'
-                    f' <span class="meta">{e["seconds"]:.0f} s</span>{line}</div></li>')
+                    f' <span class="meta" title="the time it took to execute">{e["seconds"]:.0f} s</span>'
+                    f' <a class="colab" href="{colab}">Open in Colab</a>{line}</div></li>')
     rows = "\n".join(rows)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>From Noise to Digits: the course book</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:50rem;margin:3rem auto;line-height:1.5;padding:0 1rem}}
 ol{{list-style:none;padding:0}} li{{display:flex;gap:1rem;align-items:center;margin:.8rem 0}}
 .thumb{{flex:none;width:160px;max-height:90px;object-fit:contain}} .what{{color:#444}}
-.meta{{color:#777;font-size:.85em}}</style></head>
+.meta{{color:#777;font-size:.85em}} .colab{{font-size:.85em;color:#b06f00}}</style></head>
 <body><h1>From Noise to Digits</h1>
 <p>Every lesson below was executed on <b>{html.escape(runtime.device.type)}</b> with the
 <b>{html.escape(profile.name)}</b> profile ({html.escape(runtime.precision)}), with its pictures and animations.</p>

@@ -33,6 +33,7 @@ from __future__ import annotations
 import numbers
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .samplers import _base_model, batched, check_labels, SAMPLE_BATCH
@@ -48,7 +49,7 @@ TIMES = ("uniform", "logit-normal")
 
 def _t(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """t as (B, 1, ..., 1) for x of shape (B, ...), in x's dtype; t a scalar or (B,) tensor."""
-    t = torch.as_tensor(t, device=x.device).to(x.dtype)
+    t = torch.as_tensor(t).to(x.dtype).to(x.device)          # the dtype first: no float64 t reaches mps
     if t.dim() == 0:
         t = t.expand(x.shape[0])
     if t.shape != (x.shape[0],):
@@ -57,11 +58,18 @@ def _t(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
 
 
 def check_t(t: torch.Tensor | float) -> None:
-    """Refuse times outside [0, 1] (t = 0 is data, t = 1 is noise) and NaN."""
-    t = torch.as_tensor(t, dtype=torch.float64)
-    if t.numel() and (torch.isnan(t).any() or t.min() < 0 or t.max() > 1):
-        bad = t[torch.isnan(t) | (t < 0) | (t > 1)].flatten()[0].item()
-        raise ValueError(f"flow time t must be in [0, 1] (0: data, 1: noise), got {bad}")
+    """Refuse times outside [0, 1] (t = 0 is data, t = 1 is noise) and NaN. A tensor is checked in its own
+    dtype where it lies (a float64 copy on the device would fail on Apple's mps, which has no float64);
+    numbers and lists in float64 on the host."""
+    if isinstance(t, torch.Tensor):
+        t = t.detach()
+        bad = t[torch.isnan(t) | (t < 0) | (t > 1)] if t.is_floating_point() else t[(t < 0) | (t > 1)]
+    else:
+        a = np.asarray(t, dtype=np.float64)
+        bad = a[np.isnan(a) | (a < 0) | (a > 1)]
+    bad = bad.reshape(-1)
+    if len(bad):
+        raise ValueError(f"flow time t must be in [0, 1] (0: data, 1: noise), got {bad[0].item()}")
 
 
 # --------------------------------------------------------------------------- the path and its target
@@ -173,21 +181,29 @@ def velocity(model: Callable, x: torch.Tensor, t: float, cond=None) -> torch.Ten
     return v
 
 
-def flow_times(steps: int) -> torch.Tensor:
-    """The times a sampler visits: t_i = 1 - i / S, i = 0..S, from noise (1) to data (0). Returns (S + 1,)."""
+def _times(steps: int) -> list[float]:
+    """``flow_times`` as Python floats (doubles on the host: the samplers send no float64 to the device)."""
     if not (isinstance(steps, numbers.Integral) and not isinstance(steps, bool) and steps >= 1):
         raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
-    return torch.linspace(1.0, 0.0, int(steps) + 1, dtype=torch.float64)
+    return [1.0 - i / int(steps) for i in range(int(steps) + 1)]
 
 
-def _check_times(times: torch.Tensor | None, steps) -> torch.Tensor:
+def flow_times(steps: int) -> torch.Tensor:
+    """The times a sampler visits: t_i = 1 - i / S, i = 0..S, from noise (1) to data (0). Returns (S + 1,)
+    float64, on the CPU."""
+    return torch.tensor(_times(steps), dtype=torch.float64)
+
+
+def _check_times(times: torch.Tensor | None, steps) -> list[float]:
     if times is None:
-        return flow_times(steps)
-    times = torch.as_tensor(times, dtype=torch.float64).flatten()
+        return _times(steps)
+    if isinstance(times, torch.Tensor):
+        times = times.detach().cpu().tolist()
+    times = np.asarray(times, dtype=np.float64).flatten()
     check_t(times)
-    if times.numel() < 2 or not bool((times[1:] < times[:-1]).all()):
+    if times.size < 2 or not bool((times[1:] < times[:-1]).all()):
         raise ValueError(f"times must decrease strictly (from noise towards data), got {times.tolist()}")
-    return times
+    return times.tolist()
 
 
 @torch.no_grad()
@@ -208,7 +224,7 @@ def euler_sample(model: Callable, x_1: torch.Tensor, *, steps: int = 10, times: 
     Returns:
         (B, C, H, W) float32 samples at the last time (t = 0 for ``steps``).
     """
-    ts = _check_times(times, steps).tolist()
+    ts = _check_times(times, steps)
     x = x_1.float()
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         v = velocity(model, x, t, cond)
@@ -229,7 +245,7 @@ def heun_sample(model: Callable, x_1: torch.Tensor, *, steps: int = 10, times: t
     except on a last step that ends at t = 0, which stays Euler as in Karras et al. So S steps cost
     2 S - 1 network calls (``nfe``). Arguments and returns as ``euler_sample``.
     """
-    ts = _check_times(times, steps).tolist()
+    ts = _check_times(times, steps)
     x = x_1.float()
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
         v = velocity(model, x, t, cond)
@@ -299,7 +315,7 @@ def sample(model: Callable, n: int, *, sampler: str = "euler", steps: int = 10, 
                          f"(ddim and ddpm sample DDPM models: samplers.sample)")
     if not (isinstance(n, numbers.Integral) and n >= 1):
         raise ValueError(f"n must be a whole number >= 1, got {n!r}")
-    flow_times(steps)                                      # checks steps
+    _times(steps)                                          # checks steps
     check_flow_model(model, cond)
     net = batched(model, batch_size, device)
     where = generator.device if generator is not None else torch.device("cpu")

@@ -32,6 +32,7 @@ import math
 import numbers
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .config import inference_autocast
@@ -66,7 +67,7 @@ def timesteps(T: int, steps: int | Sequence[int] | torch.Tensor | None = None) -
         steps = int(steps)
         if not 1 <= steps <= T:
             raise ValueError(f"steps must be in 1..T={T}, got {steps}")
-        return (torch.floor(T - torch.arange(steps, dtype=torch.float64) * (T / steps) + 0.5) - 1).long()
+        return torch.tensor([math.floor(T - i * (T / steps) + 0.5) - 1 for i in range(steps)])   # in doubles, on the host
     ts = torch.as_tensor(steps).long().flatten()
     if ts.numel() == 0 or ts.min() < 0 or ts.max() >= T or ts.unique().numel() != ts.numel():
         raise ValueError(f"timesteps must be distinct and in 0..{T - 1}, got {ts.tolist()}")
@@ -81,22 +82,25 @@ def respace(schedule: Schedule, ts: torch.Tensor) -> Schedule:
     so the marginals q(x_tau | x_0) are unchanged while each step jumps further. Index i of the result
     (ascending) corresponds to timestep ``sorted(ts)[i]`` of the original schedule.
     """
-    ts = ts.sort().values.to(schedule.device)
+    # computed on the host, in numpy's float64 (Apple's mps has no float64: nothing float64 may reach the
+    # device), then stored as float32 on the schedule's device
+    ts = ts.sort().values.cpu()
     # alpha_bar and 1 - alpha_bar, each from its own float32 table (1 - alpha_bar computed from a float32
     # alpha_bar ~ 1 - 4e-5 near t = 0 would keep only two or three digits)
-    alpha_bar = schedule.alpha_bar.double()[ts]
-    one_minus = schedule.sqrt_one_minus_alpha_bar.double()[ts] ** 2
-    alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
-    one_minus_prev = torch.cat([one_minus.new_zeros(1), one_minus[:-1]])
+    alpha_bar = schedule.alpha_bar.cpu().numpy().astype(np.float64)[ts.numpy()]
+    one_minus = schedule.sqrt_one_minus_alpha_bar.cpu().numpy().astype(np.float64)[ts.numpy()] ** 2
+    alpha_bar_prev = np.concatenate([np.ones(1), alpha_bar[:-1]])
+    one_minus_prev = np.concatenate([np.zeros(1), one_minus[:-1]])
     # beta' = 1 - alpha_bar / alpha_bar_prev = (one_minus - one_minus_prev) / alpha_bar_prev: the second
     # form is the accurate one while alpha_bar_prev is close to 1, the first one after that
-    betas = torch.where(one_minus_prev < 0.5, (one_minus - one_minus_prev) / alpha_bar_prev,
-                        1.0 - alpha_bar / alpha_bar_prev)
+    betas = np.where(one_minus_prev < 0.5, (one_minus - one_minus_prev) / alpha_bar_prev,
+                     1.0 - alpha_bar / alpha_bar_prev)
     s = snr(alpha_bar)
     values = dict(betas=betas, alphas=1.0 - betas, alpha_bar=alpha_bar, alpha_bar_prev=alpha_bar_prev,
-                  sqrt_alpha_bar=alpha_bar.sqrt(), sqrt_one_minus_alpha_bar=one_minus.sqrt(),
-                  snr=s, log_snr=s.log())
-    return Schedule(name=f"{schedule.name}[{len(ts)} of {schedule.T}]", **{k: v.float() for k, v in values.items()})
+                  sqrt_alpha_bar=np.sqrt(alpha_bar), sqrt_one_minus_alpha_bar=np.sqrt(one_minus),
+                  snr=s, log_snr=np.log(s))
+    return Schedule(name=f"{schedule.name}[{len(ts)} of {schedule.T}]",
+                    **{k: torch.from_numpy(v.astype(np.float32)).to(schedule.device) for k, v in values.items()})
 
 
 # --------------------------------------------------------------------------- the prediction of x0

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
@@ -78,10 +79,10 @@ def ema_multi_avg_fn(decay: float) -> Callable:
             return
         if isinstance(num_averaged, numbers.Integral):
             n = float(num_averaged)
-            d32 = torch.tensor(min((1.0 + n) / (10.0 + n), decay), dtype=torch.float64).to(averaged[0].dtype)
+            d32 = torch.tensor(min((1.0 + n) / (10.0 + n), decay), dtype=averaged[0].dtype)   # a double, rounded once
             d, one_minus_d = float(d32), float(1.0 - d32)                  # the tensor branch's values, exactly
         else:
-            n = num_averaged.to(torch.float64)
+            n = num_averaged.to(torch.float32)      # exact below 2**24 updates; no float64 on the device (mps)
             d = ((1.0 + n) / (10.0 + n)).clamp(max=decay).to(averaged[0].dtype)
             one_minus_d = 1.0 - d
         torch._foreach_mul_(averaged, d)                                   # d * averaged
@@ -208,7 +209,9 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
     if batch_rng_device is not None and torch.device(batch_rng_device) != gen.device:
         batch_gen = torch.Generator(device=batch_rng_device).manual_seed(seed)
     losses: list[float] = []
-    bins = torch.zeros(t_bins, dtype=torch.float64), torch.zeros(t_bins, dtype=torch.float64)
+    # the loss by t: summed on the host in numpy's float64, and between two reads on the device in float32
+    # (Apple's mps has no float64)
+    bins = np.zeros(t_bins), np.zeros(t_bins)
     start, prior_seconds = 0, 0.0
     training = {"config": config, **(meta or {}), "steps": steps, "lr": lr, "warmup_steps": warmup_steps,
                 "batch_size": batch_size, "ema_decay": ema_decay, "seed": seed}
@@ -230,8 +233,8 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         prior_seconds = float(saved.get("train_seconds", 0.0))
         losses = list(saved.get("losses", []))
         if "loss_by_t_sum" in saved:
-            bins = (torch.tensor(saved["loss_by_t_sum"], dtype=torch.float64),
-                    torch.tensor(saved["loss_by_t_count"], dtype=torch.float64))
+            bins = (np.array(saved["loss_by_t_sum"], dtype=np.float64),
+                    np.array(saved["loss_by_t_count"], dtype=np.float64))
 
     train_model = model
     if rt.compile and rt.device.type == "cuda":     # the forward and backward pass; mode: Runtime.compile_mode
@@ -258,8 +261,8 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
             losses.extend(values)
             pending.clear()
         if dev_bins is not None:
-            bins[0].add_(dev_bins[0].cpu())
-            bins[1].add_(dev_bins[1].cpu())
+            bins[0][:] += dev_bins[0].cpu().numpy()
+            bins[1][:] += dev_bins[1].cpu().numpy()
             dev_bins = None
 
     def save(step: int) -> None:
@@ -311,11 +314,10 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         if T and "t" in extras and "per_example" in extras:
             t_ = extras["t"].detach()
             if dev_bins is None:
-                dev_bins = (torch.zeros(t_bins, dtype=torch.float64, device=t_.device),
-                            torch.zeros(t_bins, dtype=torch.float64, device=t_.device))
+                dev_bins = (torch.zeros(t_bins, device=t_.device), torch.zeros(t_bins, device=t_.device))
             b = (t_ * t_bins // T).clamp(max=t_bins - 1)
-            dev_bins[0].index_add_(0, b, extras["per_example"].detach().double())
-            dev_bins[1].index_add_(0, b, torch.ones_like(b, dtype=torch.float64))
+            dev_bins[0].index_add_(0, b, extras["per_example"].detach().float())
+            dev_bins[1].index_add_(0, b, torch.ones_like(b, dtype=torch.float32))
         done = step + 1 - start
         if (done % 10 == 0 or step + 1 == end) and losses:
             rate = done * batch_size / (time.perf_counter() - t0)
@@ -337,7 +339,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
     by_t = {}
     if bins[1].sum() > 0:
         centers = ((torch.arange(t_bins) + 0.5) * (T or t_bins) / t_bins).tolist()
-        by_t = {"t_mid": centers, "loss": (bins[0] / bins[1].clamp(min=1)).tolist()}
+        by_t = {"t_mid": centers, "loss": (bins[0] / np.maximum(bins[1], 1)).tolist()}
     return TrainResult(model, ema.module, losses, end, seconds,
                        n_done * batch_size / seconds if seconds > 0 and n_done else 0.0, by_t, out, start)
 

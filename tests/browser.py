@@ -4,7 +4,8 @@ It speaks the Chrome DevTools Protocol over ``--remote-debugging-pipe``: Chromiu
 file descriptor 3 and writes replies and events on 4, each message one JSON object ended by a NUL byte
 (https://chromedevtools.github.io/devtools-protocol/). One page at a time: ``open(url)`` creates a tab,
 navigates, waits for the ``load`` event and returns what a reader would see (title, headings, links and,
-for every ``<img>``, whether it finished loading and its decoded size).
+for every ``<img>``, whether it finished loading and its decoded size; every MathML ``<math>`` element and
+how the browser lays it out; every ``<details>``; the page's text; and every address the page asked for).
 
 Every host name resolves to nothing (``--host-resolver-rules``), so a page can only use what it carries or
 what lies beside it on disk: the course book must show its figures offline.
@@ -37,7 +38,13 @@ PAGE_STATE = """(() => ({
     readyState: document.readyState,
     title: document.title,
     headings: [...document.querySelectorAll('h1')].map(h => h.textContent.trim()),
-    links: [...document.querySelectorAll('a[href]')].map(a => ({href: a.href, text: a.textContent.trim()})),
+    links: [...document.querySelectorAll('a[href]')].map(a => ({href: a.href, text: a.textContent.trim(),
+        rel: a.rel})),
+    math: [...document.querySelectorAll('math')].map(m => ({display: getComputedStyle(m).display,
+        width: m.getBoundingClientRect().width, text: m.textContent.slice(0, 40)})),
+    details: [...document.querySelectorAll('details')].map(d => ({open: d.open,
+        summary: (d.querySelector('summary') || {textContent: ''}).textContent.trim()})),
+    text: document.body ? document.body.innerText : '',
     images: [...document.images].map(i => ({
         complete: i.complete, naturalWidth: i.naturalWidth, naturalHeight: i.naturalHeight,
         shownWidth: i.getBoundingClientRect().width, src: i.currentSrc.slice(0, 40)})),
@@ -153,8 +160,9 @@ class Chromium:
         """Load ``url`` in a new tab, wait for its ``load`` event, and describe it (see ``PAGE_STATE``).
 
         Returns:
-            ``{"url", "readyState", "title", "headings", "links", "images", "exceptions", "seconds"}``,
-            where ``exceptions`` lists the uncaught JavaScript errors the page threw while loading.
+            ``{"url", "readyState", "title", "headings", "links", "images", "math", "details", "text",
+            "exceptions", "requests", "seconds"}``, where ``exceptions`` lists the uncaught JavaScript errors
+            the page threw while loading and ``requests`` every URL it asked for (the page's own included).
 
         Raises:
             BrowserError: the navigation failed (a missing file, a refused address) or timed out.
@@ -164,6 +172,7 @@ class Chromium:
         session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         try:
             self.send("Runtime.enable", session)
+            self.send("Network.enable", session)
             first_event = len(self.events)
             nav = self.send("Page.navigate", session, url=url)
             if nav.get("errorText"):
@@ -175,6 +184,8 @@ class Chromium:
                 or e["params"]["exceptionDetails"].get("text")
                 for e in self.events[first_event:]
                 if e.get("sessionId") == session and e["method"] == "Runtime.exceptionThrown"]
+            state["requests"] = [e["params"]["request"]["url"] for e in self.events[first_event:]
+                                 if e.get("sessionId") == session and e["method"] == "Network.requestWillBeSent"]
             state["seconds"] = time.perf_counter() - t0
             return state
         finally:

@@ -1,6 +1,8 @@
 """The course book as a reader sees it: render it under the test profile, then open ``index.html`` and
 every lesson page in headless Chromium (``tests/browser.py``) and check that each page loads, that the
-index links every lesson, and that every figure is drawn.
+index links every lesson, and that every figure is drawn. Every host name is unresolvable there, as on a
+train: a small made-up lesson's page (``test_book_pages.small_book``, seconds) must typeset its formulas
+and ask nothing of the network.
 
 Rendering executes every lesson again (nbval executes them too, in the same ``make test``), after training
 the test-profile models the lessons need into the session's COURSE_HOME, where nbval's runs of the lessons
@@ -81,6 +83,49 @@ def test_the_client_reports_broken_pages_and_images(tmp_path):
             browser.open((tmp_path / "nope.html").as_uri())
     assert page["readyState"] == "complete" and page["title"] == "t" and page["headings"] == ["h"]
     assert [_drawn(i) for i in page["images"]] == [True, False]
+
+
+def _small_page(tmp_path):
+    from test_book_pages import small_book
+    lessons, out = small_book(tmp_path)
+    return lessons, out
+
+
+def test_a_book_page_typesets_its_math_offline(tmp_path):
+    """A small lesson rendered by ``book.render_lesson_page``, opened with every host name unresolvable:
+    its formulas are MathML that Chromium lays out as math (CSS display "math" / "block math"), the page
+    asks for nothing outside the disk, the navigation and Colab links are there, and the solution is folded."""
+    from course_lib.links import colab_url
+    lessons, out = _small_page(tmp_path)
+    with Chromium(CHROMIUM) as browser:
+        page = browser.open((out / (lessons[1].stem + ".html")).as_uri())
+    assert page["readyState"] == "complete" and not page["exceptions"], page["exceptions"]
+    # CSS display "math" (inline) or "block math": Chromium's MathML layout; an unknown element would be "inline"
+    displays = sorted(m["display"] for m in page["math"])
+    assert displays == ["block math", "math", "math", "math"], f"math not typeset: {page['math']}"
+    assert all(m["width"] > 0 for m in page["math"]), page["math"]
+    remote = [u for u in page["requests"] if not u.startswith(("file:", "data:"))]
+    assert not remote, f"the page asked the network for {remote}"
+    assert "\\bar" not in page["text"] and "$$" not in page["text"], "raw TeX on the page"
+    rels = {link["rel"]: Path(unquote(urlparse(link["href"]).path)).name for link in page["links"] if link["rel"]}
+    assert rels == {"prev": lessons[0].stem + ".html", "index": "index.html", "next": lessons[2].stem + ".html"}
+    assert any(link["href"] == colab_url(lessons[1]) and "Colab" in link["text"] for link in page["links"])
+    assert page["details"] == [{"open": False, "summary": "Solution"}]
+    assert "SOLUTION_MARKER" not in page["text"] and "COLAB_ONLY_MARKER" not in page["text"]
+
+
+def test_the_plain_lab_page_shows_raw_tex_offline(tmp_path):
+    """What the check above guards against: nbconvert's own ``lab`` page takes MathJax from a CDN, so offline
+    its formulas stay TeX and no math is typeset."""
+    import nbformat
+    from nbconvert import HTMLExporter
+    from test_book_pages import small_lesson
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(small_lesson("Lesson 00 — x"))
+    (tmp_path / "plain.html").write_text(body, encoding="utf-8")
+    with Chromium(CHROMIUM) as browser:
+        page = browser.open((tmp_path / "plain.html").as_uri())
+    assert page["math"] == [] and "\\bar\\alpha_t" in page["text"]
+    assert [u for u in page["requests"] if u.startswith("https:")], "the plain page asks a CDN for MathJax"
 
 
 def test_index_links_every_lesson(book, pages):
