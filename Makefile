@@ -48,7 +48,7 @@ $(STAMP): requirements.txt requirements-colab.txt pyproject.toml
 		if [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then \
 			echo "installing torch (missing): the CPU build, a download of about 200 MB (no NVIDIA GPU found)"; \
 			$(PIP) install -q --timeout 15 --retries 0 --index-url $(TORCH_CPU_INDEX) "$(TORCH)" 2>&1 | $(QUIET_PIP) || { \
-				echo "$(TORCH_CPU_INDEX) unreachable: torch from PyPI instead (on Linux the CUDA build, about 3 GB)"; \
+				echo "no torch from $(TORCH_CPU_INDEX): PyPI's instead (on Linux the CUDA build, about 3 GB)"; \
 				$(PIP) install -q "$(TORCH)" 2>&1 | $(QUIET_PIP); }; \
 		else \
 			echo "installing torch (missing): about 110-130 MB on macOS and Windows, about 3 GB with CUDA on Linux"; \

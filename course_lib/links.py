@@ -33,7 +33,6 @@ HEADER = ("#", "lesson", "what you build", "`cpu` profile, 2 cores*", "`test` pr
 REPO_LINE = re.compile(r'^COURSE_REPO = "[^"\n]*"$', re.MULTILINE)
 COLAB_REQUIREMENTS = "requirements-colab.txt"   # what Colab lacks; installed with --no-deps (here and by make setup)
 SETUP_TAG = "colab-setup"                # the set-up cell's tag (the course book leaves that cell out)
-SETUP_METADATA = {"cellView": "form", "jupyter": {"source_hidden": True}, "tags": [SETUP_TAG]}
 # The Colab set-up cell, the same in every lesson ($repo and $packages filled in by `setup_cell_source`).
 # Colab already has torch and every other package the lessons import; `pip install --no-deps` of the few
 # it lacks leaves its kernel stack (ipykernel, ipywidgets, jupyter_client), torch and all it pins as they are.
