@@ -41,9 +41,9 @@ $(STAMP): requirements.txt requirements-colab.txt pyproject.toml
 		"Python 3.10 or newer; $$py is $$($$py -V 2>&1 | tail -n 1 || echo missing). Install one (python.org," \
 		"brew install python@3.12, apt install python3.12) and run: make setup PYTHON=python3.12" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "error: '$(PYTHON) -m venv' failed;" \
-		"on Debian/Ubuntu install the venv module first: sudo apt install python3-venv"; exit 1; }
+		"on Debian/Ubuntu install the venv module first: sudo apt install python3-venv" >&2; exit 1; }
 	@$(PY) -m pip --version >/dev/null 2>&1 || { echo "error: $(VENV) has no pip (a venv made without" \
-		"ensurepip); remove it, install python3-venv (Debian/Ubuntu: sudo apt install python3-venv), run make again"; exit 1; }
+		"ensurepip); remove it, install python3-venv (Debian/Ubuntu: sudo apt install python3-venv), run make again" >&2; exit 1; }
 	@$(PY) -c "import torch" 2>/dev/null || { set -o pipefail; \
 		if [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then \
 			echo "installing torch (missing): the CPU build, a download of about 200 MB (no NVIDIA GPU found)"; \
@@ -54,7 +54,7 @@ $(STAMP): requirements.txt requirements-colab.txt pyproject.toml
 			echo "installing torch (missing): about 110-130 MB on macOS and Windows, about 3 GB with CUDA on Linux"; \
 			$(PIP) install -q "$(TORCH)" 2>&1 | $(QUIET_PIP); \
 		fi; }
-	@$(PY) -c "import torch" 2>/dev/null || { echo "error: torch did not install (see pip's message above)"; exit 1; }
+	@$(PY) -c "import torch" 2>/dev/null || { echo "error: torch did not install (see pip's message above)" >&2; exit 1; }
 	@$(PY) -W ignore -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/course-constraints.txt
 	@echo "installing requirements (torch kept at $$(cat $(VENV)/course-constraints.txt))"
 	@set -o pipefail; $(PIP) install -q -c $(VENV)/course-constraints.txt -r requirements.txt 2>&1 | $(QUIET_PIP)

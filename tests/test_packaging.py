@@ -94,3 +94,25 @@ def test_make_setup_refuses_an_old_python_in_one_line(tmp_path):
     assert len(lines) == 1, r.stderr
     assert "Python 3.10 or newer" in lines[0] and "3.9.6" in lines[0] and "PYTHON=python3.12" in lines[0]
     assert not venv.exists()
+
+
+def test_make_setup_installs_the_cpu_torch_and_falls_back_to_pypi(tmp_path):
+    """On Linux without nvidia-smi, torch comes from PyTorch's CPU index with a bounded timeout; when that
+    fails, from PyPI. pip is replaced by a script that records its calls and fails the CPU-index one."""
+    if sys.platform != "linux" or shutil.which("nvidia-smi") or shutil.which("make") is None:
+        pytest.skip("the CPU-index path is taken on Linux without an NVIDIA GPU, by make")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    if subprocess.run([venv / "bin" / "python", "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.skip("this venv sees a torch already: nothing to install")
+    log = tmp_path / "pip.log"
+    fake = tmp_path / "pip"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in *--index-url*) exit 1;; esac\nexit 0\n')
+    fake.chmod(0o755)
+    r = subprocess.run(["make", "-s", "-C", str(ROOT), "setup", f"VENV={venv}", f"PIP={fake}"],
+                       capture_output=True, text=True, timeout=120)
+    calls = log.read_text().splitlines()
+    assert calls[0] == "install -q --timeout 15 --retries 0 --index-url https://download.pytorch.org/whl/cpu torch==2.13.0"
+    assert calls[1] == "install -q torch==2.13.0", calls
+    assert "about 200 MB" in r.stdout and "PyPI's instead" in r.stdout, r.stdout
+    assert r.returncode != 0 and "torch did not install" in r.stdout + r.stderr      # the fake installed nothing
