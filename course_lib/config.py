@@ -27,7 +27,7 @@ import torch
 
 __all__ = ["Profile", "PROFILES", "Runtime", "COMPILE_MODES", "compile_setting", "get_profile", "get_device",
            "get_runtime", "cpu_runtime", "setup", "seed_everything", "autocast", "inference_autocast",
-           "cpu_has_bf16_units", "PRECISIONS"]
+           "cpu_has_bf16_units", "PRECISIONS", "profile_from_env"]
 
 
 @dataclass(frozen=True)
@@ -213,13 +213,21 @@ def get_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def profile_from_env() -> str | None:
+    """``COURSE_PROFILE`` as the user meant it: surrounding spaces stripped, lower case; None when unset or
+    blank. Windows' cmd keeps the space before ``&&`` (``set COURSE_PROFILE=test && ...`` stores ``"test "``),
+    so a raw comparison with ``"test"`` would miss it: read the variable through this function."""
+    value = os.environ.get("COURSE_PROFILE", "").strip().lower()
+    return value or None
+
+
 def get_profile(name: str | None = None, device: torch.device | None = None) -> Profile:
     """The profile named ``name``, else ``COURSE_PROFILE``, else ``gpu`` on CUDA and ``cpu`` elsewhere.
 
     Raises:
         ValueError: for an unknown name, listing the valid ones.
     """
-    name = name or os.environ.get("COURSE_PROFILE") or None
+    name = (name or "").strip() or profile_from_env()
     if name is None:
         device = device or get_device()
         name = "gpu" if device.type == "cuda" else "cpu"

@@ -95,3 +95,18 @@ def test_setup_prints_one_line(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "profile=test" in out[0] and f"precision={rt.precision}" in out[0]
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("raw", ["test ", " test", "\ttest \r\n", "TEST "])
+def test_profile_read_with_surrounding_spaces_stripped(monkeypatch, raw):
+    """cmd's `set COURSE_PROFILE=test && ...` stores "test " (the space before &&): it still means test."""
+    monkeypatch.setenv("COURSE_PROFILE", raw)
+    assert config.profile_from_env() == "test"
+    assert get_profile().name == "test"
+    assert get_profile(" cpu ").name == "cpu"
+
+
+def test_a_blank_profile_means_unset(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "  ")
+    assert config.profile_from_env() is None
+    assert get_profile(device=torch.device("cpu")).name == "cpu"          # chosen automatically, no error

