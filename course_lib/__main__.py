@@ -35,7 +35,16 @@ MAX_SEED = 2 ** 63 - 1                                   # what torch.Generator.
 
 
 class CommandError(Exception):
-    """A refused input: ``main`` prints ``error: <message>`` on one line and returns 2, as argparse does."""
+    """A refused input, raised by a command; ``main`` turns it (and any ValueError) into ``Refused``."""
+
+
+class Refused(SystemExit):
+    """What ``main`` raises for a refused input once it has printed ``error: <message>`` on stderr: exit
+    status 2, as argparse gives for a wrong option, with the message in ``str()`` for callers in Python."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.code = 2                      # the status; the interpreter prints nothing more
 
 
 def _positive_int(text: str) -> int:
@@ -112,6 +121,11 @@ def _model_kind(folder: Path) -> str | None:
             return "denoiser"
         return "class" if cfg.get("num_classes") else "unet"
     return None
+
+
+def _a(word: str) -> str:
+    """``an unclip``, ``a flow``: the article for a model's name."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _model_folder(given: str) -> tuple[Path, str | None, dict]:
@@ -224,10 +238,10 @@ def _check_sample_options(args, folder: Path, kind: str | None, cfg: dict, label
     (returned), and no option that this model would silently ignore."""
     name = args.checkpoint
     if kind in TEXT_TO_IMAGE:
-        raise CommandError(f"{name} holds a {kind} model, which draws digits for prompts: use python -m "
+        raise CommandError(f"{name} holds {_a(kind)} model, which draws digits for prompts: use python -m "
                            f"course_lib generate \"a thin two\" --checkpoint {name} -o grid.png")
     if kind in ("clip", "autoencoder", "classifier"):
-        raise CommandError(f"{name} holds a {kind} model, which does not sample digits: pass the denoiser or a "
+        raise CommandError(f"{name} holds {_a(kind)} model, which does not sample digits: pass the denoiser or a "
                            f"class, flow or latent model (e.g. data/weights/class)")
     flow = kind == "flow"
     sampler = args.sampler or ("euler" if flow else "ddim")
@@ -249,7 +263,7 @@ def _check_sample_options(args, folder: Path, kind: str | None, cfg: dict, label
     if args.autoguidance is not None:
         if kind != "denoiser":
             raise CommandError(f"--autoguidance steers the denoiser away from its own early weights "
-                               f"(guide.safetensors); {name} is a {kind or 'UNet'} model, trained without them"
+                               f"(guide.safetensors); {name} is {_a(kind or 'UNet')} model, trained without them"
                                + ("" if kind == "unet" else ": guide it with --labels and --guidance"))
         if not (folder / "guide.safetensors").is_file():
             raise CommandError(f"{name} has no guide.safetensors: its training stopped before the profile's "
@@ -374,15 +388,17 @@ def _check_generate_options(args) -> str:
     if args.checkpoint is None:
         return args.model or "text2image"
     name = args.checkpoint
+    if not (Path(name).expanduser() / "config.json").is_file():
+        return args.model or "text2image"               # paths.find_model says where it looked
     _, kind, _ = _model_folder(name)
     if kind in SAMPLEABLE:
-        raise CommandError(f"{name} holds a {kind if kind != 'unet' else 'UNet'} model, which takes no prompt: "
+        raise CommandError(f"{name} holds {_a(kind if kind != 'unet' else 'UNet')} model, which takes no prompt: "
                            f"use python -m course_lib sample --checkpoint {name} -o grid.png")
     if kind not in TEXT_TO_IMAGE:
-        raise CommandError(f"{name} holds a{'n' if (kind or 'unknown')[0] in 'aeiou' else ''} {kind or 'unknown'} "
-                           f"model, not a text-to-image one ({', '.join(TEXT_TO_IMAGE)})")
+        raise CommandError(f"{name} holds {_a(kind or 'unknown')} model, not a text-to-image one "
+                           f"({', '.join(TEXT_TO_IMAGE)})")
     if args.model is not None and args.model != kind:
-        raise CommandError(f"--model {args.model} and --checkpoint {name} disagree: that folder holds a {kind} "
+        raise CommandError(f"--model {args.model} and --checkpoint {name} disagree: that folder holds {_a(kind)} "
                            f"model; give one of them")
     return kind
 
@@ -534,11 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _error(message: str) -> int:
-    """A refused input: one line on stderr starting with ``error:``; status 2, as argparse gives."""
-    message = str(message)
-    print(message if message.startswith("error:") else f"error: {message}", file=sys.stderr)
-    return 2
+def _refuse(message: str) -> Refused:
+    """Print a refused input's one line on stderr, starting with ``error:``, and return ``Refused`` to raise."""
+    message = message if message.startswith("error:") else f"error: {message}"
+    print(message, file=sys.stderr)
+    return Refused(message)
 
 
 def main(argv=None) -> int:
@@ -551,8 +567,8 @@ def main(argv=None) -> int:
         else:
             print("\ninterrupted: nothing was written.")
         return 130
-    except (CommandError, ValueError) as e:     # bad input: a clear one-line error, no traceback
-        return _error(str(e))
+    except (CommandError, ValueError) as e:     # bad input: a clear one-line error, no traceback, status 2
+        raise _refuse(str(e)) from None
 
 
 if __name__ == "__main__":

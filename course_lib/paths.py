@@ -102,7 +102,7 @@ def _probe_folder(folder: Path, option: str, given) -> None:
     """
     for parent in (folder, *folder.parents):          # a file where a folder should be: name it
         if parent.exists() and not parent.is_dir():
-            raise ValueError(f"cannot write {option} {given}: {parent} is a file, not a folder")
+            raise ValueError(f"cannot create the folder of {option} {given}: {parent} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".course-write-test-")
