@@ -109,7 +109,7 @@ def _probe_folder(folder: Path, option: str, given) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ValueError(f"cannot write {option} {given}: {folder} is not writable "
+        raise ValueError(f"cannot write {option} {given}: no file can be created in {folder} "
                          f"({e.strerror or e.__class__.__name__})") from None
 
 
