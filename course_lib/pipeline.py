@@ -57,7 +57,7 @@ from torch import nn
 
 from . import captions, checkpoints
 from .guidance import Guided
-from .samplers import SAMPLERS, batched
+from .samplers import SAMPLERS, batched, check_finite
 from .schedules import Schedule, make_schedule
 from .text import MAX_LENGTH, SPECIAL_TOKENS, check_prompts
 from .unet import TextCond, UNet, UNetConfig
@@ -285,7 +285,7 @@ class TextToImage:
                 p_idx, n_idx = which[k:k + MAX_BATCH], noise[k:k + MAX_BATCH]
                 c = TextCond(*(part[p_idx.to(self.device)] for part in cond))
                 out.append(run(model, x_T[n_idx].to(self.device), self.schedule, cond=c, **kwargs).cpu())
-        return torch.cat(out).float().clamp(-1.0, 1.0)
+        return check_finite(torch.cat(out).float()).clamp(-1.0, 1.0)           # NaN is an error, not an image
 
     def generate_with_labels(self, prompts: str | Sequence[str], n_per_prompt: int = 1, **kwargs
                              ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,7 +49,7 @@ from .clip import embed_images, embed_text
 from .forward import predict_eps_from_x0, q_sample
 from .guidance import Guided
 from .pipeline import check_prompt_type
-from .samplers import SAMPLERS, batched, ddim_step, timesteps
+from .samplers import SAMPLERS, batched, check_finite, ddim_step, timesteps
 from .schedules import Schedule, make_schedule
 from .text import MAX_LENGTH, SPECIAL_TOKENS, check_prompts
 from .unet import UNet, timestep_embedding
@@ -378,7 +378,7 @@ class UnCLIP:
                 e_idx, n_idx = which[k:k + MAX_BATCH], noise[k:k + MAX_BATCH]
                 out.append(run(model, x_T[n_idx].to(self.device), self.schedule,
                                cond=embeds[e_idx.to(self.device)], **kwargs).cpu())
-        return torch.cat(out).float().clamp(-1.0, 1.0)
+        return check_finite(torch.cat(out).float()).clamp(-1.0, 1.0)           # NaN is an error, not an image
 
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str], n_per_prompt: int = 1, steps: int | None = None,
@@ -423,7 +423,7 @@ class UnCLIP:
                               cond=F.normalize(embeds.float(), dim=-1).to(self.device), clip_x0=clip_x0,
                               callback=callback, generator=g if stochastic else None,
                               **({} if eta is None else {"eta": eta}))
-        return x.cpu().float().clamp(-1.0, 1.0)
+        return check_finite(x.cpu().float()).clamp(-1.0, 1.0)
 
     def generate_with_labels(self, prompts: str | Sequence[str], n_per_prompt: int = 1, **kwargs
                              ) -> tuple[torch.Tensor, torch.Tensor]:

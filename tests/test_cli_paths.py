@@ -154,6 +154,19 @@ def test_samples_with_nan_are_an_error_not_a_file(cli, monkeypatch, tmp_path):
         assert code == 2 and "NaN or infinite" in err and not (tmp_path / out).exists(), err
 
 
+def test_the_text_pipelines_refuse_nan_samples(monkeypatch, unclip):
+    from course_lib.pipeline import load_text2image
+    pipe = load_text2image(WEIGHTS / "text2image")
+    for net in (pipe.unet, unclip.decoder):
+        monkeypatch.setattr(net, "forward", lambda x, t, cond=None: torch.full_like(x, float("nan")))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        pipe("a 3", steps=2)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        unclip("a 3", steps=2, prior_steps=2)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        unclip.variations(torch.zeros(1, 1, 28, 28), n=2, steps=2)
+
+
 # --------------------------------------------------------------------------- F10: unCLIP's Python API
 @pytest.fixture(scope="module")
 def unclip():
