@@ -260,18 +260,17 @@ def _check_sample_options(args, folder: Path, kind: str | None, cfg: dict, label
     if labels is not None and (kind in ("denoiser", "unet") or not cfg.get("num_classes")):
         raise CommandError(f"{name} is an unconditional model: --labels needs a class model "
                            f"(python -m course_lib train class)")
-    if args.autoguidance is not None:
-        if kind != "denoiser":
-            raise CommandError(f"--autoguidance steers the denoiser away from its own early weights "
-                               f"(guide.safetensors); {name} is {_a(kind or 'UNet')} model, trained without them"
-                               + ("" if kind == "unet" else ": guide it with --labels and --guidance"))
-        if not (folder / "guide.safetensors").is_file():
+    if args.autoguidance is not None and not (folder / "guide.safetensors").is_file():
+        if kind in ("denoiser", "unet"):
             raise CommandError(f"{name} has no guide.safetensors: its training stopped before the profile's "
                                f"guide_step, so no guide was kept; train the denoiser longer "
                                f"(python -m course_lib train denoiser) to get one")
-        if args.guidance is not None:
-            raise CommandError("--guidance and --autoguidance both set how the denoiser is guided (towards a "
-                               "drawn cluster, or away from its early weights): give one of them")
+        raise CommandError(f"--autoguidance steers the denoiser away from its own early weights "
+                           f"(guide.safetensors); {name} is {_a(kind or 'UNet')} model, trained without them: "
+                           f"guide it with --labels and --guidance")
+    if args.autoguidance is not None and args.guidance is not None and labels is None:
+        raise CommandError("--guidance and --autoguidance both set how the denoiser is guided (towards a drawn "
+                           "cluster, or away from its early weights): give one of them")
     if args.guidance is not None and labels is None and kind != "denoiser":
         raise CommandError(f"--guidance steers towards the digits of --labels; without --labels {name} samples "
                            f"unconditionally and would ignore it: add --labels (e.g. --labels all) or drop "
