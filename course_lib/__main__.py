@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_train)
 
     sp = add("sample", "sample digits from the denoiser or a class, flow or latent model")
-    sp.add_argument("--checkpoint", required=True,
+    sp.add_argument("--checkpoint", required=True, metavar="DIR",
                     help="a model folder: the denoiser, or a class, flow or latent model (e.g. data/weights/class)")
     sp.add_argument("-n", "--n", type=_positive_int, default=16, help="number of images (default 16)")
     sp.add_argument("--steps", type=_positive_int, default=None,
@@ -495,23 +495,23 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default 1); not for flow models")
     sp.add_argument("--seed", type=_seed, default=0, help="the seed of the start noise (default 0)")
     sp.add_argument("--labels", help="class, flow or latent models: 'all' (0 to 9 in turn) or digits like 0,1,7")
-    sp.add_argument("--guidance", type=_scale, default=None,
+    sp.add_argument("--guidance", type=_scale, default=None, metavar="W",
                     help="guidance scale w (0: unconditional, 1: conditional, larger: stronger). With --labels: "
                          "towards the label (default: the profile's, which python -m course_lib info shows); "
                          "for the denoiser: towards a drawn k-means cluster (default: the profile's "
                          "self_guidance; 1: none)")
-    sp.add_argument("-o", "--out", required=True, help="FILE.png (a grid) or FILE.pt (images, labels)")
-    sp.add_argument("--autoguidance", type=_scale, default=None,
+    sp.add_argument("-o", "--out", required=True, metavar="FILE", help="FILE.png (a grid) or FILE.pt (images, labels)")
+    sp.add_argument("--autoguidance", type=_scale, default=None, metavar="W",
                     help="the denoiser only: autoguidance scale w (e.g. 2), which steers away from the model's "
                          "early weights kept in guide.safetensors; instead of --guidance")
-    sp.add_argument("--strip", default=None,
+    sp.add_argument("--strip", default=None, metavar="FILE",
                     help="also save FILE.png: the reverse process of the first 8 images, from static to digit "
                          "(not for latent models)")
     sp.set_defaults(func=cmd_sample)
 
     sp = add("generate", "text to image: generate digits for prompts (a .pt file holds images and labels)")
     sp.add_argument("prompts", nargs="+", help='prompts such as "a thin two" "a 9"')
-    sp.add_argument("--checkpoint", default=None,
+    sp.add_argument("--checkpoint", default=None, metavar="DIR",
                     help="a text2image, text2image-lm or unclip folder (default: checkpoints/MODEL if it finished "
                          "training, else the shipped weights of --model)")
     sp.add_argument("--model", choices=TEXT_TO_IMAGE, default=None,
@@ -519,12 +519,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "vocabulary; text2image-lm: a language model reads the prompt, any English words; "
                          "unclip: a prior turns the prompt into a CLIP image embedding first")
     sp.add_argument("-n", "--n", type=_positive_int, default=16, help="images per prompt (default 16)")
-    sp.add_argument("--guidance", type=_scale, default=None, help="guidance scale w (default: the model's)")
+    sp.add_argument("--guidance", type=_scale, default=None, metavar="W",
+                    help="guidance scale w (default: the model's)")
     sp.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's)")
     sp.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="default ddim")
     sp.add_argument("--seed", type=_seed, default=0,
                     help="the same seed gives every prompt the same start noises (default 0)")
-    sp.add_argument("-o", "--out", required=True, help="FILE.png (one row per prompt) or FILE.pt (images, labels)")
+    sp.add_argument("-o", "--out", required=True, metavar="FILE",
+                    help="FILE.png (one row per prompt) or FILE.pt (images, labels)")
     sp.set_defaults(func=cmd_generate)
 
     sp = add("weights", "train every model for the profile (resuming) and refresh data/weights/")

@@ -262,9 +262,9 @@ def test_sample_and_generate_share_short_and_long_options():
 
 
 def test_help_is_plain_words_and_says_what_sample_takes(cli):
-    for sub in ((), ("sample",), ("generate",), ("train",), ("course",)):
+    for sub in ((), ("sample",), ("generate",), ("train",), ("course",), ("weights",), ("info",), ("links",)):
         code, out, _ = cli(*sub, "--help")
-        assert code == 0 and "``" not in out and "denoiser or class model checkpoint" not in out
+        assert code == 0 and "`" not in out and "denoiser or class model checkpoint" not in out
     code, out, _ = cli("sample", "--help")
     assert "flow" in out and "latent" in out and "euler" in out
 
