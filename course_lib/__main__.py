@@ -98,20 +98,14 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _model_kind(folder: Path) -> str | None:
-    """What a model folder holds, read from its ``config.json`` alone (no torch, no weights): one of
-    ``MODEL_NAMES``, ``"unet"`` (an unconditional UNet without clusters), or None (no readable config)."""
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(cfg, dict):
-        return None
+def _model_kind(cfg: dict) -> str | None:
+    """What a model folder holds, read from its config alone (no torch, no weights): one of ``MODEL_NAMES``,
+    ``"unet"`` (an unconditional UNet without clusters), or None (no kind this course knows)."""
     if cfg.get("model") in TEXT_TO_IMAGE:
         return cfg["model"]
     if cfg.get("model_type") == "clip":
         return "clip"
-    kind = cfg.get("kind")
+    kind = cfg.get("kind", "unet" if "channels" in cfg else None)     # early UNet configs named no kind
     if kind in ("latent", "autoencoder", "classifier"):
         return kind
     if kind == "unet":
@@ -128,19 +122,24 @@ def _a(word: str) -> str:
     return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
-def _model_folder(given: str) -> tuple[Path, str | None, dict]:
-    """``--checkpoint``: the folder (``~`` expanded), what it holds and its config, or a one-line error if it
-    holds no ``config.json``."""
+def _model_folder(given: str) -> tuple[Path, str, dict]:
+    """``--checkpoint``: the folder (``~`` expanded), what it holds (``_model_kind``) and its config; a one-line
+    error if it holds no ``config.json``, an unreadable one, or one of no kind this course knows."""
     folder = Path(given).expanduser()
-    if not (folder / "config.json").is_file():
-        raise CommandError(f"no model at {given} (looked for {folder / 'config.json'}); pass a model folder "
-                           f"such as data/weights/class")
-    kind = _model_kind(folder)
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CommandError(f"no model at {given} (looked for {path}); pass a model folder such as "
+                           f"data/weights/class")
     try:
-        cfg = json.loads((folder / "config.json").read_text())
+        cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        cfg = {}
-    return folder, kind, cfg if isinstance(cfg, dict) else {}
+        from .checkpoints import read_json            # its error names the file and the fix
+        cfg = read_json(path)
+    kind = _model_kind(cfg) if isinstance(cfg, dict) else None
+    if kind is None:
+        raise CommandError(f"{path} describes no model this course knows (no 'kind' or 'model' in it); pass a "
+                           f"model folder such as data/weights/class")
+    return folder, kind, cfg
 
 
 def _describe_model(folder: Path) -> str:
@@ -266,7 +265,7 @@ def _check_sample_options(args, folder: Path, kind: str | None, cfg: dict, label
                                f"guide_step, so no guide was kept; train the denoiser longer "
                                f"(python -m course_lib train denoiser) to get one")
         raise CommandError(f"--autoguidance steers the denoiser away from its own early weights "
-                           f"(guide.safetensors); {name} is {_a(kind or 'UNet')} model, trained without them: "
+                           f"(guide.safetensors); {name} is {_a(kind)} model, trained without them: "
                            f"guide it with --labels and --guidance")
     if args.autoguidance is not None and args.guidance is not None and labels is None:
         raise CommandError("--guidance and --autoguidance both set how the denoiser is guided (towards a drawn "
@@ -394,7 +393,7 @@ def _check_generate_options(args) -> str:
         raise CommandError(f"{name} holds {_a(kind if kind != 'unet' else 'UNet')} model, which takes no prompt: "
                            f"use python -m course_lib sample --checkpoint {name} -o grid.png")
     if kind not in TEXT_TO_IMAGE:
-        raise CommandError(f"{name} holds {_a(kind or 'unknown')} model, not a text-to-image one "
+        raise CommandError(f"{name} holds {_a(kind)} model, not a text-to-image one "
                            f"({', '.join(TEXT_TO_IMAGE)})")
     if args.model is not None and args.model != kind:
         raise CommandError(f"--model {args.model} and --checkpoint {name} disagree: that folder holds {_a(kind)} "

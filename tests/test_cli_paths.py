@@ -243,6 +243,17 @@ def test_out_names_are_explained(out, message, cli, no_compute, tmp_path):
     assert code == 2 and message in err, err
 
 
+@pytest.mark.parametrize("config, message", [("{not json", "is not valid JSON"),
+                                             ('{"hello": 1}', "describes no model this course knows")])
+@pytest.mark.parametrize("cmd", ["sample", "generate"])
+def test_a_folder_of_no_known_kind_is_named(cmd, config, message, cli, no_compute, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(config)
+    args = ("sample", "--checkpoint") if cmd == "sample" else ("generate", "a 3", "--checkpoint")
+    code, _, err = cli(*args, tmp_path / "m", "-o", tmp_path / "x.png")
+    assert code == 2 and message in err and str(tmp_path / "m" / "config.json") in err, err
+
+
 def test_the_denoiser_without_a_guide_names_the_right_remedy(cli, no_compute, tmp_path):
     short = tmp_path / "short"
     short.mkdir()
