@@ -14,6 +14,7 @@ import torch
 from course_lib import paths
 
 WEIGHTS = paths.weights_dir()
+LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and /sys are Linux's")
 ENV = {**os.environ, "COURSE_PROFILE": "test", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
@@ -93,8 +94,10 @@ def test_train_and_course_get_the_expanded_folder(cli, home, monkeypatch):
 
 # --------------------------------------------------------------------------- F6, F11: every output path probed
 @pytest.mark.parametrize("args", [
-    ("--out", "/proc/x.png"), ("--out", "/proc/x.pt"), ("--out", "/sys/x.png"),
-    ("--out", "OK", "--strip", "/proc/strip.png"), ("--out", "OK", "--strip", "/sys/strip.png"),
+    pytest.param(("--out", "/proc/x.png"), marks=LINUX), pytest.param(("--out", "/proc/x.pt"), marks=LINUX),
+    pytest.param(("--out", "/sys/x.png"), marks=LINUX),
+    pytest.param(("--out", "OK", "--strip", "/proc/strip.png"), marks=LINUX),
+    pytest.param(("--out", "OK", "--strip", "/sys/strip.png"), marks=LINUX),
     ("--out", "OK", "--strip", "FILE/strip.png"),
 ])
 def test_sample_refuses_an_unwritable_path_before_any_compute(args, cli, no_compute, tmp_path):
@@ -105,12 +108,14 @@ def test_sample_refuses_an_unwritable_path_before_any_compute(args, cli, no_comp
     assert ("--strip" if "--strip" in args else "--out") in err and not (tmp_path / "ok.png").exists()
 
 
+@LINUX
 @pytest.mark.parametrize("out", ["/proc/g.png", "/sys/g.pt"])
 def test_generate_refuses_an_unwritable_out_before_loading(out, cli, no_compute):
     code, _, err = cli(*T2I, "-o", out)
     assert code == 2 and err.startswith(f"error: cannot write --out {out}: ") and err.count("\n") == 1, err
 
 
+@LINUX
 def test_course_refuses_an_unwritable_out_before_any_lesson(cli, no_compute):
     code, _, err = cli("course", "--out", "/proc/build")
     assert code == 2 and "cannot" in err and "/proc/build" in err, err
