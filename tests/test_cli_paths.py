@@ -1,7 +1,6 @@
 """The command line under a hostile user, round 3 (reliability-2026-12.md, sections 1, 2, 3, 5 and 6): output
 paths (F1, F6, F11), absurd guidance (F8), unCLIP's Python API (F10), options a model would silently ignore, and
 one exit status for every refused input. The table of cases and their errors is in tests/README.md."""
-import json
 import os
 import re
 import subprocess
