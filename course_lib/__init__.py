@@ -3,7 +3,7 @@
 One idea per module, in the order the lessons meet them:
 
     config      profiles (test / cpu / gpu), device and precision, seeding
-    paths       where data, checkpoints and shipped weights live
+    paths       where data, checkpoints and shipped weights live; output paths checked before any compute
     data        MNIST as tensors in [-1, 1]
     plotting    image grids, strips and animations
     exercises   automatic checks for the lessons' exercises
@@ -28,7 +28,26 @@ One idea per module, in the order the lessons meet them:
     book        `make course`: execute every lesson and render the course book
     weights     `make weights`: train, measure and export the reference weights
     links       the README's "Open in Colab" links, from one repository URL
+
+``from course_lib import setup`` (and the other names of ``config`` below) works as before, but torch is
+imported only when one of them is first used, so ``python -m course_lib --help`` starts without it.
 """
-from .config import Profile, get_profile, get_runtime, seed_everything, setup  # noqa: F401
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+_LAZY = {name: "config" for name in ("Profile", "get_profile", "get_runtime", "seed_everything", "setup")}
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str):
+    """``course_lib.setup`` and friends, imported from their module on first use (PEP 562)."""
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

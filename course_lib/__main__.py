@@ -1,22 +1,27 @@
-"""The course's command line: ``python -m course_lib <command> --help``.
+"""The course's command line: python -m course_lib COMMAND --help shows each command's options.
 
-    train {classifier,denoiser,class,clip,text2image,text2image-lm,autoencoder,latent,flow,unclip}
-               train (or resume) one model
-    sample     --checkpoint DIR --n N --steps S --sampler {ddpm,ddim} --seed K --out FILE
-               --checkpoint data/weights/flow --labels all --steps 10 --sampler {euler,heun} --guidance 2
-               --checkpoint data/weights/latent --labels all --n 1000   (decoded to pixels)
-    generate   "a thin two" "a 9" --checkpoint DIR -n 16 --guidance 3 --steps 50 --seed 0 --out grid.png
-               "a fat seven" --model text2image-lm -n 16 -o grid.png   (the language model reads any words)
-    weights    train every model for the active profile and refresh data/weights/
-    course     train what is missing, execute every lesson into build/, render the course book
-    info       the active profile, device and precision
-    links      regenerate the README's lesson table (Colab links) and each lesson's COURSE_REPO; --check
+    train MODEL   train one model, or resume its interrupted training; MODEL is one of
+                  classifier, denoiser, class, clip, text2image, text2image-lm, autoencoder, latent, flow, unclip
+    sample        draw digits from the denoiser or a class, flow or latent model, for example
+                    sample --checkpoint data/weights/class --labels all -n 16 --sampler ddim -o grid.png
+                    sample --checkpoint data/weights/flow --labels 3 --sampler heun --guidance 2 -o threes.png
+                    sample --checkpoint data/weights/latent --labels all -n 1000 -o samples.pt
+    generate      text to image: digits for prompts, for example
+                    generate "a thin two" "a 9" -n 16 --guidance 3 -o grid.png
+                    generate "a fat seven" --model text2image-lm -n 16 -o grid.png   (any English words)
+                    generate "a thin two" --model unclip -n 8 -o grid.png
+    weights       train every model for the active profile and refresh data/weights/
+    course        train what is missing, execute every lesson into build/, render the course book
+    info          the active profile, device, precision, sampling defaults and folders
+    links         regenerate the README's lesson table (Colab links) and each lesson's COURSE_REPO; --check
+
+A refused input prints one line starting with "error:" and exits with status 2, as a wrong option does.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +29,22 @@ from pathlib import Path
 MODEL_NAMES = ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "autoencoder", "latent",
                "flow", "unclip")
 TEXT_TO_IMAGE = ("text2image", "text2image-lm", "unclip")          # the models `generate` can use
+SAMPLEABLE = ("denoiser", "class", "flow", "latent", "unet")       # the models `sample` can use
 FLOW_SAMPLER_NAMES = ("euler", "heun")                   # the ODE solvers of a flow model (lesson 12)
+MAX_SEED = 2 ** 63 - 1                                   # what torch.Generator.manual_seed takes
+
+
+class CommandError(Exception):
+    """A refused input, raised by a command; ``main`` turns it (and any ValueError) into ``Refused``."""
+
+
+class Refused(SystemExit):
+    """What ``main`` raises for a refused input once it has printed ``error: <message>`` on stderr: exit
+    status 2, as argparse gives for a wrong option, with the message in ``str()`` for callers in Python."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.code = 2                      # the status; the interpreter prints nothing more
 
 
 def _positive_int(text: str) -> int:
@@ -35,6 +55,17 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed torch accepts, 0 to 2^63 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2^63 - 1, got {text}")
     return value
 
 
@@ -49,6 +80,17 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _scale(text: str) -> float:
+    """argparse type: a guidance scale, as ``guidance.check_scale`` takes it (finite, and not so large that the
+    sampler overflows); torch is imported only when the option is given."""
+    value = _finite_float(text)
+    from .guidance import check_scale
+    try:
+        return check_scale(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("the guidance scale w ")) from None
+
+
 def _non_negative_float(text: str) -> float:
     value = _finite_float(text)
     if value < 0:
@@ -56,21 +98,48 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _check_out_file(out: str) -> Path:
-    """Refuse, before any compute, an --out that cannot be written: a wrong suffix, a folder, or a folder
-    that cannot be created or written."""
-    path = Path(out).expanduser()
-    if path.suffix not in (".png", ".pt"):
-        raise SystemExit(f"error: --out must end in .png (a grid) or .pt (tensors), got {out!r}")
-    if path.is_dir():
-        raise SystemExit(f"error: --out {out} is a folder; give a file name ending in .png or .pt")
+def _model_kind(cfg: dict) -> str | None:
+    """What a model folder holds, read from its config alone (no torch, no weights): one of ``MODEL_NAMES``,
+    ``"unet"`` (an unconditional UNet without clusters), or None (no kind this course knows)."""
+    if cfg.get("model") in TEXT_TO_IMAGE:
+        return cfg["model"]
+    if cfg.get("model_type") == "clip":
+        return "clip"
+    kind = cfg.get("kind", "unet" if "channels" in cfg else None)     # early UNet configs named no kind
+    if kind in ("latent", "autoencoder", "classifier"):
+        return kind
+    if kind == "unet":
+        if cfg.get("objective") == "flow":
+            return "flow"
+        if cfg.get("clusters"):
+            return "denoiser"
+        return "class" if cfg.get("num_classes") else "unet"
+    return None
+
+
+def _a(word: str) -> str:
+    """``an unclip``, ``a flow``: the article for a model's name."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
+def _model_folder(given: str) -> tuple[Path, str, dict]:
+    """``--checkpoint``: the folder (``~`` expanded), what it holds (``_model_kind``) and its config; a one-line
+    error if it holds no ``config.json``, an unreadable one, or one of no kind this course knows."""
+    folder = Path(given).expanduser()
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CommandError(f"no model at {given} (looked for {path}); pass a model folder such as "
+                           f"data/weights/class")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"error: cannot create the folder of --out {out} ({e.strerror or e})")
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise SystemExit(f"error: cannot write --out {out}: {path.parent} is not writable")
-    return path
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        from .checkpoints import read_json            # its error names the file and the fix
+        cfg = read_json(path)
+    kind = _model_kind(cfg) if isinstance(cfg, dict) else None
+    if kind is None:
+        raise CommandError(f"{path} describes no model this course knows (no 'kind' or 'model' in it); pass a "
+                           f"model folder such as data/weights/class")
+    return folder, kind, cfg
 
 
 def _describe_model(folder: Path) -> str:
@@ -91,7 +160,11 @@ def _profile_and_runtime(args):
 def cmd_info(args) -> int:
     from . import paths
     profile, rt = _profile_and_runtime(args)
-    print(f"course root: {paths.root()}\ncheckpoints: {paths.checkpoints_dir()}\nshipped weights: {paths.weights_dir()}")
+    print(f"sampling defaults: guidance {profile.guidance:g} (class and latent models), flow_guidance "
+          f"{profile.flow_guidance:g} (flow), self_guidance {profile.self_guidance:g} (the denoiser), "
+          f"flow_steps {profile.flow_steps}")
+    print(f"course root: {paths.root()}\ncheckpoints: {paths.checkpoints_dir()}\n"
+          f"shipped weights: {paths.weights_dir()}")
     return 0
 
 
@@ -109,7 +182,7 @@ def cmd_train(args) -> int:
                  "unclip": "unclip_decoder_steps"}[args.model]
         profile = profile.replace(**{field: args.steps})
     _, train_fn, _ = REGISTRY[args.model]
-    out = Path(args.out).expanduser() if args.out else paths.default_checkpoint(args.model)
+    out = Path(args.out).expanduser().resolve() if args.out else paths.default_checkpoint(args.model)
     if args.model == "unclip":                          # decoder/ and prior/ sub-checkpoints
         from .unclip_training import check_unclip_target
         check_unclip_target(out)
@@ -117,7 +190,7 @@ def cmd_train(args) -> int:
         check_training_target(out)                      # before the data, the clusters or any step
     try:
         res: TrainResult = train_fn(profile, out, rt, None, not args.no_progress)
-    except (ValueError, FloatingPointError) as e:       # another config or schedule in --out, a NaN loss
+    except FloatingPointError as e:                     # a NaN loss: not a refused input (status 1)
         raise SystemExit(f"error: {e}")
     last = sum(res.losses[-50:]) / max(1, len(res.losses[-50:]))
     print(f"{args.model}: step {res.step}, loss {last:.4f}, {res.seconds:.0f} s this run "
@@ -125,77 +198,120 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _parse_labels(text: str | None, n: int):
-    import torch
+def _parse_labels(text: str | None, n: int) -> list[int] | None:
+    """``--labels``: None, or n digits (``all``: 0-9 in turn; ``1,7``: each repeated in blocks)."""
     if text is None:
         return None
-    if text == "all":
-        return torch.arange(n) % 10
+    if text.strip() == "all":
+        return [i % 10 for i in range(n)]
+    if not text.replace(",", "").strip():
+        raise CommandError(f"--labels is empty ({text!r}): give 'all' or digits like 0,1,7")
     try:
         labels = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"--labels must be 'all' or comma-separated digits like 0,1,7; got {text!r}")
+        raise CommandError(f"--labels must be 'all' or comma-separated digits like 0,1,7; got {text!r}") from None
     bad = [v for v in labels if not 0 <= v <= 9]
-    if bad or not labels:
-        raise SystemExit(f"--labels: {bad or text!r} out of range: labels are digits 0 to 9")
+    if bad:
+        raise CommandError(f"--labels: {bad} out of range: labels are digits 0 to 9")
     if n < len(labels):
-        raise SystemExit(f"--n {n} is smaller than the {len(labels)} labels asked for")
-    return torch.tensor(labels).repeat_interleave(math.ceil(n / len(labels)))[:n]
+        raise CommandError(f"-n {n} is smaller than the {len(labels)} labels asked for")
+    return [v for v in labels for _ in range(math.ceil(n / len(labels)))][:n]
 
 
-def _save_images(images, labels, out: str) -> None:
-    """Write a grid (``.png``) or ``(images, labels)`` tensors (``.pt``) to ``out``, which
-    ``_check_out_file`` accepted before any compute (suffix, folder, permissions)."""
+def _write(images, labels, out: Path, nrow: int | None = None, note: str = "") -> None:
+    """Write checked, finite samples to ``out`` (the path ``paths.check_output_file`` returned): a grid
+    (``.png``) or ``(images, labels)`` tensors (``.pt``)."""
     import torch
     from .plotting import save_grid
-    out_path = Path(out)
-    if out_path.suffix == ".png":
-        save_grid(images, out_path)
+    from .samplers import check_finite
+    check_finite(images)                                # NaN images are an error, never a file
+    if out.suffix == ".png":
+        save_grid(images, out, **({} if nrow is None else {"nrow": nrow}))
     else:
-        torch.save((images.float().cpu().clamp(-1, 1), None if labels is None else labels.long().cpu()), out_path)
-    print(f"wrote {len(images)} images to {out_path}")
+        torch.save((images.float().cpu().clamp(-1, 1), None if labels is None else labels.long().cpu()), out)
+    print(f"wrote {len(images)} images to {out}{note}")
+
+
+def _check_sample_options(args, folder: Path, kind: str | None, cfg: dict, labels) -> str:
+    """Every ``sample`` option against the model, from its config alone, before loading anything: the sampler
+    (returned), and no option that this model would silently ignore."""
+    name = args.checkpoint
+    if kind in TEXT_TO_IMAGE:
+        raise CommandError(f"{name} holds {_a(kind)} model, which draws digits for prompts: use python -m "
+                           f"course_lib generate \"a thin two\" --checkpoint {name} -o grid.png")
+    if kind in ("clip", "autoencoder", "classifier"):
+        raise CommandError(f"{name} holds {_a(kind)} model, which does not sample digits: pass the denoiser or a "
+                           f"class, flow or latent model (e.g. data/weights/class)")
+    flow = kind == "flow"
+    sampler = args.sampler or ("euler" if flow else "ddim")
+    if flow and sampler not in FLOW_SAMPLER_NAMES:
+        raise CommandError(f"{name} is a flow-matching model (it predicts a velocity): use --sampler euler or "
+                           f"heun, not {sampler} (ddim and ddpm sample DDPM models)")
+    if not flow and sampler in FLOW_SAMPLER_NAMES:
+        what = "a DDPM model in latent space" if kind == "latent" else "a DDPM model"
+        raise CommandError(f"{name} is {what} (it predicts the noise): use --sampler ddim or ddpm, not {sampler} "
+                           f"(euler and heun sample flow models, lesson 12)")
+    if flow and args.eta is not None:
+        raise CommandError("--eta is DDIM's noise; the flow samplers are deterministic ODE solvers")
+    if kind == "latent" and (args.autoguidance is not None or args.strip):
+        raise CommandError("--autoguidance and --strip are for pixel models; a latent model samples with "
+                           "--labels and --guidance")
+    if labels is not None and (kind in ("denoiser", "unet") or not cfg.get("num_classes")):
+        raise CommandError(f"{name} is an unconditional model: --labels needs a class model "
+                           f"(python -m course_lib train class)")
+    if args.autoguidance is not None and not (folder / "guide.safetensors").is_file():
+        if kind in ("denoiser", "unet"):
+            raise CommandError(f"{name} has no guide.safetensors: its training stopped before the profile's "
+                               f"guide_step, so no guide was kept; train the denoiser longer "
+                               f"(python -m course_lib train denoiser) to get one")
+        raise CommandError(f"--autoguidance steers the denoiser away from its own early weights "
+                           f"(guide.safetensors); {name} is {_a(kind)} model, trained without them: "
+                           f"guide it with --labels and --guidance")
+    if args.autoguidance is not None and args.guidance is not None and labels is None:
+        raise CommandError("--guidance and --autoguidance both set how the denoiser is guided (towards a drawn "
+                           "cluster, or away from its early weights): give one of them")
+    if args.guidance is not None and labels is None and kind != "denoiser":
+        raise CommandError(f"--guidance steers towards the digits of --labels; without --labels {name} samples "
+                           f"unconditionally and would ignore it: add --labels (e.g. --labels all) or drop "
+                           f"--guidance")
+    return sampler
 
 
 def cmd_sample(args) -> int:
+    from . import paths
+    out = paths.check_output_file(args.out)             # before loading or sampling anything
+    strip = paths.check_output_file(args.strip, "--strip", (".png",)) if args.strip else None
+    folder, kind, cfg = _model_folder(args.checkpoint)
+    labels = _parse_labels(args.labels, args.n)
+    sampler = _check_sample_options(args, folder, kind, cfg, labels)
+    if kind == "latent":                                # lesson 11: sample latents, decode them
+        return _sample_latent(args, folder, out, labels, sampler)
     import torch
+    from .checkpoints import CheckpointError
     from .clusters import draw_clusters
+    from .flow import sample as flow_sample
     from .guidance import autoguided, guided
     from .models import load_unet
-    from .flow import sample as flow_sample
     from .samplers import sample
     from .schedules import make_schedule
-    out = _check_out_file(args.out)                     # before loading or sampling anything
-    if _is_latent(args.checkpoint):                     # lesson 11: sample latents, decode them
-        return _sample_latent(args, out)
     profile, rt = _profile_and_runtime(args)
     try:
-        model, cfg = load_unet(args.checkpoint, rt.device)
+        model, cfg = load_unet(folder, rt.device)
         sizes = getattr(model, "cluster_sizes", None)      # the denoiser's k-means clusters
         if args.autoguidance is not None:
-            model = autoguided(model, load_unet(args.checkpoint, rt.device, guide=True)[0], args.autoguidance)
-    except FileNotFoundError as e:
-        raise SystemExit(str(e))
+            model = autoguided(model, load_unet(folder, rt.device, guide=True)[0], args.autoguidance)
+    except (FileNotFoundError, CheckpointError) as e:
+        raise CommandError(str(e)) from None
     flow = cfg.get("objective") == "flow"
-    sampler = args.sampler or ("euler" if flow else "ddim")
-    if flow and sampler not in FLOW_SAMPLER_NAMES:
-        raise SystemExit(f"error: {args.checkpoint} is a flow-matching model (it predicts a velocity): use "
-                         f"--sampler euler or heun, not {sampler} (ddim and ddpm sample DDPM models)")
-    if not flow and sampler in FLOW_SAMPLER_NAMES:
-        raise SystemExit(f"error: {args.checkpoint} is a DDPM model (it predicts the noise): use --sampler ddim "
-                         f"or ddpm, not {sampler} (euler and heun sample flow models, lesson 12)")
-    labels = _parse_labels(args.labels, args.n)
+    n = len(labels) if labels is not None else args.n
     g = torch.Generator().manual_seed(args.seed)
-    cond = labels
+    cond = None
     if labels is not None:
-        if not cfg.get("num_classes") or cfg.get("clusters"):
-            raise SystemExit(f"{args.checkpoint} is an unconditional model: --labels needs a class model "
-                             f"(python -m course_lib train class)")
-        args.n = len(labels)
         default_w = profile.flow_guidance if flow else profile.guidance
         model = guided(model, args.guidance if args.guidance is not None else default_w)
-        labels = cond = labels.to(rt.device)
+        labels = cond = torch.tensor(labels).to(rt.device)
     elif cfg.get("clusters"):              # the denoiser: a k-means cluster per sample, then self-guidance
-        cond = draw_clusters(sizes, args.n, g, rt.device)
+        cond = draw_clusters(sizes, n, g, rt.device)
         if args.autoguidance is None:
             model = guided(model, args.guidance if args.guidance is not None else profile.self_guidance)
     frames, captions = [], []
@@ -205,56 +321,42 @@ def cmd_sample(args) -> int:
         captions.append(f"t={step['t']:.2f}" if flow else f"t={step['t']}")
     t0 = time.perf_counter()
     if flow:                                            # lesson 12: integrate the velocity from t = 1 to 0
-        if args.eta is not None:
-            raise SystemExit("error: --eta is DDIM's noise; the flow samplers are deterministic ODE solvers")
-        images = flow_sample(model, args.n, sampler=sampler, steps=args.steps or profile.flow_steps,
-                             generator=g, cond=cond, device=rt.device, callback=keep if args.strip else None)
+        images = flow_sample(model, n, sampler=sampler, steps=args.steps or profile.flow_steps,
+                             generator=g, cond=cond, device=rt.device, callback=keep if strip else None)
     else:
         schedule = make_schedule(cfg["schedule"], cfg["T"], rt.device)
-        images = sample(model, args.n, schedule, sampler=sampler, steps=args.steps, eta=args.eta,
-                        generator=g, cond=cond, device=rt.device, callback=keep if args.strip else None)
-    print(f"sampled {args.n} images from {_describe_model(Path(args.checkpoint))} with {sampler} "
-          f"in {time.perf_counter() - t0:.1f} s")
-    _save_images(images, labels, str(out))
-    if args.strip:
+        images = sample(model, n, schedule, sampler=sampler, steps=args.steps, eta=args.eta,
+                        generator=g, cond=cond, device=rt.device, callback=keep if strip else None)
+    print(f"sampled {n} images from {_describe_model(folder)} with {sampler} in {time.perf_counter() - t0:.1f} s")
+    _write(images, labels, out)
+    if strip:
+        import matplotlib.pyplot as plt
         from .plotting import show_strip
-        fig = show_strip(frames + [images.cpu()], captions + ["x0"], n=min(args.n, 8), max_frames=11)
-        fig.savefig(args.strip, dpi=100)
-        print(f"saved the reverse process ({len(frames)} steps, 11 shown) to {args.strip}")
+        fig = show_strip(frames + [images.cpu()], captions + ["x0"], n=min(n, 8), max_frames=11)
+        fig.savefig(strip, dpi=100)
+        plt.close(fig)
+        print(f"saved the reverse process ({len(frames)} steps, 11 shown) to {strip}")
     return 0
 
 
-def _is_latent(folder: str) -> bool:
-    from .checkpoints import read_json
-    cfg_path = Path(folder) / "config.json"
-    return cfg_path.is_file() and isinstance(cfg := read_json(cfg_path), dict) and cfg.get("kind") == "latent"
-
-
-def _sample_latent(args, out: Path) -> int:
+def _sample_latent(args, folder: Path, out: Path, labels, sampler: str) -> int:
     """``sample`` for a latent diffusion model: guided latents, decoded by its autoencoder (lesson 11)."""
     import torch
     from .checkpoints import CheckpointError
     from .latent_training import load_latent
-    if args.autoguidance is not None or args.strip:
-        raise SystemExit("error: --autoguidance and --strip are for pixel models; a latent model samples "
-                         "with --labels and --guidance")
     profile, rt = _profile_and_runtime(args)
     try:
-        model = load_latent(args.checkpoint, rt.device)
+        model = load_latent(folder, rt.device)
     except (FileNotFoundError, CheckpointError) as e:
-        raise SystemExit(f"error: {e}")
-    sampler = args.sampler or "ddim"
-    if sampler in FLOW_SAMPLER_NAMES:
-        raise SystemExit(f"error: {args.checkpoint} is a DDPM model in latent space (it predicts the noise): use "
-                         f"--sampler ddim or ddpm, not {sampler} (euler and heun sample flow models, lesson 12)")
-    labels = _parse_labels(args.labels, args.n)
+        raise CommandError(str(e)) from None
+    labels = None if labels is None else torch.tensor(labels)
     t0 = time.perf_counter()
     images = model.generate(n=args.n, labels=labels, guidance=args.guidance if args.guidance is not None
                             else profile.guidance, steps=args.steps, sampler=sampler, eta=args.eta,
                             generator=torch.Generator().manual_seed(args.seed))
-    print(f"sampled {len(images)} images from {_describe_model(Path(args.checkpoint))} with {sampler} "
+    print(f"sampled {len(images)} images from {_describe_model(folder)} with {sampler} "
           f"in latent space, decoded, in {time.perf_counter() - t0:.1f} s")
-    _save_images(images, labels, str(out))
+    _write(images, labels, out)
     return 0
 
 
@@ -265,7 +367,7 @@ def _text2image_folder(checkpoint: str | None, name: str = "text2image") -> Path
     from . import paths
     from .checkpoints import read_json
     if checkpoint is not None:
-        return paths.find_model(name, checkpoint)
+        return paths.find_model(name, Path(checkpoint).expanduser())
     mine = paths.default_checkpoint(name)
     if (mine / "training.json").is_file():
         tr = read_json(mine / "training.json")
@@ -276,26 +378,49 @@ def _text2image_folder(checkpoint: str | None, name: str = "text2image") -> Path
     return paths.find_model(name, paths.weights_dir() / name)
 
 
+def _check_generate_options(args) -> str:
+    """``generate``'s prompts and model before loading anything: which model (returned)."""
+    for p in args.prompts:
+        if not p.strip():
+            raise CommandError(f"empty prompt {p!r}: describe a digit, e.g. 'a thin two'")
+    if args.checkpoint is None:
+        return args.model or "text2image"
+    name = args.checkpoint
+    if not (Path(name).expanduser() / "config.json").is_file():
+        return args.model or "text2image"               # paths.find_model says where it looked
+    _, kind, _ = _model_folder(name)
+    if kind in SAMPLEABLE:
+        raise CommandError(f"{name} holds {_a(kind if kind != 'unet' else 'UNet')} model, which takes no prompt: "
+                           f"use python -m course_lib sample --checkpoint {name} -o grid.png")
+    if kind not in TEXT_TO_IMAGE:
+        raise CommandError(f"{name} holds {_a(kind)} model, not a text-to-image one "
+                           f"({', '.join(TEXT_TO_IMAGE)})")
+    if args.model is not None and args.model != kind:
+        raise CommandError(f"--model {args.model} and --checkpoint {name} disagree: that folder holds {_a(kind)} "
+                           f"model; give one of them")
+    return kind
+
+
 def cmd_generate(args) -> int:
+    from . import paths
+    out = paths.check_output_file(args.out)             # before loading or sampling anything
+    model_name = _check_generate_options(args)
     from .language_encoder import load_text_to_image
-    from .plotting import save_grid
-    _check_out_file(args.out)                           # before loading or sampling anything
     profile, rt = _profile_and_runtime(args)
     try:
-        folder = _text2image_folder(args.checkpoint, args.model)
-        pipe = load_text_to_image(folder, device=rt.device)       # lesson 08's or 09's, by its config.json
+        folder = _text2image_folder(args.checkpoint, model_name)
+        pipe = load_text_to_image(folder, device=rt.device)       # lesson 08's, 09's or 10's, by its config.json
         print(f"model: {_describe_model(folder)}")
         t0 = time.perf_counter()
         images, labels = pipe.generate_with_labels(args.prompts, n_per_prompt=args.n, steps=args.steps,
                                                    guidance=args.guidance, seed=args.seed, sampler=args.sampler)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+    except FileNotFoundError as e:
+        raise CommandError(str(e)) from None
     print(f"generated {len(images)} images for {len(args.prompts)} prompt(s) in {time.perf_counter() - t0:.1f} s")
-    if args.out.endswith(".png"):                       # one row per prompt
-        save_grid(images, args.out, nrow=args.n)
-        print(f"wrote {len(images)} images to {args.out} (one row per prompt)")
+    if out.suffix == ".png":
+        _write(images, labels, out, nrow=args.n, note=" (one row per prompt)")
     else:
-        _save_images(images, labels, args.out)
+        _write(images, labels, out)
     return 0
 
 
@@ -310,9 +435,11 @@ def cmd_weights(args) -> int:
 
 
 def cmd_course(args) -> int:
+    from . import paths
+    out = paths.check_output_folder(args.out) if args.out else None     # before any model or lesson
     from .book import run_course
     profile, rt = _profile_and_runtime(args)
-    return run_course(profile, rt, lessons=args.lessons, force=args.force, out_dir=args.out, jobs=args.jobs)
+    return run_course(profile, rt, lessons=args.lessons, force=args.force, out_dir=out, jobs=args.jobs)
 
 
 def cmd_links(args) -> int:
@@ -332,8 +459,10 @@ def cmd_links(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     p = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name, help_):
@@ -341,50 +470,62 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--profile", choices=("test", "cpu", "gpu"), help="default: COURSE_PROFILE, else auto")
         return sp
 
-    sp = add("info", "print the active profile, device, precision and folders")
+    sp = add("info", "print the active profile, device, precision, sampling defaults and folders")
     sp.set_defaults(func=cmd_info)
 
     sp = add("train", "train one model (resuming if --out holds a checkpoint of the same config)")
     sp.add_argument("model", choices=MODEL_NAMES)
     sp.add_argument("--steps", type=_positive_int, help="total optimizer steps (default: the profile's)")
-    sp.add_argument("--out", help="checkpoint folder (default: checkpoints/<model>/, or $COURSE_HOME/<model>/)")
+    sp.add_argument("--out", help="checkpoint folder (default: checkpoints/MODEL, or COURSE_HOME/MODEL)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_train)
 
-    sp = add("sample", "sample images from a denoiser or class model checkpoint")
-    sp.add_argument("--checkpoint", required=True, help="a model folder (e.g. checkpoints/denoiser)")
-    sp.add_argument("--n", type=_positive_int, default=16, help="number of images (default 16)")
-    sp.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: sampler's default)")
+    sp = add("sample", "sample digits from the denoiser or a class, flow or latent model")
+    sp.add_argument("--checkpoint", required=True, metavar="DIR",
+                    help="a model folder: the denoiser, or a class, flow or latent model (e.g. data/weights/class)")
+    sp.add_argument("-n", "--n", type=_positive_int, default=16, help="number of images (default 16)")
+    sp.add_argument("--steps", type=_positive_int, default=None,
+                    help="sampling steps (default: the sampler's, or the profile's flow_steps for flow models)")
     sp.add_argument("--sampler", choices=("ddpm", "ddim") + FLOW_SAMPLER_NAMES, default=None,
-                    help="ddim (default) or ddpm for DDPM models; euler (default) or heun for flow models")
-    sp.add_argument("--eta", type=_non_negative_float, default=None, help="DDIM eta (0: deterministic)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--labels", help="class model only: 'all' (balanced over 0-9) or digits like 0,1,7")
-    sp.add_argument("--guidance", type=_finite_float, default=None,
-                    help="guidance scale w: class models towards the label (default: the profile's, 3); "
-                         "the denoiser towards a drawn k-means cluster (default 2; 1: no guidance)")
-    sp.add_argument("--out", required=True, help="FILE.png (a grid) or FILE.pt (images, labels)")
-    sp.add_argument("--autoguidance", type=_finite_float, default=None,
-                    help="autoguidance scale w (a denoiser trained with a guide, e.g. 2): steer away from the "
-                         "model's early weights")
-    sp.add_argument("--strip", default=None,
-                    help="also save FILE.png: the reverse process of the first 8 images, static to digit")
+                    help="ddim (default) or ddpm for the denoiser, class and latent models; euler (default) or "
+                         "heun for flow models")
+    sp.add_argument("--eta", type=_non_negative_float, default=None,
+                    help="the noise of each step: DDIM's eta (default 0, deterministic) or DDPM's variance scale "
+                         "(default 1); not for flow models")
+    sp.add_argument("--seed", type=_seed, default=0, help="the seed of the start noise (default 0)")
+    sp.add_argument("--labels", help="class, flow or latent models: 'all' (0 to 9 in turn) or digits like 0,1,7")
+    sp.add_argument("--guidance", type=_scale, default=None, metavar="W",
+                    help="guidance scale w (0: unconditional, 1: conditional, larger: stronger). With --labels: "
+                         "towards the label (default: the profile's, which python -m course_lib info shows); "
+                         "for the denoiser: towards a drawn k-means cluster (default: the profile's "
+                         "self_guidance; 1: none)")
+    sp.add_argument("-o", "--out", required=True, metavar="FILE", help="FILE.png (a grid) or FILE.pt (images, labels)")
+    sp.add_argument("--autoguidance", type=_scale, default=None, metavar="W",
+                    help="the denoiser only: autoguidance scale w (e.g. 2), which steers away from the model's "
+                         "early weights kept in guide.safetensors; instead of --guidance")
+    sp.add_argument("--strip", default=None, metavar="FILE",
+                    help="also save FILE.png: the reverse process of the first 8 images, from static to digit "
+                         "(not for latent models)")
     sp.set_defaults(func=cmd_sample)
 
-    sp = add("generate", "text to image: generate digits for prompts (a .pt holds (images, labels))")
+    sp = add("generate", "text to image: generate digits for prompts (a .pt file holds images and labels)")
     sp.add_argument("prompts", nargs="+", help='prompts such as "a thin two" "a 9"')
-    sp.add_argument("--checkpoint", default=None,
-                    help="a text2image or text2image-lm folder (default: checkpoints/MODEL, else the shipped "
-                         "weights)")
-    sp.add_argument("--model", choices=TEXT_TO_IMAGE, default="text2image",
-                    help="without --checkpoint: which model (text2image-lm: the language model as text encoder, "
-                         "any words; default text2image, the course CLIP's closed vocabulary)")
-    sp.add_argument("-n", type=_positive_int, default=16, help="images per prompt (default 16)")
-    sp.add_argument("--guidance", type=_finite_float, default=None, help="guidance scale w (default: the model's, 3)")
-    sp.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's profile's)")
-    sp.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    sp.add_argument("--seed", type=int, default=0, help="the same seed gives every prompt the same start noises")
-    sp.add_argument("-o", "--out", required=True, help="FILE.png (one row per prompt) or FILE.pt (images, labels)")
+    sp.add_argument("--checkpoint", default=None, metavar="DIR",
+                    help="a text2image, text2image-lm or unclip folder (default: checkpoints/MODEL if it finished "
+                         "training, else the shipped weights of --model)")
+    sp.add_argument("--model", choices=TEXT_TO_IMAGE, default=None,
+                    help="without --checkpoint: which model. text2image (default): the course CLIP, a closed "
+                         "vocabulary; text2image-lm: a language model reads the prompt, any English words; "
+                         "unclip: a prior turns the prompt into a CLIP image embedding first")
+    sp.add_argument("-n", "--n", type=_positive_int, default=16, help="images per prompt (default 16)")
+    sp.add_argument("--guidance", type=_scale, default=None, metavar="W",
+                    help="guidance scale w (default: the model's)")
+    sp.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's)")
+    sp.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="default ddim")
+    sp.add_argument("--seed", type=_seed, default=0,
+                    help="the same seed gives every prompt the same start noises (default 0)")
+    sp.add_argument("-o", "--out", required=True, metavar="FILE",
+                    help="FILE.png (one row per prompt) or FILE.pt (images, labels)")
     sp.set_defaults(func=cmd_generate)
 
     sp = add("weights", "train every model for the profile (resuming) and refresh data/weights/")
@@ -409,6 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _refuse(message: str) -> Refused:
+    """Print a refused input's one line on stderr, starting with ``error:``, and return ``Refused`` to raise."""
+    message = message if message.startswith("error:") else f"error: {message}"
+    print(message, file=sys.stderr)
+    return Refused(message)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -419,9 +567,8 @@ def main(argv=None) -> int:
         else:
             print("\ninterrupted: nothing was written.")
         return 130
-    except ValueError as e:            # bad input: a clear one-line error, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (CommandError, ValueError) as e:     # bad input: a clear one-line error, no traceback, status 2
+        raise _refuse(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -25,13 +25,21 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["check_scale", "Guided", "guided", "null_labels", "cfg_combine", "AutoGuided", "autoguided"]
+__all__ = ["MAX_SCALE", "check_scale", "Guided", "guided", "null_labels", "cfg_combine", "AutoGuided", "autoguided"]
+
+
+MAX_SCALE = 1e4     # |w| beyond this is refused: at 1e30 the flow model's images were all NaN (float32 overflow)
 
 
 def check_scale(w: float, name: str = "guidance scale w") -> float:
-    """A guidance scale as a float, refusing NaN and infinities (they would turn every image into NaN)."""
+    """A guidance scale as a float, refusing NaN and infinities, and any |w| > ``MAX_SCALE``: w multiplies the
+    difference of two predictions, so an absurd finite scale overflows float32 inside the sampler and turns
+    every image into NaN just as NaN does. The useful range is about 0 to 10."""
     if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w):
         raise ValueError(f"the {name} must be a finite number, got {w!r}")
+    if abs(w) > MAX_SCALE:
+        raise ValueError(f"the {name} must be between -{MAX_SCALE:g} and {MAX_SCALE:g} (useful values are about "
+                         f"0 to 10; larger ones overflow float32 in the sampler), got {w!r}")
     return float(w)
 
 

@@ -57,14 +57,14 @@ from torch import nn
 
 from . import captions, checkpoints
 from .guidance import Guided
-from .samplers import SAMPLERS, batched
+from .samplers import SAMPLERS, batched, check_finite
 from .schedules import Schedule, make_schedule
 from .text import MAX_LENGTH, SPECIAL_TOKENS, check_prompts
 from .unet import TextCond, UNet, UNetConfig
 
 __all__ = ["TextEncoder", "TextToImage", "load_text2image", "load_text_side", "write_pipeline", "digit_prompts",
            "benchmark_prompts", "attribute_prompts", "cross_attention_maps", "show_prompt_grid", "prompt_widget",
-           "TEXT_LAYER", "ATTRIBUTE_PAIRS", "write_unet"]
+           "TEXT_LAYER", "ATTRIBUTE_PAIRS", "write_unet", "check_prompt_type"]
 
 TEXT_LAYER = -2          # hidden_states[-2]: the penultimate layer (SD 2 uses OpenCLIP's penultimate layer)
 MAX_BATCH = 1000         # images per sampling call (the guided network sees twice as many)
@@ -213,7 +213,7 @@ class TextToImage:
                 vocabulary (naming it and the nearest known words), is too long, or names two digits or two
                 opposite words ("thick thin").
         """
-        return check_prompts(prompts, self.max_length, self.vocabulary)
+        return check_prompts(check_prompt_type(prompts), self.max_length, self.vocabulary)
 
     def encode(self, prompts: str | Sequence[str]) -> TextCond:
         """Checked prompts -> ``TextCond`` (tokens (B, L, D), mask (B, L), pooled (B, D)) on the device."""
@@ -285,7 +285,7 @@ class TextToImage:
                 p_idx, n_idx = which[k:k + MAX_BATCH], noise[k:k + MAX_BATCH]
                 c = TextCond(*(part[p_idx.to(self.device)] for part in cond))
                 out.append(run(model, x_T[n_idx].to(self.device), self.schedule, cond=c, **kwargs).cpu())
-        return torch.cat(out).float().clamp(-1.0, 1.0)
+        return check_finite(torch.cat(out).float()).clamp(-1.0, 1.0)           # NaN is an error, not an image
 
     def generate_with_labels(self, prompts: str | Sequence[str], n_per_prompt: int = 1, **kwargs
                              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,6 +302,16 @@ class TextToImage:
         """Generate and show one row per prompt, the prompt as the row's title; returns the figure."""
         prompts = self.check_prompts(prompts)
         return show_prompt_grid(self(prompts, n_per_prompt, **kwargs), prompts, n_per_prompt)
+
+
+def check_prompt_type(prompts):
+    """``prompts`` unchanged if it is a string or a sequence of strings (what every text-to-image pipeline takes);
+    ``None`` or anything else is a one-line ValueError naming the type, not ``list(None)``'s TypeError."""
+    if not isinstance(prompts, str) and not (isinstance(prompts, Sequence)
+                                             and all(isinstance(p, str) for p in prompts)):
+        raise ValueError(f"prompts must be a string or a list of strings, such as 'a thin two' or "
+                         f"['a 3', 'a thick seven'], got {type(prompts).__name__}")
+    return prompts
 
 
 def _label(prompt: str) -> int:

@@ -39,8 +39,9 @@ from .config import inference_autocast
 from .forward import extract, predict_eps_from_x0, predict_x0_from_eps, q_posterior
 from .schedules import Schedule, snr
 
-__all__ = ["check_model_inputs", "timesteps", "respace", "dynamic_threshold", "denoise", "ddim_step", "ddpm_sample", "ddim_sample",
-           "sample", "batched", "SAMPLERS", "DDIM_DEFAULT_STEPS", "DYNAMIC_PERCENTILE", "SAMPLE_BATCH"]
+__all__ = ["check_finite", "check_model_inputs", "timesteps", "respace", "dynamic_threshold", "denoise", "ddim_step",
+           "ddpm_sample", "ddim_sample", "sample", "batched", "SAMPLERS", "DDIM_DEFAULT_STEPS", "DYNAMIC_PERCENTILE",
+           "SAMPLE_BATCH"]
 
 DDIM_DEFAULT_STEPS = 50         # Song et al. 2021, Table 1 reports S in {10, 20, 50, 100}: 50 is close to 1000
 DYNAMIC_PERCENTILE = 0.995      # Saharia et al. 2022 (Imagen), Sec. 2.3 and Appendix E: p = 99.5 %
@@ -421,6 +422,21 @@ def batched(model: Callable, batch_size: int = SAMPLE_BATCH, device: torch.devic
     return call
 
 
+def check_finite(samples: torch.Tensor, what: str = "the samples") -> torch.Tensor:
+    """``samples`` unchanged if every value is finite; else a one-line error, so that NaN images are never
+    written or shown as a result (a guidance scale far beyond the useful range overflows float32 inside the
+    sampler and turns every image into NaN).
+
+    Raises:
+        ValueError: how many values are NaN or infinite, and what usually causes it.
+    """
+    bad = int((~torch.isfinite(samples)).sum())
+    if bad:
+        raise ValueError(f"{what} hold {bad} NaN or infinite values of {samples.numel()}: the sampling overflowed "
+                         f"(usually a guidance scale far beyond the useful range of about 0 to 10); nothing was kept")
+    return samples
+
+
 def sample(model: Callable, n: int, schedule: Schedule, *, sampler: str = "ddim", steps=None,
            eta: float | None = None, generator: torch.Generator | None = None, cond=None,
            device: torch.device | str = "cpu", clip_x0: bool | float | str = True,
@@ -442,7 +458,8 @@ def sample(model: Callable, n: int, schedule: Schedule, *, sampler: str = "ddim"
         (n, 1, 28, 28) float32 samples, roughly in [-1, 1].
     Raises:
         ValueError: before any compute, for a bad ``n``, ``eta`` or ``batch_size``, an unknown sampler, a
-            schedule of another T than the model's, or labels the model does not know (``check_model_inputs``).
+            schedule of another T than the model's, or labels the model does not know (``check_model_inputs``);
+            after it, for samples holding NaN or infinities (``check_finite``), never returned as images.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
@@ -454,5 +471,5 @@ def sample(model: Callable, n: int, schedule: Schedule, *, sampler: str = "ddim"
     net = batched(model, batch_size, device)           # checks batch_size
     x_T = _randn((n, *shape), generator, torch.device(device))
     kwargs = {} if eta is None else {"eta": eta}
-    return SAMPLERS[sampler](net, x_T, schedule, steps=steps, clip_x0=clip_x0, generator=generator,
-                             callback=callback, cond=cond, **kwargs)
+    return check_finite(SAMPLERS[sampler](net, x_T, schedule, steps=steps, clip_x0=clip_x0, generator=generator,
+                                          callback=callback, cond=cond, **kwargs))

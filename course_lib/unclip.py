@@ -48,7 +48,8 @@ from . import captions, checkpoints
 from .clip import embed_images, embed_text
 from .forward import predict_eps_from_x0, q_sample
 from .guidance import Guided
-from .samplers import SAMPLERS, batched, ddim_step, timesteps
+from .pipeline import check_prompt_type
+from .samplers import SAMPLERS, batched, check_finite, ddim_step, timesteps
 from .schedules import Schedule, make_schedule
 from .text import MAX_LENGTH, SPECIAL_TOKENS, check_prompts
 from .unet import UNet, timestep_embedding
@@ -215,8 +216,8 @@ def check_images(images: torch.Tensor) -> torch.Tensor:
     """Digits for ``variations``: (28, 28), (1, 28, 28) or (B, 1, 28, 28) float in [-1, 1] -> (B, 1, 28, 28).
 
     Raises:
-        ValueError: another type, shape or dtype, or values outside [-1, 1] (e.g. a [0, 255] or [0, 1] image
-            is named as such).
+        ValueError: another type, shape or dtype, an empty batch, or values outside [-1, 1] (e.g. a [0, 255]
+            or [0, 1] image is named as such).
     """
     if not isinstance(images, torch.Tensor) or not images.dtype.is_floating_point:
         what = f"a {images.dtype} tensor" if isinstance(images, torch.Tensor) else type(images).__name__
@@ -228,6 +229,8 @@ def check_images(images: torch.Tensor) -> torch.Tensor:
         x = x[None]
     if x.dim() != 4 or x.shape[1:] != (1, 28, 28):
         raise ValueError(f"images must have shape (28, 28), (1, 28, 28) or (B, 1, 28, 28), got {tuple(images.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"images is an empty batch {tuple(images.shape)}: pass at least one digit")
     lo, hi = float(x.min()), float(x.max())
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1.001 or hi > 1.001:
         raise ValueError(f"images must be in [-1, 1] (the course's range), got values in [{lo:.3g}, {hi:.3g}]"
@@ -313,8 +316,9 @@ class UnCLIP:
     # ------------------------------------------------------------------ embeddings
     def check_prompts(self, prompts: str | Sequence[str]) -> list[str]:
         """The prompts as a list, after the course CLIP's checks (``text.validate_prompt``: known words, length;
-        ``captions.parse_prompt``: one digit, no opposite words); nothing is computed before this passes."""
-        return check_prompts(prompts, self.max_length, self.vocabulary)
+        ``captions.parse_prompt``: one digit, no opposite words); nothing is computed before this passes.
+        ``None`` or anything but a string or a list of strings is a one-line ValueError, not a TypeError."""
+        return check_prompts(check_prompt_type(prompts), self.max_length, self.vocabulary)
 
     def text_embeddings(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """Unit CLIP text embeddings (P, D) on the device, for checked prompts."""
@@ -374,7 +378,7 @@ class UnCLIP:
                 e_idx, n_idx = which[k:k + MAX_BATCH], noise[k:k + MAX_BATCH]
                 out.append(run(model, x_T[n_idx].to(self.device), self.schedule,
                                cond=embeds[e_idx.to(self.device)], **kwargs).cpu())
-        return torch.cat(out).float().clamp(-1.0, 1.0)
+        return check_finite(torch.cat(out).float()).clamp(-1.0, 1.0)           # NaN is an error, not an image
 
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str], n_per_prompt: int = 1, steps: int | None = None,
@@ -419,7 +423,7 @@ class UnCLIP:
                               cond=F.normalize(embeds.float(), dim=-1).to(self.device), clip_x0=clip_x0,
                               callback=callback, generator=g if stochastic else None,
                               **({} if eta is None else {"eta": eta}))
-        return x.cpu().float().clamp(-1.0, 1.0)
+        return check_finite(x.cpu().float()).clamp(-1.0, 1.0)
 
     def generate_with_labels(self, prompts: str | Sequence[str], n_per_prompt: int = 1, **kwargs
                              ) -> tuple[torch.Tensor, torch.Tensor]:
