@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # picks a headless backend by itself where ther
 import numpy as np
 import torch
 
+from .config import profile_from_env
+
 __all__ = ["image_grid", "show_images", "save_grid", "show_strip", "animate", "subsample_frames"]
 
 
@@ -113,7 +115,7 @@ def animate(frames: Sequence[torch.Tensor], captions: Sequence[str] | None = Non
         An ``IPython.display.HTML`` player, or the strip's Figure when static.
     """
     if static is None:
-        static = os.environ.get("COURSE_PROFILE", "").lower() == "test"
+        static = profile_from_env() == "test"
     if static:
         fig = show_strip(frames, captions, max_frames=min(max_frames, 8))
         plt.close(fig)               # returned, so Jupyter shows it exactly once

@@ -90,6 +90,16 @@ def load_tokenizer(folder: str | Path | None = None):
     return _load(str(folder.resolve()))
 
 
+SHOWN_CHARS = 60                # how much of a refused prompt an error message quotes
+SHOWN_WORDS = 5                 # how many unknown words it names
+
+
+def shown(prompt: str) -> str:
+    """A prompt as an error message quotes it: its first ``SHOWN_CHARS`` characters, so a refused 3,000-character
+    prompt gives a one-line error, not a page."""
+    return repr(prompt) if len(prompt) <= SHOWN_CHARS else f"{prompt[:SHOWN_CHARS]!r}... ({len(prompt)} characters)"
+
+
 def validate_prompt(prompt: str, max_length: int = MAX_LENGTH, vocabulary=VOCABULARY) -> list[str]:
     """The prompt's words, after checking that each is in the vocabulary and that they fit.
 
@@ -99,18 +109,20 @@ def validate_prompt(prompt: str, max_length: int = MAX_LENGTH, vocabulary=VOCABU
     """
     words = normalize_prompt(prompt)
     if not words:
-        raise ValueError(f"empty prompt {prompt!r}: describe a digit, e.g. 'a thick seven leaning right'")
+        raise ValueError(f"empty prompt {shown(prompt)}: describe a digit, e.g. 'a thick seven leaning right'")
     known = set(vocabulary)
     unknown = [w for w in dict.fromkeys(words) if w not in known]
     if unknown:
         parts = []
-        for w in unknown:
+        for w in unknown[:SHOWN_WORDS]:
             near = difflib.get_close_matches(w, vocabulary, n=3, cutoff=0.5)
             parts.append(f"{w!r} (nearest known: {', '.join(near)})" if near else f"{w!r} (no close word)")
-        raise ValueError(f"prompt {prompt!r} uses words outside the vocabulary: {'; '.join(parts)}. "
+        if len(unknown) > SHOWN_WORDS:
+            parts.append(f"and {len(unknown) - SHOWN_WORDS} more")
+        raise ValueError(f"prompt {shown(prompt)} uses words outside the vocabulary: {'; '.join(parts)}. "
                          f"Known words: {' '.join(vocabulary)}")
     if len(words) > max_length - 2:
-        raise ValueError(f"prompt {prompt!r} has {len(words)} words; the text encoder reads at most "
+        raise ValueError(f"prompt {shown(prompt)} has {len(words)} words; the text encoder reads at most "
                          f"{max_length - 2} (max_length={max_length} tokens, with <start> and <end>)")
     return words
 

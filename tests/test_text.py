@@ -50,6 +50,19 @@ def test_too_long_and_empty_prompts():
     assert T.validate_prompt("Seven!") == ["seven"]
 
 
+def test_a_refused_long_prompt_is_quoted_short():
+    """Reliability round 3, G22: a 3,000-character prompt of unknown words gave a page-long error."""
+    prompt = " ".join(f"blorp{i}" for i in range(400))
+    with pytest.raises(ValueError) as err:
+        T.validate_prompt(prompt)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 1_000, len(message)
+    assert f"({len(prompt)} characters)" in message and "and 395 more" in message
+    with pytest.raises(ValueError, match="has 400 words") as err:
+        T.validate_prompt(" ".join(["seven"] * 400))
+    assert len(str(err.value)) < 300
+
+
 def test_word_vectors_learn_meaning_not_the_word():
     model, losses = T.fit_word_vectors(steps=150)
     assert losses[-1] < 0.3 * losses[0]
