@@ -13,7 +13,7 @@
     weights       train every model for the active profile and refresh data/weights/
     course        train what is missing, execute every lesson into build/, render the course book
     info          the active profile, device, precision, sampling defaults and folders
-    links         regenerate the README's lesson table (Colab links) and each lesson's COURSE_REPO; --check
+    links         regenerate the README's lesson table (Colab links) and each lesson's set-up cell; --check
 
 A refused input prints one line starting with "error:" and exits with status 2, as a wrong option does.
 """
@@ -452,7 +452,7 @@ def cmd_links(args) -> int:
     elif out_of_date:
         print(f"regenerated from {setting}:\n  " + "\n  ".join(out_of_date))
     else:
-        print(f"the README's lesson table and every lesson's COURSE_REPO match {setting}")
+        print(f"the README's lesson table and every lesson's Colab set-up cell match {setting}")
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return 1 if problems or (args.check and out_of_date) else 0
@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_course)
 
     help_ = ("regenerate the README's lesson table (an Open-in-Colab link per lesson) and every lesson's "
-             "COURSE_REPO line from [project.urls] Repository in pyproject.toml")
+             "Colab set-up cell (its repository: [project.urls] Repository in pyproject.toml)")
     sp = sub.add_parser("links", help=help_, description=help_)
     sp.add_argument("--check", action="store_true",
                     help="write nothing; exit 1 listing what is out of date with the setting")
