@@ -514,7 +514,10 @@ def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = F
 
     def collect(proc) -> None:
         nb_path, conn = running.pop(proc)
-        result = conn.recv() if conn.poll() else None
+        try:
+            result = conn.recv() if conn.poll() else None
+        except (EOFError, OSError):              # the worker ended without sending anything
+            result = None
         conn.close()
         if result is None:
             if failures:                         # stopped by us after another lesson failed

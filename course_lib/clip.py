@@ -258,14 +258,14 @@ PRETRAINED_DEADLINE_S = 1_800    # a whole first download of OpenAI's CLIP (600 
 
 
 def load_pretrained_clip(name: str = PRETRAINED, device: torch.device | str = "cpu", timeout_s: float = 1.5,
-                         deadline_s: float = PRETRAINED_DEADLINE_S, stall_s: float = hub.STALL_S):
+                         deadline_s: float = PRETRAINED_DEADLINE_S, stall_s: float | None = None):
     """``CLIPModel.from_pretrained(name)`` and its processor, failing fast when they cannot be had.
 
     ``name`` is a Hub id (default OpenAI's ViT-B/32, 151M parameters, about 600 MB) or a local folder.
     Where the Hub does not answer an HTTP request within ``timeout_s`` (offline, a captive portal or a
     broken proxy that accepts connections and never answers), only a copy in the local Hugging Face cache is
     used. While it loads from the Hub, the load is given up when nothing new arrives for ``stall_s``
-    seconds or after ``deadline_s`` in all (``hub.with_deadline``: a Hub that answers once and then holds
+    seconds (default ``hub.STALL_S``, 30 s) or after ``deadline_s`` in all (``hub.with_deadline``: a Hub that answers once and then holds
     its connections), and any failure (a refused download, a Hub error, a half-written cache) becomes
     ``PretrainedCLIPUnavailable``.
 

@@ -125,17 +125,18 @@ def _cache_bytes(repo_id: str) -> int:
     return total
 
 
-def with_deadline(load, repo_id: str, deadline_s: float, stall_s: float = STALL_S, poll_s: float = 0.25):
+def with_deadline(load, repo_id: str, deadline_s: float, stall_s: float | None = None, poll_s: float = 0.25):
     """``load()`` (which asks the Hub for ``repo_id``), given up when it is stalled or too long.
 
     It runs in a daemon thread under ``bounded_hub_timeouts``. Every ``poll_s`` seconds the local cache's
     folder for ``repo_id`` is measured: a download that keeps receiving data goes on, and a load that gets
-    nothing new for ``stall_s`` seconds, or runs past ``deadline_s`` in all, is given up (its thread is left
-    to end with its connection; it holds no lock the caller needs).
+    nothing new for ``stall_s`` seconds (default ``STALL_S``), or runs past ``deadline_s`` in all, is given
+    up (its thread is left to end with its connection).
 
     Returns:
         What ``load()`` returns. Raises: what ``load()`` raises, or ``HubTimeout``.
     """
+    stall_s = STALL_S if stall_s is None else stall_s
     result: list = []
 
     def target() -> None:

@@ -169,7 +169,7 @@ def _from_pretrained(name: str, **kwargs):
         return AutoTokenizer.from_pretrained(name, **kwargs), AutoModel.from_pretrained(name, **kwargs)
 
 
-def _from_hub(timeout_s: float, deadline_s: float = HUB_DEADLINE_S, stall_s: float = hub.STALL_S):
+def _from_hub(timeout_s: float, deadline_s: float = HUB_DEADLINE_S, stall_s: float | None = None):
     """(tokenizer, model) by hub id, or None when the Hub does not answer, stalls, fails or serves other
     weights (the caller then uses the package's copy)."""
     ok, _ = hub.hub_answers(HUB_ID, timeout_s)
