@@ -62,6 +62,7 @@ def _key(nb_path: Path, profile: Profile, lib_hash: str) -> str:
 CELL_TIMEOUT = 900           # seconds one cell may run under the `cpu` and `test` profiles (see cell_timeout)
 CELL_TIMEOUT_GPU = 3_600     # under `gpu`: lessons there may train their models inside a cell
 TIMEOUT_FACTOR = 3           # a lesson that took longer last time gets this many times its last whole run
+HEARTBEAT_S = 120            # a cell running this long gets a line saying so (and again every HEARTBEAT_S)
 
 
 def cell_timeout(profile: Profile | None = None, last_seconds: float | None = None) -> int:
@@ -95,6 +96,7 @@ class LessonFailed(RuntimeError):
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _CLIENT = None               # the notebook client running in this process (a worker kills its kernel on a stop)
+_ON_CELL = None              # in a worker: tells the course which cell starts (its one-line description)
 
 
 def _cell_words(nb, index: int | None) -> str:
@@ -130,6 +132,8 @@ def run_notebook(nb_path: Path, timeout: int | None = None, kernel_log: Path | N
 
     def on_cell_start(cell=None, cell_index=None, **_):
         current["index"] = cell_index
+        if _ON_CELL is not None:
+            _ON_CELL(_cell_words(nb, cell_index))
 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             # the kernel's own log only warns that a local kernel talks over TCP without encryption
@@ -393,9 +397,14 @@ def _lesson_worker(nb_path: Path, out_dir: Path, threads: int | None, timeout: i
     again. A failed lesson's partial notebook goes to ``out_dir/failed/`` so the student sees where it stopped.
     """
     import signal
+    global _ON_CELL
     for name in ("SIGTERM", "SIGHUP", "SIGINT"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _stop_worker)
+
+    def on_cell(words: str) -> None:
+        conn.send({"cell": words})
+    _ON_CELL = on_cell
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     failed = Path(out_dir) / "failed" / nb_path.name
@@ -509,16 +518,26 @@ def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = F
     # the longest first (by the last run's time), so the last lesson to finish is a short one
     run.sort(key=lambda p: -manifest.get(p.name, {}).get("seconds", 0.0))
     ctx = multiprocessing.get_context("spawn")
-    running: dict = {}                             # worker process -> (lesson, its end of the pipe)
+    running: dict = {}          # worker process -> its lesson, pipe, result, and the cell it is running
     failures: list[str] = []
 
-    def collect(proc) -> None:
-        nb_path, conn = running.pop(proc)
+    def drain(w: dict) -> None:
+        """Read what a worker sent: the cell it started (a heartbeat), then its result."""
         try:
-            result = conn.recv() if conn.poll() else None
-        except (EOFError, OSError):              # the worker ended without sending anything
-            result = None
-        conn.close()
+            while not w["closed"] and w["conn"].poll():
+                msg = w["conn"].recv()
+                if "cell" in msg:
+                    w.update(cell=msg["cell"], since=time.monotonic(), told=0)
+                else:
+                    w["result"] = msg
+        except (EOFError, OSError):              # the worker has ended and closed its end
+            w["closed"] = True
+
+    def collect(proc) -> None:
+        w = running.pop(proc)
+        drain(w)
+        w["conn"].close()
+        nb_path, result = w["lesson"], w["result"]
         if result is None:
             if failures:                         # stopped by us after another lesson failed
                 return
@@ -554,18 +573,29 @@ def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = F
                                    name=f"lesson {nb_path.stem}")
                 proc.start()
                 child.close()
-                running[proc] = (nb_path, parent)
-            wait([proc.sentinel for proc in running] + [conn for _, conn in running.values()])
-            for proc in [p for p, (_, conn) in running.items() if conn.poll() or not p.is_alive()]:
+                running[proc] = {"lesson": nb_path, "conn": parent, "result": None, "closed": False,
+                                 "cell": None, "since": time.monotonic(), "told": 0}
+            wait([p.sentinel for p in running] + [w["conn"] for w in running.values() if not w["closed"]],
+                 timeout=1.0)
+            now = time.monotonic()
+            for proc, w in list(running.items()):
+                drain(w)
+                if w["result"] is not None or not proc.is_alive():
+                    proc.join()
+                    collect(proc)
+                elif w["cell"] and now - w["since"] >= HEARTBEAT_S * (w["told"] + 1):
+                    w["told"] += 1           # a long cell is not a silent one: a line every HEARTBEAT_S
+                    print(f"[lesson] {w['lesson'].name}: {w['cell']} running for {now - w['since']:.0f} s",
+                          flush=True)
+        for proc, w in list(running.items()):    # finished meanwhile: recorded
+            drain(w)
+            if w["result"] is not None:
                 proc.join()
                 collect(proc)
-        for proc in [p for p, (_, conn) in running.items() if conn.poll()]:   # finished meanwhile: recorded
-            proc.join()
-            collect(proc)
     finally:
         _end_workers(running)
         for proc in list(running):
-            running.pop(proc)[1].close()
+            running.pop(proc)["conn"].close()
         for name, handler in saved.items():
             signal.signal(getattr(signal, name), handler)
     if failures:

@@ -93,6 +93,17 @@ def test_a_hung_cell_is_named_retried_once_then_one_line(course, capfd, monkeypa
     assert (out / "failed" / "01_hang.ipynb").is_file()
 
 
+def test_a_long_cell_is_not_a_silent_one(course, capfd, monkeypatch):
+    """Review section 8: `make course` printed nothing while a lesson ran; a student could not tell a long
+    cell from a hang. Now a line names the running cell every HEARTBEAT_S seconds."""
+    add, out = course
+    add("01_long", "x = 1", "import time\ntime.sleep(5)")
+    monkeypatch.setattr(book, "HEARTBEAT_S", 2)
+    assert book.run_course(TEST, CPU, out_dir=out) == 0
+    lines = [ln for ln in capfd.readouterr().out.splitlines() if "running for" in ln]
+    assert lines and lines[0].startswith("[lesson] 01_long.ipynb: cell 3 of 3 (`import time`) running for 2 s")
+
+
 def test_the_default_cell_timeout_is_minutes_not_an_hour(monkeypatch):
     monkeypatch.delenv("COURSE_CELL_TIMEOUT", raising=False)
     assert book.cell_timeout(get_profile("cpu")) == 900 and book.cell_timeout(TEST) == 900
