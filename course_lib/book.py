@@ -513,6 +513,7 @@ def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = F
         elif rec:
             print(f"[lesson] {nb_path.name}: unchanged, kept ({rec['seconds']:.0f} s last time)")
     if run:
+        jobs, threads = course_jobs(runtime, min(jobs, len(run)))     # one lesson left gets all the cores
         print(f"[lesson] executing {len(run)} lesson(s), {jobs} at a time"
               + (f", {threads} torch thread(s) each" if threads else ""), flush=True)
     # the longest first (by the last run's time), so the last lesson to finish is a short one

@@ -173,7 +173,8 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("how", ["SIGTERM to the course", "SIGHUP to its process group"])
+@pytest.mark.parametrize("how", ["SIGTERM to the course", "SIGHUP to its process group",
+                                 "SIGINT to its process group"])
 def test_a_stopped_course_leaves_no_worker_or_kernel_running(tmp_path, how):
     src = tmp_path / "lessons"
     src.mkdir()
@@ -199,8 +200,10 @@ def test_a_stopped_course_leaves_no_worker_or_kernel_running(tmp_path, how):
         assert all(_alive(pid) for pid in kernels + workers)
         if how.startswith("SIGTERM"):
             proc.send_signal(signal.SIGTERM)
-        else:
+        elif how.startswith("SIGHUP"):
             os.killpg(proc.pid, signal.SIGHUP)               # what a closed terminal does
+        else:
+            os.killpg(proc.pid, signal.SIGINT)               # Ctrl-C
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
