@@ -5,6 +5,13 @@ Re-running resumes instead of starting over: a lesson is executed again only whe
 library or the profile changed since its last successful run (recorded in ``build/manifest.json``), and
 model training resumes from its last checkpoint.
 
+When a lesson fails or hangs, one line on stderr names it, the cell (its number and first line) and the
+error, and the lesson's output up to there is saved in ``build/failed/``; the other running lesson is
+stopped at once (one that finished is recorded). A cell running past ``cell_timeout()`` (900 s under
+``cpu``) is taken for a hang: its lesson runs once more, then fails. A cell running for ``HEARTBEAT_S``
+gets a line saying so. Each lesson runs in its own worker process; Ctrl-C, SIGTERM and SIGHUP end every
+worker and its kernel. The kernels' own output (shutdown noise) goes to ``build/logs/``.
+
 The index is the first page an instructor opens. Each lesson gets its title (linking to its page), the time
 it took, one line on what you build in it, and a small picture from its own executed output:
 
@@ -37,8 +44,8 @@ from . import paths
 from .links import lesson_paths, lesson_title, readme_lesson_rows
 from .config import Profile, Runtime
 
-__all__ = ["lesson_paths", "execute_lesson", "lesson_summary", "thumbnail", "render_index", "run_course",
-           "ensure_models", "course_jobs"]
+__all__ = ["lesson_paths", "execute_lesson", "run_notebook", "LessonFailed", "cell_timeout", "lesson_summary",
+           "thumbnail", "render_index", "run_course", "read_manifest", "ensure_models", "course_jobs"]
 
 LESSON_MODELS = ("classifier", "denoiser", "class", "clip", "text2image")
 THUMB_TAG = "book-thumbnail"             # tag a code cell with it to choose the lesson's picture on the index
@@ -374,7 +381,7 @@ def _kill_kernel() -> None:
         else:
             proc.kill()
         proc.wait(5)
-    except (OSError, ValueError, Exception):
+    except Exception:                    # already gone, or not ours to wait for: nothing left to do
         pass
     try:
         os.remove(km.connection_file)
