@@ -159,9 +159,9 @@ def run_notebook(nb_path: Path, timeout: int | None = None, kernel_log: Path | N
         raise LessonFailed(f"{nb_path.name}: {_cell_words(nb, current['index'])} did not finish in {timeout} s",
                            nb, timed_out=True) from None
     except CellExecutionError as e:
-        why = f"{e.ename}: {_ANSI.sub('', str(e.evalue)).strip().splitlines()[0] if str(e.evalue).strip() else ''}"
-        raise LessonFailed(f"{nb_path.name}: {_cell_words(nb, current['index'])} raised {why.rstrip(': ')}",
-                           nb) from None
+        detail = _ANSI.sub("", str(e.evalue)).strip()
+        why = e.ename + (f": {detail.splitlines()[0]}" if detail else "")
+        raise LessonFailed(f"{nb_path.name}: {_cell_words(nb, current['index'])} raised {why}", nb) from None
     except DeadKernelError:
         raise LessonFailed(f"{nb_path.name}: the kernel died in {_cell_words(nb, current['index'])} (out of "
                            f"memory?)" + (f"; its log: {kernel_log}" if kernel_log else ""), nb) from None

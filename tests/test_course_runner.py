@@ -104,6 +104,16 @@ def test_a_long_cell_is_not_a_silent_one(course, capfd, monkeypatch):
     assert lines and lines[0].startswith("[lesson] 01_long.ipynb: cell 3 of 3 (`import time`) running for 2 s")
 
 
+def test_a_kernel_that_dies_is_one_line_naming_the_cell_and_its_log(course, capfd):
+    add, out = course
+    add("01_dies", "print(1)", "import os\nos._exit(1)")
+    assert book.run_course(TEST, CPU, out_dir=out) == 1
+    errors = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: lesson 01_dies.ipynb: the kernel died in cell 3 of 3 "
+                                                     "(`import os`)")
+    assert str(out / "logs" / "01_dies.kernel.log") in errors[0]
+
+
 def test_the_default_cell_timeout_is_minutes_not_an_hour(monkeypatch):
     monkeypatch.delenv("COURSE_CELL_TIMEOUT", raising=False)
     assert book.cell_timeout(get_profile("cpu")) == 900 and book.cell_timeout(TEST) == 900
