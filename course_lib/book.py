@@ -405,17 +405,22 @@ def _lesson_worker(nb_path: Path, out_dir: Path, threads: int | None, timeout: i
     """
     import signal
     global _ON_CELL
-    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _stop_worker)
+
+    def stop_handlers() -> None:
+        for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), _stop_worker)
 
     def on_cell(words: str) -> None:
+        stop_handlers()          # again: nbclient puts its own SIGINT / SIGTERM handlers in while it runs
         conn.send({"cell": words})
+    stop_handlers()
     _ON_CELL = on_cell
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     failed = Path(out_dir) / "failed" / nb_path.name
     for attempt in (1, 2):
+        stop_handlers()
         try:
             _, seconds = execute_lesson(nb_path, out_dir, timeout)
             failed.unlink(missing_ok=True)
