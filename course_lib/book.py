@@ -395,6 +395,21 @@ def _stop_worker(signum, frame) -> None:
     os._exit(128 + signum)
 
 
+def _watch_parent(poll_s: float = 1.0) -> None:
+    """If the course itself is killed (``kill -9``: no handler runs), its workers notice that their parent
+    is gone within ``poll_s`` seconds, kill their kernels and leave."""
+    import threading
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                _kill_kernel()
+                os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="watch the course").start()
+
+
 def _lesson_worker(nb_path: Path, out_dir: Path, threads: int | None, timeout: int, conn) -> None:
     """One lesson in a worker process: ``execute_lesson``, its result sent back on ``conn`` as a dict
     (``ok``, ``seconds`` or ``error``). Its kernel inherits ``OMP_NUM_THREADS`` (torch's threads).
@@ -416,6 +431,7 @@ def _lesson_worker(nb_path: Path, out_dir: Path, threads: int | None, timeout: i
         conn.send({"cell": words})
     stop_handlers()
     _ON_CELL = on_cell
+    _watch_parent()
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     failed = Path(out_dir) / "failed" / nb_path.name

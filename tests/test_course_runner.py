@@ -184,7 +184,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("how", ["SIGTERM to the course", "SIGHUP to its process group",
-                                 "SIGINT to its process group"])
+                                 "SIGINT to its process group", "SIGKILL to the course"])
 def test_a_stopped_course_leaves_no_worker_or_kernel_running(tmp_path, how):
     src = tmp_path / "lessons"
     src.mkdir()
@@ -210,6 +210,8 @@ def test_a_stopped_course_leaves_no_worker_or_kernel_running(tmp_path, how):
         assert all(_alive(pid) for pid in kernels + workers)
         if how.startswith("SIGTERM"):
             proc.send_signal(signal.SIGTERM)
+        elif how.startswith("SIGKILL"):
+            proc.kill()                                      # no handler runs: the workers notice
         elif how.startswith("SIGHUP"):
             os.killpg(proc.pid, signal.SIGHUP)               # what a closed terminal does
         else:
@@ -218,7 +220,13 @@ def test_a_stopped_course_leaves_no_worker_or_kernel_running(tmp_path, how):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130 and "interrupted" in out, (out, err)
-    time.sleep(0.5)
+    if how.startswith("SIGKILL"):
+        assert proc.returncode == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while [pid for pid in kernels + workers if _alive(pid)] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    else:
+        assert proc.returncode == 130 and "interrupted" in out, (out, err)
+        time.sleep(0.5)
     assert not [pid for pid in kernels + workers if _alive(pid)]
     assert "Traceback" not in err
