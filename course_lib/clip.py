@@ -21,8 +21,9 @@ course's one loop) is in ``course_lib.clip_training``, with ``get_clip`` (find o
 
 OpenAI's pretrained ``openai/clip-vit-base-patch32`` loads with ``load_pretrained_clip`` where the Hub
 answers (or from a cached copy); where it does not, it fails within about ``timeout_s`` (1.5 s) with
-``PretrainedCLIPUnavailable`` (``course_lib.hub``: a real HTTP request with a deadline), and every failure
-of the download itself becomes that same error.
+``PretrainedCLIPUnavailable`` (``course_lib.hub``: a real HTTP request with a deadline); a load that then
+stalls (nothing arriving for ``hub.STALL_S`` seconds) and every failure of the download itself become that
+same error. Lesson 07 loads it only when asked (``pretrained_clip_wanted``: about 600 MB the first time).
 """
 from __future__ import annotations
 

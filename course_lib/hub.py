@@ -129,9 +129,10 @@ def with_deadline(load, repo_id: str, deadline_s: float, stall_s: float | None =
     """``load()`` (which asks the Hub for ``repo_id``), given up when it is stalled or too long.
 
     It runs in a daemon thread under ``bounded_hub_timeouts``. Every ``poll_s`` seconds the local cache's
-    folder for ``repo_id`` is measured: a download that keeps receiving data goes on, and a load that gets
-    nothing new for ``stall_s`` seconds (default ``STALL_S``), or runs past ``deadline_s`` in all, is given
-    up (its thread is left to end with its connection).
+    folder for ``repo_id`` is measured, and this process's CPU time: a download that keeps receiving data
+    goes on, and so does the loading of the downloaded weights (busy, not waiting); a load with neither for
+    ``stall_s`` seconds (default ``STALL_S``), or running past ``deadline_s`` in all, is given up (its
+    thread is left to end with its connection).
 
     Returns:
         What ``load()`` returns. Raises: what ``load()`` raises, or ``HubTimeout``.
@@ -148,7 +149,7 @@ def with_deadline(load, repo_id: str, deadline_s: float, stall_s: float | None =
 
     t = threading.Thread(target=target, daemon=True, name=f"hub load {repo_id}")
     start = last_progress = time.monotonic()
-    seen = _cache_bytes(repo_id)
+    seen, cpu = _cache_bytes(repo_id), time.process_time()
     t.start()
     while True:
         t.join(poll_s)
@@ -158,9 +159,10 @@ def with_deadline(load, repo_id: str, deadline_s: float, stall_s: float | None =
                 return value
             raise value
         now = time.monotonic()
-        size = _cache_bytes(repo_id)
-        if size != seen:
-            seen, last_progress = size, now
+        size, cpu_now = _cache_bytes(repo_id), time.process_time()
+        if size != seen or cpu_now - cpu > 0.2 * poll_s:         # receiving, or working on what it has
+            last_progress = now
+        seen, cpu = size, cpu_now
         if now - last_progress > stall_s:
             raise HubTimeout(f"{endpoint()} sent nothing for {stall_s:g} s while loading {repo_id}")
         if now - start > deadline_s:

@@ -83,3 +83,24 @@ def test_openai_clip_from_a_stalled_hub_is_unavailable_within_the_stall_limit(st
     assert answered and held
     assert "unavailable:" in done.stdout and "HubTimeout" in done.stdout and "sent nothing for 3 s" in done.stdout
     assert seconds < 60
+
+
+def test_a_load_that_works_goes_on_and_one_that_waits_is_given_up():
+    """``hub.with_deadline`` tells a stall (waiting, nothing arriving) from work (loading the downloaded
+    weights keeps the CPU busy), and always ends by ``deadline_s``."""
+    from course_lib import hub
+
+    def busy(seconds):
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+        return "loaded"
+    assert hub.with_deadline(lambda: busy(1.5), "nobody/none", deadline_s=20, stall_s=0.5) == "loaded"
+    t = time.perf_counter()
+    with pytest.raises(hub.HubTimeout, match="sent nothing for 0.5 s"):
+        hub.with_deadline(lambda: time.sleep(30), "nobody/none", deadline_s=20, stall_s=0.5)
+    assert time.perf_counter() - t < 3
+    with pytest.raises(hub.HubTimeout, match="took more than 1 s"):
+        hub.with_deadline(lambda: busy(2.5), "nobody/none", deadline_s=1, stall_s=10)
+    with pytest.raises(OSError, match="refused"):                # the load's own error, as it was raised
+        hub.with_deadline(lambda: (_ for _ in ()).throw(OSError("refused")), "nobody/none", deadline_s=5)
