@@ -410,7 +410,45 @@ def _watch_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True, name="watch the course").start()
 
 
+def _keep_nbclient_out_of_signals() -> None:
+    """Make the event loop nbclient will run in (jupyter_core's, for this thread) decline
+    ``add_signal_handler``: nbclient then keeps out of SIGINT and SIGTERM (it catches the RuntimeError),
+    and the worker's own handlers stay in force the whole time. Left to itself, nbclient replaces them while
+    it runs, cleans up on a signal and goes on, printing tracebacks."""
+    from jupyter_core.utils import ensure_event_loop
+
+    def decline(*args, **kwargs):
+        raise RuntimeError("a course worker handles its own signals")
+    ensure_event_loop().add_signal_handler = decline
+
+
+def _send(conn, message: dict) -> None:
+    """Tell the course; a course that has stopped listening (its end closed) is not an error here."""
+    try:
+        conn.send(message)
+    except OSError:
+        pass
+
+
 def _lesson_worker(nb_path: Path, out_dir: Path, threads: int | None, timeout: int, conn) -> None:
+    """A worker process's whole life: ``_run_lesson``, then leave at once. Whatever happens while it is
+    being stopped (nbclient's own signal handlers clean up a kernel that is still starting, the course has
+    closed its end) prints nothing: the course reports what it needs, in one line."""
+    import sys
+    try:
+        _run_lesson(nb_path, out_dir, threads, timeout, conn)
+    except BaseException:
+        pass
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(0)                  # no interpreter shutdown: no asyncio "never retrieved" logs at exit
+
+
+def _run_lesson(nb_path: Path, out_dir: Path, threads: int | None, timeout: int, conn) -> None:
     """One lesson in a worker process: ``execute_lesson``, its result sent back on ``conn`` as a dict
     (``ok``, ``seconds`` or ``error``). Its kernel inherits ``OMP_NUM_THREADS`` (torch's threads).
 
@@ -421,26 +459,22 @@ def _lesson_worker(nb_path: Path, out_dir: Path, threads: int | None, timeout: i
     import signal
     global _ON_CELL
 
-    def stop_handlers() -> None:
-        for name in ("SIGTERM", "SIGHUP", "SIGINT"):
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), _stop_worker)
-
     def on_cell(words: str) -> None:
-        stop_handlers()          # again: nbclient puts its own SIGINT / SIGTERM handlers in while it runs
-        conn.send({"cell": words})
-    stop_handlers()
+        _send(conn, {"cell": words})
+    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _stop_worker)
+    _keep_nbclient_out_of_signals()
     _ON_CELL = on_cell
     _watch_parent()
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     failed = Path(out_dir) / "failed" / nb_path.name
     for attempt in (1, 2):
-        stop_handlers()
         try:
             _, seconds = execute_lesson(nb_path, out_dir, timeout)
             failed.unlink(missing_ok=True)
-            conn.send({"ok": True, "seconds": seconds})
+            _send(conn, {"ok": True, "seconds": seconds})
             return
         except LessonFailed as e:
             if e.nb is not None:
@@ -452,11 +486,11 @@ def _lesson_worker(nb_path: Path, out_dir: Path, threads: int | None, timeout: i
                 continue
             why = str(e) + (", twice; if it really needs longer, set COURSE_CELL_TIMEOUT (seconds)"
                             if e.timed_out else "")
-            conn.send({"ok": False, "error": why, "partial": str(failed) if e.nb is not None else None})
+            _send(conn, {"ok": False, "error": why, "partial": str(failed) if e.nb is not None else None})
             return
         except Exception as e:                       # not the lesson's own error: still one line
-            conn.send({"ok": False, "error": f"{nb_path.name}: {type(e).__name__}: "
-                                             f"{str(e).splitlines()[0] if str(e) else ''}", "partial": None})
+            _send(conn, {"ok": False, "error": f"{nb_path.name}: {type(e).__name__}: "
+                                               f"{str(e).splitlines()[0] if str(e) else ''}", "partial": None})
             return
 
 
