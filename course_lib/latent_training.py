@@ -42,7 +42,7 @@ from .unet import UNet, UNetConfig
 __all__ = ["autoencoder_config", "autoencoder_loss", "measure_scaling_factor", "measure_latent_bound",
            "train_autoencoder",
            "latent_config", "encode_dataset", "train_latent", "LatentDiffusion", "load_latent",
-           "find_autoencoder", "reconstruct", "reconstruction_accuracy", "latent_quality", "step_costs",
+           "find_autoencoder", "check_autoencoder_file", "reconstruct", "reconstruction_accuracy", "latent_quality", "step_costs",
            "SCALE_IMAGES"]
 
 SCALE_IMAGES = 10_000        # training images the scaling factor is measured on (the first ones)
@@ -261,12 +261,60 @@ class LatentDiffusion(nn.Module):
         return (images, z0) if return_latents else images
 
 
+def check_autoencoder_file(folder: str | Path, expected_sha: str | None = None) -> None:
+    """Is ``folder/model.safetensors`` intact? Its hash not matching a latent model's record means either
+    another autoencoder (retrain the latent model) or a damaged file (restore the file): this tells which.
+
+    Raises:
+        CheckpointError: one line naming the file and the remedy for a damaged file: a truncated or
+            unreadable file; the shipped autoencoder whose hash is not the one the shipped latent model
+            records (`git checkout -- data/weights/autoencoder`); a user's autoencoder whose weights differ
+            from its own training checkpoint's (``trainer/ema.safetensors``; delete it, or train it again).
+    """
+    folder = Path(folder)
+    path = folder / "model.safetensors"
+    tensors = checkpoints.read_tensors(path)                  # truncated or not safetensors: names the file
+    got = weights_sha256(folder)
+    if expected_sha is not None and got == expected_sha:
+        return
+    shipped_latent = paths.weights_dir() / "latent" / "config.json"
+    try:
+        shipped = folder.resolve() == (paths.weights_dir() / "autoencoder").resolve()
+    except OSError:
+        shipped = False
+    if shipped and shipped_latent.is_file():
+        record = json.loads(shipped_latent.read_text()).get("autoencoder_sha256")
+        if record and got != record:
+            raise checkpoints.CheckpointError(
+                f"{path} has been altered (sha256 {got[:12]}..., the shipped one is {record[:12]}...); "
+                f"{checkpoints.fix_for(folder)}")
+    ema_path = folder / "trainer" / "ema.safetensors"
+    if not shipped and ema_path.is_file():
+        ema = {k[len("module."):]: v for k, v in checkpoints.read_tensors(ema_path).items()
+               if k.startswith("module.")}                # the averaged model that was exported
+        if ema.keys() != tensors.keys() or not all(torch.equal(ema[k], tensors[k]) for k in tensors):
+            raise checkpoints.CheckpointError(
+                f"{path} has been altered: it differs from its own training checkpoint ({ema_path}); delete "
+                f"{folder} (the shipped autoencoder is then used) or train it again with "
+                f"`python -m course_lib train autoencoder`")
+
+
 def find_autoencoder(sha: str, folders=None) -> Path:
-    """The autoencoder folder whose weights hash to ``sha``: the user's checkpoint, then the shipped one."""
-    folders = folders or (paths.default_checkpoint("autoencoder"), paths.weights_dir() / "autoencoder")
-    for folder in folders:
-        if (Path(folder) / "model.safetensors").is_file() and weights_sha256(folder) == sha:
-            return Path(folder)
+    """The autoencoder folder whose weights hash to ``sha``: the user's checkpoint, then the shipped one.
+
+    Raises:
+        CheckpointError: a candidate's weights are damaged (``check_autoencoder_file``): the file and how
+            to restore it, never "retrain the latent model".
+        FileNotFoundError: the autoencoders there are intact but other ones than the latent model's.
+    """
+    folders = [Path(f) for f in (folders or (paths.default_checkpoint("autoencoder"),
+                                             paths.weights_dir() / "autoencoder"))]
+    present = [f for f in folders if (f / "model.safetensors").is_file()]
+    for folder in present:
+        if weights_sha256(folder) == sha:
+            return folder
+    for folder in present:                    # a damaged file must not pass for "another autoencoder"
+        check_autoencoder_file(folder)
     raise FileNotFoundError(f"no autoencoder with weights sha256 {sha[:12]}... (the one this latent model was "
                             f"trained on) in {' or '.join(map(str, folders))}; retrain the latent model with "
                             f"`python -m course_lib train latent` on the autoencoder you have")
@@ -289,6 +337,8 @@ def load_latent(path: str | Path, device: torch.device | str = "cpu", autoencode
     ae = load_autoencoder(ae_folder, device)
     diff = checkpoints.config_difference(cfg["autoencoder"], _config_of(ae_folder))
     got = weights_sha256(ae_folder)
+    if not diff and got != sha:
+        check_autoencoder_file(ae_folder)          # damaged, not another autoencoder: says how to restore it
     if diff or got != sha:
         why = f"its config differs ({diff})" if diff else f"its weights hash {got[:12]}..., not {sha[:12]}..."
         raise checkpoints.CheckpointError(f"{path} was trained on another autoencoder than {ae_folder}: {why}; "

@@ -203,3 +203,19 @@ def test_lesson07_check_rejects_wrong_answers():
     assert r.attempted and not r.passed and "hint" in r.message
     summed = lambda logits: 2 * lesson07.reference_clip_loss(logits)
     assert not lesson07.check_clip_loss(summed)
+
+
+def test_openai_clip_is_downloaded_only_when_asked_or_under_gpu(monkeypatch):
+    """Issue 32 (metered networks): lesson 07 used to download about 600 MB by default under `cpu` when
+    online. Now only when asked (TRY_OPENAI_CLIP = True), under `gpu`, or on Colab; never asking the Hub."""
+    import sys
+    from course_lib.config import get_profile
+    monkeypatch.setattr(CL.hub, "hub_answers", lambda *a, **k: pytest.fail("the choice asked the Hub"))
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert CL.pretrained_clip_wanted(get_profile("cpu")) is False
+    assert CL.pretrained_clip_wanted(get_profile("test")) is False
+    assert CL.pretrained_clip_wanted(get_profile("gpu")) is True
+    assert CL.pretrained_clip_wanted(get_profile("cpu"), True) is True
+    assert CL.pretrained_clip_wanted(get_profile("gpu"), False) is False
+    monkeypatch.setitem(sys.modules, "google.colab", object())
+    assert CL.pretrained_clip_wanted(get_profile("cpu")) is True

