@@ -2,6 +2,7 @@
 test profile. The private COURSE_HOME that keeps tests and lessons away from the user's checkpoints is made
 by the root conftest.py, for the whole run."""
 import os
+import sys
 
 import pytest
 import torch
@@ -9,6 +10,23 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("COURSE_PROFILE", "test")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def cli(capsys):
+    """``python -m course_lib ...`` in-process: (exit status, stdout, stderr)."""
+    from course_lib.__main__ import main
+
+    def run(*args):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+            if not isinstance(e.code, int) and e.code:
+                print(e.code, file=sys.stderr)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return run
 
 
 @pytest.fixture

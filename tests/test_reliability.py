@@ -17,22 +17,6 @@ from course_lib.schedules import make_schedule
 WEIGHTS = paths.weights_dir()
 
 
-@pytest.fixture
-def cli(capsys):
-    """``python -m course_lib ...`` in-process: (exit code, stdout, stderr)."""
-    from course_lib.__main__ import main
-
-    def run(*args):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-            if not isinstance(e.code, int) and e.code:
-                print(e.code, file=sys.stderr)
-        out = capsys.readouterr()
-        return code, out.out, out.err
-    return run
-
 
 @pytest.fixture
 def no_compute(monkeypatch):
