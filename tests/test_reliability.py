@@ -3,7 +3,6 @@ nothing the user made is lost. The table of these cases and their errors is in t
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
