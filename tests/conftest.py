@@ -23,8 +23,8 @@ def digit_accuracy_z():
     the prompts "zero".."9" (the test profile's classifier), and its z against chance (1 in 10)."""
     import math
     from course_lib.config import get_profile, get_runtime
-    from course_lib.models import get_model
-    from course_lib.text2image_training import prompt_accuracy
+    from course_lib.registry import get_model
+    from course_lib.training.text2image import prompt_accuracy
 
     def measure(pipe, n: int = 200):
         profile = get_profile("test")

@@ -9,7 +9,8 @@ import numpy as np
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 from PIL import Image
 
-from course_lib import book, paths
+from course_lib import paths
+from course_lib.course import book
 from course_lib.config import get_profile, get_runtime
 
 

@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-from course_lib import clip as CL
-from course_lib import clip_training as CT
+from course_lib.networks import clip as CL
+from course_lib.training import clip as CT
 from course_lib.config import get_profile
-from course_lib.data import load_mnist
+from course_lib.data.mnist import load_mnist
 from course_lib.exercises import lesson07
 
 PROFILE = get_profile("test")

@@ -15,7 +15,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from course_lib import book, paths
+from course_lib import paths
+from course_lib.course import book
 from course_lib.config import get_profile, get_runtime
 
 TEST, CPU = get_profile("test"), get_runtime("cpu")

@@ -8,7 +8,8 @@ import sys
 import nbformat
 import pytest
 
-from course_lib import links, paths
+from course_lib import paths
+from course_lib.course import links
 from course_lib.__main__ import main
 
 OLD = "https://github.com/from-noise-to-digits/course"

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from course_lib import captions as C
-from course_lib import text as T
+from course_lib.text import vocabulary as C
+from course_lib.text import tokenizer as T
 from course_lib.exercises import lesson06
 
 
