@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from .. import store
 from . import checkpoints
 from ..config import Runtime, autocast, get_runtime
 
@@ -224,7 +225,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
     saved = checkpoints.check_resumable(out, config, steps, meta)      # None: nothing to resume
     if saved is not None:
         rng = checkpoints.load_trainer_state(out, model=model, ema=ema, optimizer=opt)
-        guide = checkpoints.load_guide_state(out)
+        guide = store.load_guide_state(out)
         _restore_generator(gen, rng["generator"], seed, start=int(saved["step"]))
         if batch_gen is not gen:
             _restore_generator(batch_gen, rng.get("batch_generator", torch.empty(0)), seed, start=int(saved["step"]))
@@ -240,7 +241,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
     if rt.compile and rt.device.type == "cuda":     # the forward and backward pass; mode: Runtime.compile_mode
         train_model = torch.compile(model, mode=None if rt.compile_mode == "default" else rt.compile_mode)
     graphs = train_model is not model and rt.compile_mode in ("reduce-overhead", "max-autotune")  # CUDA graphs
-    last_good = str(out) if (out is not None and checkpoints.has_checkpoint(out)) else None
+    last_good = str(out) if (out is not None and store.has_checkpoint(out)) else None
 
     pending: list[tuple[int, torch.Tensor]] = []       # (step, loss on the device) not yet read
     sync_every = sync_every or (1 if rt.device.type == "cpu" else SYNC_EVERY)
@@ -332,7 +333,7 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
     bar.close()
     seconds = time.perf_counter() - t0
     n_done = (end - start)
-    if n_done > 0 or (out is not None and not checkpoints.has_checkpoint(out)):
+    if n_done > 0 or (out is not None and not store.has_checkpoint(out)):
         save(end)
     model.eval()
     ema.module.eval()
