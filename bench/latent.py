@@ -40,8 +40,8 @@ from course_lib.training import latent as LT  # noqa: E402
 from course_lib.networks.autoencoder import load_autoencoder  # noqa: E402
 from course_lib.data.mnist import load_mnist  # noqa: E402
 from course_lib.diffusion.guidance import guided  # noqa: E402
-from course_lib.networks.classifier import classify, label_accuracy  # noqa: E402
 from course_lib.measures.metrics import evaluate_samples, real_images  # noqa: E402
+from course_lib.networks.classifier import classify, label_accuracy  # noqa: E402
 from course_lib.registry import find_usable, get_model  # noqa: E402
 from course_lib.diffusion.samplers import sample  # noqa: E402
 from course_lib.diffusion.schedules import make_schedule  # noqa: E402

@@ -45,8 +45,8 @@ from course_lib.text import vocabulary  # noqa: E402
 from course_lib.store import read_training  # noqa: E402
 from course_lib.networks.clip import embed_images, embed_text  # noqa: E402
 from course_lib.data.mnist import load_mnist  # noqa: E402
-from course_lib.networks.classifier import classify  # noqa: E402
 from course_lib.measures.metrics import evaluate_samples, real_images  # noqa: E402
+from course_lib.networks.classifier import classify  # noqa: E402
 from course_lib.registry import find_matching, get_model  # noqa: E402
 from course_lib.text.vocabulary import digit_prompts  # noqa: E402
 from course_lib.training.text2image import attribute_control, prompt_accuracy  # noqa: E402

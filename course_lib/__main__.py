@@ -133,7 +133,7 @@ def _model_folder(given: str) -> tuple[Path, str, dict]:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        from .store import read_json            # its error names the file and the fix
+        from .store import read_json  # its error names the file and the fix
         cfg = read_json(path)
     kind = _model_kind(cfg) if isinstance(cfg, dict) else None
     if kind is None:
@@ -170,8 +170,8 @@ def cmd_info(args) -> int:
 
 def cmd_train(args) -> int:
     from . import paths
-    from .training.checkpoints import check_training_target
     from .registry import REGISTRY
+    from .training.checkpoints import check_training_target
     from .training.loop import TrainResult
     profile, rt = _profile_and_runtime(args)
     if args.steps is not None:
@@ -222,8 +222,9 @@ def _write(images, labels, out: Path, nrow: int | None = None, note: str = "") -
     """Write checked, finite samples to ``out`` (the path ``paths.check_output_file`` returned): a grid
     (``.png``) or ``(images, labels)`` tensors (``.pt``)."""
     import torch
-    from .plotting import save_grid
+
     from .diffusion.samplers import check_finite
+    from .plotting import save_grid
     check_finite(images)                                # NaN images are an error, never a file
     if out.suffix == ".png":
         save_grid(images, out, **({} if nrow is None else {"nrow": nrow}))
@@ -287,13 +288,14 @@ def cmd_sample(args) -> int:
     if kind == "latent":                                # lesson 11: sample latents, decode them
         return _sample_latent(args, folder, out, labels, sampler)
     import torch
-    from .store import CheckpointError
+
     from .data.clusters import draw_clusters
     from .diffusion.flow import sample as flow_sample
     from .diffusion.guidance import autoguided, guided
-    from .networks.unet import load_unet
     from .diffusion.samplers import sample
     from .diffusion.schedules import make_schedule
+    from .networks.unet import load_unet
+    from .store import CheckpointError
     profile, rt = _profile_and_runtime(args)
     try:
         model, cfg = load_unet(folder, rt.device)
@@ -331,6 +333,7 @@ def cmd_sample(args) -> int:
     _write(images, labels, out)
     if strip:
         import matplotlib.pyplot as plt
+
         from .plotting import show_strip
         fig = show_strip(frames + [images.cpu()], captions + ["x0"], n=min(n, 8), max_frames=11)
         fig.savefig(strip, dpi=100)
@@ -342,8 +345,9 @@ def cmd_sample(args) -> int:
 def _sample_latent(args, folder: Path, out: Path, labels, sampler: str) -> int:
     """``sample`` for a latent diffusion model: guided latents, decoded by its autoencoder (lesson 11)."""
     import torch
-    from .store import CheckpointError
+
     from .pipelines.latent import load_latent
+    from .store import CheckpointError
     profile, rt = _profile_and_runtime(args)
     try:
         model = load_latent(folder, rt.device)

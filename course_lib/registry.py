@@ -23,22 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Callable
+
 import torch
-from . import paths
-from . import store
-from .training import checkpoints
+
+from . import paths, store
 from .config import PROFILES, Profile, Runtime, get_runtime
-import importlib.util
-from .pipelines.text_to_image import TextToImage
 from .networks.unet import load_unet
-from .training.denoiser import denoiser_config
-from .training.denoiser import class_config
-from .training.denoiser import train_denoiser
-from .training.denoiser import train_class_model
-from .pipelines.text_to_image import load_text2image_lm
+from .pipelines.text_to_image import TextToImage, load_text2image_lm
+from .training import checkpoints
+from .training.denoiser import class_config, denoiser_config, train_class_model, train_denoiser
 
 __all__ = ["load_text_to_image", "REGISTRY", "find_matching", "find_usable", "train_missing", "get_guide",
            "get_model"]

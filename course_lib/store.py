@@ -29,8 +29,10 @@ import shutil
 import uuid
 from pathlib import Path
 from typing import Any
+
 import torch
 from safetensors.torch import load_file
+
 from . import paths
 
 __all__ = ["CheckpointError", "read_json", "atomic_folder", "has_checkpoint", "GUIDE_FILE", "load_guide_state",

@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-
 from browser import BrowserError, Chromium, find_chromium
 
 CHROMIUM = find_chromium()
@@ -47,9 +46,10 @@ def book(tmp_path_factory):
     model whoever trains it first. torch's random state is restored afterwards all the same.
     """
     import torch
-    from course_lib.course.links import lesson_paths
-    from course_lib.course.book import run_course
+
     from course_lib.config import get_profile, get_runtime
+    from course_lib.course.book import run_course
+    from course_lib.course.links import lesson_paths
     out = tmp_path_factory.mktemp("book")
     lessons = lesson_paths()
     with torch.random.fork_rng(devices=[]):

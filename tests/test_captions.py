@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from course_lib.text import vocabulary
 from course_lib.data import captions
 from course_lib.data.mnist import load_mnist
+from course_lib.text import vocabulary
 
 
 def bar(width: int, shear: float = 0.0, length: int = 20) -> torch.Tensor:

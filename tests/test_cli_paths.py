@@ -37,11 +37,11 @@ def cli(capsys):
 @pytest.fixture
 def no_compute(monkeypatch):
     """Fail the test if a model is loaded or sampled, or the course starts: the error must come first."""
+    from course_lib import registry
     from course_lib.course import book
     from course_lib.diffusion import flow, samplers
-    from course_lib import registry
-    from course_lib.pipelines import latent
     from course_lib.networks import unet
+    from course_lib.pipelines import latent
     from course_lib.training import denoiser
 
     def boom(*a, **k):

@@ -7,11 +7,11 @@ import time
 import pytest
 import torch
 
-from course_lib.networks import clip as CL
-from course_lib.training import clip as CT
 from course_lib.config import get_profile
 from course_lib.data.mnist import load_mnist
 from course_lib.exercises import lesson07
+from course_lib.networks import clip as CL
+from course_lib.training import clip as CT
 
 PROFILE = get_profile("test")
 
@@ -209,6 +209,7 @@ def test_openai_clip_is_downloaded_only_when_asked_or_under_gpu(monkeypatch):
     """Issue 32 (metered networks): lesson 07 used to download about 600 MB by default under `cpu` when
     online. Now only when asked (TRY_OPENAI_CLIP = True), under `gpu`, or on Colab; never asking the Hub."""
     import sys
+
     from course_lib.config import get_profile
     monkeypatch.setattr(CL.hub, "hub_answers", lambda *a, **k: pytest.fail("the choice asked the Hub"))
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)

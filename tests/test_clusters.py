@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from course_lib.training import denoiser
-from course_lib.networks import unet
 from course_lib.data.clusters import draw_clusters, kmeans
+from course_lib.networks import unet
+from course_lib.training import denoiser
 
 
 def blobs(seed=0):

@@ -11,15 +11,14 @@ import pytest
 import torch
 
 from course_lib.data import mnist
-from course_lib.measures import diagnostics as D
-from course_lib.exercises import lessonA1
 from course_lib.diffusion.forward import extract, predict_eps_from_x0, q_sample, simple_loss
 from course_lib.diffusion.guidance import Guided, cfg_combine, guided, null_labels
-from course_lib.networks.unet import load_unet
 from course_lib.diffusion.samplers import ddim_sample, ddpm_sample
 from course_lib.diffusion.schedules import make_schedule
+from course_lib.exercises import lessonA1
+from course_lib.measures import diagnostics as D
+from course_lib.networks.unet import UNet, UNetConfig, load_unet
 from course_lib.training.loop import fit
-from course_lib.networks.unet import UNet, UNetConfig
 
 torch.set_num_threads(1)
 

@@ -6,8 +6,19 @@ import pytest
 import torch
 
 from course_lib.diffusion import flow
-from course_lib.diffusion.flow import (TIME_SCALE, euler_sample, eps_from_v, flow_loss, flow_path, heun_sample,
-    sample_time, v_from_eps, v_from_x0, velocity_target, x0_from_v)
+from course_lib.diffusion.flow import (
+    TIME_SCALE,
+    eps_from_v,
+    euler_sample,
+    flow_loss,
+    flow_path,
+    heun_sample,
+    sample_time,
+    v_from_eps,
+    v_from_x0,
+    velocity_target,
+    x0_from_v,
+)
 
 
 def test_path_endpoints_and_velocity_are_exact():
@@ -137,9 +148,9 @@ def test_a_tiny_flow_model_beats_chance(tiny_flow):
 
 
 def test_a_sampler_must_fit_the_model(tiny_flow, tmp_path):
-    from course_lib.networks.unet import load_unet
     from course_lib.diffusion.samplers import sample as ddpm_family_sample
     from course_lib.diffusion.schedules import make_schedule
+    from course_lib.networks.unet import load_unet
     model, out = tiny_flow
     with pytest.raises(ValueError, match="flow-matching model"):
         ddpm_family_sample(model, 2, make_schedule("cosine", 1000), sampler="ddim", steps=2)

@@ -7,14 +7,15 @@ import warnings
 import pytest
 import torch
 
-from course_lib.training import clip as clip_training, text2image
 from course_lib import registry
-from course_lib.diffusion import samplers
 from course_lib.config import PROFILES, _runtime, cpu_runtime, get_runtime
+from course_lib.diffusion import samplers
 from course_lib.diffusion.guidance import guided
 from course_lib.diffusion.schedules import make_schedule
-from course_lib.training.loop import EMA, ema_multi_avg_fn, fit
 from course_lib.networks.unet import UNet, UNetConfig
+from course_lib.training import clip as clip_training
+from course_lib.training import text2image
+from course_lib.training.loop import EMA, ema_multi_avg_fn, fit
 
 GPU = PROFILES["gpu"]
 CPU_RT = get_runtime("cpu", precision="fp32")

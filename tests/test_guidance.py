@@ -9,16 +9,16 @@ import sys
 import pytest
 import torch
 
-from course_lib.training import denoiser
 from course_lib.config import get_profile, get_runtime, seed_everything
-from course_lib.exercises.lesson05 import check_condition, check_guidance_combine, reference_condition
 from course_lib.diffusion.guidance import Guided, cfg_combine, guided, null_labels
-from course_lib.measures.metrics import evaluate_samples
-from course_lib.training.classifier import train_classifier
-from course_lib.training.denoiser import drop_labels, train_class_model
 from course_lib.diffusion.samplers import sample
 from course_lib.diffusion.schedules import make_schedule
+from course_lib.exercises.lesson05 import check_condition, check_guidance_combine, reference_condition
+from course_lib.measures.metrics import evaluate_samples
 from course_lib.networks.unet import UNet, UNetConfig
+from course_lib.training import denoiser
+from course_lib.training.classifier import train_classifier
+from course_lib.training.denoiser import drop_labels, train_class_model
 
 CPU = get_runtime("cpu")
 ENV = {**os.environ, "COURSE_PROFILE": "test", "OMP_NUM_THREADS": "1"}

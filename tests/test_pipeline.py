@@ -5,15 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.pipelines import text_to_image
-from course_lib.networks import text_encoders
-from course_lib.training import text2image as T2I
-from course_lib.networks.clip import build_clip
 from course_lib.config import get_profile, get_runtime
-from course_lib.exercises import lesson08
 from course_lib.diffusion.schedules import make_schedule
-from course_lib.text.tokenizer import load_tokenizer
+from course_lib.exercises import lesson08
+from course_lib.networks import text_encoders
+from course_lib.networks.clip import build_clip
 from course_lib.networks.unet import TextCond, UNet, UNetConfig
+from course_lib.pipelines import text_to_image
+from course_lib.text.tokenizer import load_tokenizer
+from course_lib.training import text2image as T2I
 
 PROFILE = get_profile("test")
 # the test profile's 300 steps learn too little to measure prompt-following reliably, so the trained-model

@@ -9,15 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib import paths
-from course_lib import store
-from course_lib.training import checkpoints, denoiser
+from course_lib import paths, store
 from course_lib.data import mnist
-from course_lib.networks import unet
 from course_lib.diffusion import samplers
-from course_lib.store import CheckpointError
 from course_lib.diffusion.guidance import autoguided, guided
 from course_lib.diffusion.schedules import make_schedule
+from course_lib.networks import unet
+from course_lib.store import CheckpointError
+from course_lib.training import checkpoints, denoiser
 
 WEIGHTS = paths.weights_dir()
 

@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from course_lib import store
-from course_lib.training import checkpoints
 from course_lib.config import get_runtime
+from course_lib.training import checkpoints
 from course_lib.training.loop import _restore_generator, ema_avg_fn, ema_multi_avg_fn, fit, warmup_cosine_lr
 
 CPU = get_runtime("cpu")

@@ -10,13 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import store
-from course_lib.networks import prior as prior_net
-from course_lib.pipelines import unclip
-from course_lib.training import unclip as unclip_training
-from course_lib.training import unclip as unclip_training
 from course_lib.config import get_profile, get_runtime
 from course_lib.diffusion.schedules import make_schedule
+from course_lib.networks import prior as prior_net
 from course_lib.networks.unet import UNet, UNetConfig
+from course_lib.pipelines import unclip
+from course_lib.training import unclip as unclip_training
 
 PROFILE = get_profile("test")
 TRAIN = PROFILE.replace(unclip_decoder_steps=40, unclip_prior_steps=400, checkpoint_every=1_000)

@@ -48,8 +48,8 @@ import time
 from pathlib import Path
 
 from .. import paths
-from .links import lesson_paths, lesson_title, readme_lesson_rows
 from ..config import Profile, Runtime
+from .links import lesson_paths, lesson_title, readme_lesson_rows
 
 __all__ = ["lesson_paths", "execute_lesson", "run_notebook", "LessonFailed", "cell_timeout", "render_lesson_page",
            "book_cells", "tex_to_mathml", "lesson_summary", "thumbnail", "render_index", "run_course",
@@ -139,6 +139,7 @@ def run_notebook(nb_path: Path, timeout: int | None = None, kernel_log: Path | N
     """
     global _CLIENT
     import subprocess
+
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -452,6 +453,7 @@ def thumbnail(executed_nb: str | Path, max_px: tuple[int, int] = THUMB_PX) -> by
     """
     import base64
     import io
+
     from PIL import Image
     try:
         nb = json.loads(Path(executed_nb).read_text(encoding="utf-8"))
@@ -490,6 +492,7 @@ def render_index(out_dir: Path, entries: list[dict], profile: Profile, runtime: 
         root: the course folder whose README gives the lines (default: the course).
     """
     import base64
+
     from .links import colab_url
     rows = []
     for e in entries:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from .. import paths
-from ..store import atomic_folder, read_training
 from ..config import Profile, Runtime
+from ..store import atomic_folder, read_training
 
 __all__ = ["make_weights", "measure", "export", "write_readme"]
 
@@ -52,9 +52,9 @@ def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
     if name in ("denoiser", "class"):
         from ..data.clusters import draw_clusters
         from ..diffusion.guidance import guided
-        from ..measures.metrics import evaluate_samples
         from ..diffusion.samplers import sample
         from ..diffusion.schedules import make_schedule
+        from ..measures.metrics import evaluate_samples
         clf = get_model("classifier", profile, rt)
         n = profile.n_eval
         schedule = make_schedule(profile.schedule, profile.T, rt.device)

@@ -29,12 +29,11 @@ Every caption carries its *content*: the digit plus one code per attribute (-1 l
 from __future__ import annotations
 
 from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
-from ..text.vocabulary import ATTRIBUTES
-from ..text.vocabulary import TEMPLATES
-from ..text.vocabulary import _canonical_code
-from ..text.vocabulary import _compose
+
+from ..text.vocabulary import ATTRIBUTES, TEMPLATES, _canonical_code, _compose
 
 __all__ = ["QUANTILES", "SLANT_MARGIN", "measure_attributes", "fit_thresholds", "thresholds_to_json",
            "thresholds_from_json", "default_thresholds", "attribute_bins", "random_caption", "random_captions",

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .samplers import _base_model, batched, check_labels, SAMPLE_BATCH
+from .samplers import SAMPLE_BATCH, _base_model, batched, check_labels
 
 __all__ = ["TIME_SCALE", "TIMES", "FLOW_SAMPLERS", "check_t", "flow_path", "velocity_target", "sample_time",
            "flow_loss", "x0_from_v", "eps_from_v", "v_from_eps", "v_from_x0", "ddpm_to_flow", "velocity",

@@ -5,9 +5,9 @@ import math
 
 import torch
 
-from . import Case, CheckResult, check_function, report
 from ..diffusion import forward
 from ..diffusion.schedules import make_schedule
+from . import Case, CheckResult, check_function, report
 
 __all__ = ["check_q_sample", "check_alpha_bar_at", "check_endpoint_moments", "reference_q_sample",
            "reference_alpha_bar_at", "expected_endpoint_moments"]

@@ -5,9 +5,9 @@ import math
 
 import torch
 
-from . import Case, CheckResult, check_function
 from ..diffusion import forward
 from ..diffusion.schedules import make_schedule
+from . import Case, CheckResult, check_function
 
 __all__ = ["check_gaussian_kl", "check_posterior_mean", "reference_gaussian_kl", "reference_posterior_mean"]
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from . import Case, CheckResult, check_function
 from ..diffusion.samplers import ddim_step
 from ..diffusion.schedules import make_schedule
+from . import Case, CheckResult, check_function
 
 __all__ = ["check_ddim_update", "reference_ddim_update"]
 

@@ -240,7 +240,7 @@ def check_ema_weights(model: nn.Module, folder: str | Path) -> Finding:
         a ``Finding`` with ``values`` ``ema_diff`` and ``raw_diff`` (largest parameter difference; raw is
         NaN when the folder keeps no raw weights, like the shipped ones).
     """
-    from ..networks.unet import load_unet                  # the registry imports training code: only when needed
+    from ..networks.unet import load_unet  # the registry imports training code: only when needed
     ema, _ = load_unet(folder)
     try:
         raw, _ = load_unet(folder, raw=True)

@@ -16,11 +16,10 @@ need numbers. All of them come from one small convolutional classifier, trained 
 from __future__ import annotations
 
 import torch
+
 from ..config import Profile
 from ..data.mnist import load_mnist
-from ..networks.classifier import Classifier
-from ..networks.classifier import classify
-from ..networks.classifier import label_accuracy
+from ..networks.classifier import Classifier, classify, label_accuracy
 
 __all__ = ["CONFIDENT", "confident_fraction", "class_histogram", "sqrtm_psd", "gaussian_stats", "frechet_distance",
            "fid_from_features", "real_images", "evaluate_samples"]

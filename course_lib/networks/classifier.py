@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
 import torch
 from torch import nn
+
 from .. import store
 from ..config import inference_autocast
 

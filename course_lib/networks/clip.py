@@ -34,11 +34,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import hub, paths
-from ..text import vocabulary
-from ..data import captions
-from .. import store
+from .. import hub, paths, store
 from ..config import Profile
+from ..data import captions
+from ..text import vocabulary
 from ..text.tokenizer import END, MAX_LENGTH, PAD, SPECIAL_TOKENS, START, encode, load_tokenizer
 
 __all__ = ["clip_config_from_profile", "build_clip", "embed_text", "embed_images", "similarity", "project_2d",

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from .unet import timestep_embedding
 
 __all__ = ["embed_scale", "PriorConfig", "DiffusionPrior"]

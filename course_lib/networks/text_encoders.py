@@ -38,9 +38,11 @@ import importlib.util
 import warnings
 from pathlib import Path
 from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from .. import hub
 from .unet import TextCond
 
@@ -167,6 +169,7 @@ def check_encoder_folder(folder: str | Path) -> Path:
 
 def _from_pretrained(name: str, **kwargs):
     from transformers import AutoModel, AutoTokenizer
+
     from .clip import _quiet_transformers
     with _quiet_transformers():
         return AutoTokenizer.from_pretrained(name, **kwargs), AutoModel.from_pretrained(name, **kwargs)

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from pathlib import Path
+
 from .. import store
 
 __all__ = ["UNetConfig", "unet_config_from_profile", "TextCond", "timestep_embedding", "UNet", "unet_from_config",

@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import torch
 from torch import nn
-from .. import paths
-from .. import store
-from ..training import checkpoints
-from ..networks.autoencoder import (Autoencoder, load_autoencoder,
-    weights_sha256)
+
+from .. import paths, store
 from ..config import inference_autocast
 from ..diffusion.guidance import guided
-from ..networks.unet import unet_from_config
 from ..diffusion.samplers import sample
 from ..diffusion.schedules import make_schedule
-from ..networks.unet import UNet
+from ..networks.autoencoder import Autoencoder, load_autoencoder, weights_sha256
+from ..networks.unet import UNet, unet_from_config
+from ..training import checkpoints
 
 __all__ = ["LatentDiffusion", "check_autoencoder_file", "find_autoencoder", "load_latent"]
 

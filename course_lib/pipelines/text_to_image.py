@@ -50,23 +50,20 @@ import json
 import time
 from pathlib import Path
 from typing import Callable, Sequence
+
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from ..text import vocabulary
+
 from .. import store
 from ..diffusion.guidance import Guided
 from ..diffusion.samplers import SAMPLERS, batched, check_finite
 from ..diffusion.schedules import Schedule, make_schedule
-from ..text.tokenizer import SPECIAL_TOKENS, check_prompts
-from ..networks.unet import TextCond, UNet, UNetConfig
-from ..networks.text_encoders import TextEncoder
-from ..networks.text_encoders import HUB_ID
-from ..networks.text_encoders import SHA256
+from ..networks.text_encoders import HUB_ID, SHA256, LanguageEncoder, TextEncoder, check_prompt, load_language_encoder
 from ..networks.text_encoders import MAX_LENGTH as LM_MAX_LENGTH
-from ..networks.text_encoders import LanguageEncoder
-from ..networks.text_encoders import load_language_encoder
-from ..networks.text_encoders import check_prompt
+from ..networks.unet import TextCond, UNet, UNetConfig
+from ..text import vocabulary
+from ..text.tokenizer import SPECIAL_TOKENS, check_prompts
 
 __all__ = ["TextToImageLM", "load_text2image_lm", "load_text_side", "TextToImage", "check_prompt_type",
            "show_prompt_grid", "write_unet", "write_pipeline", "load_text2image", "cross_attention_maps",
@@ -78,6 +75,7 @@ MAX_BATCH = 1000         # images per sampling call (the guided network sees twi
 def load_text_side(folder: Path, device) -> tuple[TextEncoder, object]:
     """The frozen text encoder and tokenizer a pipeline folder holds (``text_encoder*``, ``tokenizer*``)."""
     from transformers import CLIPTextConfig, CLIPTextModel
+
     from ..text.tokenizer import load_tokenizer
     cfg = CLIPTextConfig.from_dict(store.read_json(folder / "text_encoder_config.json"))
     model = CLIPTextModel(cfg)
@@ -267,6 +265,7 @@ def _label(prompt: str) -> int:
 def show_prompt_grid(images: torch.Tensor, prompts: Sequence[str], n_per_prompt: int, size: float = 0.9):
     """One row per prompt (``images`` in prompt order, as ``TextToImage`` returns them); returns the figure."""
     import matplotlib.pyplot as plt
+
     from ..plotting import show_images
     if len(images) != len(prompts) * n_per_prompt:
         raise ValueError(f"{len(images)} images for {len(prompts)} prompts x {n_per_prompt}")

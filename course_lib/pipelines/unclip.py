@@ -37,22 +37,23 @@ import json
 import math
 from pathlib import Path
 from typing import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
-from ..text import vocabulary
+
 from .. import store
-from ..networks.clip import embed_images, embed_text
 from ..diffusion.forward import predict_eps_from_x0
 from ..diffusion.guidance import Guided
-from .text_to_image import check_prompt_type
 from ..diffusion.samplers import SAMPLERS, batched, check_finite, ddim_step, timesteps
 from ..diffusion.schedules import Schedule, make_schedule
-from ..text.tokenizer import MAX_LENGTH, SPECIAL_TOKENS, check_prompts
+from ..networks.clip import embed_images, embed_text
+from ..networks.prior import DiffusionPrior, PriorConfig
 from ..networks.unet import UNet
-from ..networks.prior import PriorConfig
-from ..networks.prior import DiffusionPrior
+from ..text import vocabulary
+from ..text.tokenizer import MAX_LENGTH, SPECIAL_TOKENS, check_prompts
+from .text_to_image import check_prompt_type
 
 __all__ = ["PARTS", "SOURCES", "prior_sample", "nearest_embeddings", "check_images", "UnCLIP", "load_unclip"]
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 import difflib
 from functools import lru_cache
 from pathlib import Path
+
 import torch
 from torch import nn
+
 from .. import paths
 from .vocabulary import ATTRIBUTES, VOCABULARY, all_captions, normalize_prompt, parse_prompt
 

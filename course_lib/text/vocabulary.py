@@ -5,7 +5,9 @@ import itertools
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+
 import torch
+
 from . import vocabulary
 
 __all__ = ["DIGIT_WORDS", "NUMERALS", "Attribute", "ATTRIBUTES", "ATTRIBUTE_NAMES", "TEMPLATES", "VOCABULARY",

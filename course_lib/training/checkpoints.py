@@ -8,18 +8,22 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
 import torch
 from safetensors.torch import save_file
+
 from .. import paths
-from ..store import CheckpointError
-from ..store import fix_for
-from ..store import read_json
-from ..store import read_tensors
-from ..store import load_state
-from ..store import atomic_folder
-from ..store import has_checkpoint
-from ..store import GUIDE_FILE
-from ..store import read_training
+from ..store import (
+    GUIDE_FILE,
+    CheckpointError,
+    atomic_folder,
+    fix_for,
+    has_checkpoint,
+    load_state,
+    read_json,
+    read_tensors,
+    read_training,
+)
 
 __all__ = ["check_training_target", "recover_interrupted_write", "config_difference", "optimizer_to_tensors",
            "optimizer_from_tensors", "save_checkpoint", "check_resumable", "load_trainer_state"]

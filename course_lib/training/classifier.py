@@ -4,18 +4,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .. import paths
-from .. import store
+
+from .. import paths, store
 from ..config import Profile, Runtime, get_runtime
 from ..data.mnist import batch_indices, load_mnist
+from ..networks.classifier import Classifier, ClassifierConfig, classify, label_accuracy
 from .loop import TrainResult, fit
-from ..networks.classifier import ClassifierConfig
-from ..networks.classifier import Classifier
-from ..networks.classifier import classify
-from ..networks.classifier import label_accuracy
 
 __all__ = ["CLASSIFIER_LR", "MAX_SHIFT", "classifier_config", "random_shift", "train_classifier",
            "classifier_test_accuracy"]

@@ -23,16 +23,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import paths
-from ..data import captions
-from ..text import vocabulary
-from .. import store
-from . import checkpoints
-from ..networks.clip import (attribute_accuracy, build_clip, clip_config_from_profile, load_clip, save_clip,
-    zero_shot_classify)
+from .. import paths, store
 from ..config import Profile, Runtime, get_runtime
+from ..data import captions
 from ..data.mnist import batch_indices, load_mnist, to_device
+from ..networks.clip import (
+    attribute_accuracy,
+    build_clip,
+    clip_config_from_profile,
+    load_clip,
+    save_clip,
+    zero_shot_classify,
+)
+from ..text import vocabulary
 from ..text.tokenizer import MAX_LENGTH, load_tokenizer
+from . import checkpoints
 from .loop import TrainResult, fit
 
 __all__ = ["clip_loss", "make_batch_fn", "contrastive_step", "train_clip", "get_clip", "zero_shot_accuracy",

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+
 import torch
+
 from .. import paths
-from ..data.clusters import kmeans
 from ..config import Profile, Runtime, get_runtime
+from ..data.clusters import kmeans
 from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.forward import simple_loss
 from ..diffusion.schedules import make_schedule
+from ..networks.unet import unet_config_from_profile, unet_from_config
 from .loop import TrainResult, fit
-from ..networks.unet import unet_config_from_profile
-from ..networks.unet import unet_from_config
 
 __all__ = ["drop_labels", "denoiser_config", "class_config", "train_denoiser", "train_class_model"]
 

@@ -15,10 +15,9 @@ from .. import paths
 from ..config import Profile, Runtime, cpu_runtime, get_runtime
 from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.flow import TIME_SCALE, flow_loss
-from ..networks.unet import unet_from_config, load_unet
+from ..networks.unet import UNet, load_unet, unet_config_from_profile, unet_from_config
 from .denoiser import drop_labels
 from .loop import TrainResult, fit
-from ..networks.unet import UNet, unet_config_from_profile
 
 __all__ = ["flow_config", "train_flow", "load_flow", "train_toy_flow", "TIME"]
 

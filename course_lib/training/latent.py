@@ -21,24 +21,29 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+
 import torch
 from safetensors.torch import save_file
-from .. import paths
-from . import checkpoints
-from .. import store
-from ..networks.autoencoder import (Autoencoder, AutoencoderConfig, Posterior, kl_divergence, load_autoencoder,
-    weights_sha256)
+
+from .. import paths, store
 from ..config import Profile, Runtime, autocast, get_runtime, inference_autocast
 from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.forward import simple_loss
 from ..diffusion.guidance import guided
-from .denoiser import drop_labels
-from ..networks.unet import unet_from_config
 from ..diffusion.schedules import make_schedule
+from ..networks.autoencoder import (
+    Autoencoder,
+    AutoencoderConfig,
+    Posterior,
+    kl_divergence,
+    load_autoencoder,
+    weights_sha256,
+)
+from ..networks.unet import UNet, UNetConfig, unet_from_config
+from ..pipelines.latent import LatentDiffusion, _config_of
+from . import checkpoints
+from .denoiser import drop_labels
 from .loop import TrainResult, fit
-from ..networks.unet import UNet, UNetConfig
-from ..pipelines.latent import _config_of
-from ..pipelines.latent import LatentDiffusion
 
 __all__ = ["SCALE_IMAGES", "autoencoder_config", "autoencoder_loss", "measure_scaling_factor",
            "measure_latent_bound", "train_autoencoder", "latent_config", "encode_dataset", "train_latent",

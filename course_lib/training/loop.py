@@ -38,8 +38,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from .. import store
-from . import checkpoints
 from ..config import Runtime, autocast, get_runtime
+from . import checkpoints
 
 SYNC_EVERY = 25          # on a GPU, read the losses (and check them for NaN) every this many steps
                          # (the loop's only regular wait for the GPU: see the module docstring for the others)

@@ -20,26 +20,27 @@ import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
+
 import torch
 from torch import nn
+
 from .. import paths
-from ..data import captions
-from ..text import vocabulary
-from . import checkpoints
-from ..networks.clip import clip_config_from_profile
-from .clip import get_clip
 from ..config import Profile, Runtime, get_runtime
+from ..data import captions
 from ..data.mnist import batch_indices, load_mnist, to_device
 from ..diffusion.forward import simple_loss
-from ..text.vocabulary import ATTRIBUTE_PAIRS, attribute_prompts, digit_prompts
-from ..networks.text_encoders import TEXT_LAYER, TextEncoder
-from ..pipelines.text_to_image import TextToImage, load_text_side, write_pipeline
 from ..diffusion.schedules import make_schedule
-from ..text.tokenizer import MAX_LENGTH
-from .loop import TrainResult, fit
+from ..networks.clip import clip_config_from_profile
+from ..networks.text_encoders import MAX_LENGTH as LM_MAX_LENGTH
+from ..networks.text_encoders import TEXT_LAYER, WIDTH, TextEncoder, encoder_spec, load_language_encoder
 from ..networks.unet import TextCond, UNet, UNetConfig, unet_config_from_profile
-from ..networks.text_encoders import MAX_LENGTH as LM_MAX_LENGTH, WIDTH, encoder_spec, load_language_encoder
-from ..pipelines.text_to_image import write_unet
+from ..pipelines.text_to_image import TextToImage, load_text_side, write_pipeline, write_unet
+from ..text import vocabulary
+from ..text.tokenizer import MAX_LENGTH
+from ..text.vocabulary import ATTRIBUTE_PAIRS, attribute_prompts, digit_prompts
+from . import checkpoints
+from .clip import get_clip
+from .loop import TrainResult, fit
 
 __all__ = ["P_MENTION", "QUICK_N", "CaptionTable", "text2image_config", "train_text2image", "fit_captioned",
            "train_demo", "prompt_accuracy", "attribute_control", "NAME", "HELD_OUT_TEMPLATES",

@@ -12,8 +12,8 @@ from torch import nn
 from ..config import Profile, Runtime, cpu_runtime
 from ..diffusion.forward import simple_loss
 from ..diffusion.schedules import Schedule, make_schedule
-from .loop import TrainResult, fit
 from ..networks.unet import timestep_embedding
+from .loop import TrainResult, fit
 
 __all__ = ["ring", "swiss_roll", "ToyDenoiser", "train_toy", "vector_field"]
 

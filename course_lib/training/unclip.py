@@ -18,26 +18,25 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Callable
+
 import torch
-from .. import paths
+
+from .. import paths, store
+from ..config import Profile, Runtime, get_runtime
 from ..data import captions
+from ..data.mnist import batch_indices, load_mnist, to_device
+from ..diffusion.forward import q_sample, simple_loss
+from ..diffusion.schedules import Schedule, make_schedule
+from ..networks.clip import clip_config_from_profile, embed_images, embed_text, save_clip
+from ..networks.prior import DiffusionPrior, PriorConfig, embed_scale
+from ..networks.unet import UNet, UNetConfig, unet_config_from_profile
+from ..pipelines.unclip import UnCLIP
 from ..text import vocabulary
 from . import checkpoints
-from .. import store
-from ..networks.clip import clip_config_from_profile, embed_images, embed_text, save_clip
 from .clip import get_clip
-from ..config import Profile, Runtime, get_runtime
-from ..data.mnist import batch_indices, load_mnist, to_device
-from ..diffusion.forward import simple_loss
-from ..diffusion.schedules import make_schedule
-from .text2image import P_MENTION
 from .loop import TrainResult, fit
-from ..networks.prior import DiffusionPrior, PriorConfig, embed_scale
-from ..pipelines.unclip import UnCLIP
-from ..networks.unet import UNet, UNetConfig, unet_config_from_profile
-from typing import Callable
-from ..diffusion.forward import q_sample
-from ..diffusion.schedules import Schedule
+from .text2image import P_MENTION
 
 __all__ = ["PRIOR_GUIDANCE", "unclip_config", "drop_rows", "check_unclip_target", "train_unclip",
            "variation_measures", "prior_loss"]
