@@ -19,7 +19,6 @@ import common  # noqa: E402
 
 from course_lib.data import captions  # noqa: E402
 from course_lib.store import read_training  # noqa: E402
-from course_lib.networks.clip import clip_config_from_profile  # noqa: E402
 from course_lib.training.clip import evaluate_clip, train_clip  # noqa: E402
 from course_lib.data.mnist import load_mnist  # noqa: E402
 from course_lib.text.tokenizer import load_tokenizer  # noqa: E402

@@ -34,7 +34,6 @@ from . import paths, store
 from .config import PROFILES, Profile, Runtime, get_runtime
 from .networks.unet import load_unet
 from .pipelines.text_to_image import TextToImage, load_text2image_lm
-from .training import checkpoints
 from .training.denoiser import class_config, denoiser_config, train_class_model, train_denoiser
 
 __all__ = ["load_text_to_image", "REGISTRY", "find_matching", "find_usable", "train_missing", "get_guide",
@@ -54,7 +53,7 @@ REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
                    _lazy("training.classifier", "train_classifier"), _lazy("networks.classifier", "load_classifier")),
     "denoiser": (denoiser_config, train_denoiser, lambda path, device: load_unet(path, device)[0]),
     "class": (class_config, train_class_model, lambda path, device: load_unet(path, device)[0]),
-    "clip": (_lazy("networks.clip", "clip_config_from_profile"), _lazy("training.clip", "train_clip"),
+    "clip": (_lazy("training.clip", "clip_config_from_profile"), _lazy("training.clip", "train_clip"),
              _lazy("networks.clip", "load_clip")),
     "text2image": (_lazy("training.text2image", "text2image_config"),
                    _lazy("training.text2image", "train_text2image"),
@@ -92,7 +91,7 @@ def find_matching(name: str, profile: Profile) -> Path | None:
             tr = store.read_training(folder)
         except FileNotFoundError:
             continue
-        if (checkpoints.config_difference(tr.get("config"), cfg) is None
+        if (store.config_difference(tr.get("config"), cfg) is None
                 and tr.get("steps") == _steps_for(name, profile) and tr.get("step", 0) >= tr["steps"]):
             return folder
     return None

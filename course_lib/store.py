@@ -180,3 +180,18 @@ def load_weights(module: torch.nn.Module, folder: str | os.PathLike, device: tor
         raise FileNotFoundError(f"no weights at {path}{why}")
     load_state(module, read_tensors(path, device=device), path)
     return module.to(device)
+
+
+def config_difference(saved: Any, new: Any, prefix: str = "") -> str | None:
+    """The first field where two JSON-like configs differ, as ``"field: saved -> new"``; None if equal."""
+    if isinstance(saved, dict) and isinstance(new, dict):
+        for k in sorted(set(saved) | set(new)):
+            if k not in saved or k not in new:
+                return f"{prefix}{k}: {saved.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}"
+            d = config_difference(saved[k], new[k], f"{prefix}{k}.")
+            if d:
+                return d
+        return None
+    if isinstance(saved, (list, tuple)) and isinstance(new, (list, tuple)):
+        saved, new = list(saved), list(new)
+    return None if saved == new else f"{prefix.rstrip('.')}: {saved!r} -> {new!r}"

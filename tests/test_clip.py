@@ -43,7 +43,7 @@ def test_multi_positive_targets():
 
 
 def test_model_config_from_profile():
-    cfg = CL.clip_config_from_profile(PROFILE)
+    cfg = CT.clip_config_from_profile(PROFILE)
     json.dumps(cfg)
     model = CL.build_clip(cfg)
     tc, vc = model.config.text_config, model.config.vision_config
@@ -51,7 +51,7 @@ def test_model_config_from_profile():
     assert vc.image_size == 28 and vc.num_channels == 1 and vc.patch_size == PROFILE.clip_patch
     assert model.config.projection_dim == PROFILE.clip_embed and tc.hidden_size == PROFILE.clip_dim
     with pytest.raises(ValueError, match="clip_patch"):
-        CL.clip_config_from_profile(PROFILE.replace(clip_patch=5))
+        CT.clip_config_from_profile(PROFILE.replace(clip_patch=5))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ logits, and a symmetric cross-entropy pulls each image towards its caption and a
 
 This module is the network and what is done with it; it knows no data and no training loop:
 
-    clip_config_from_profile, build_clip    the model, sized by the profile's ``clip_*`` fields
+    build_clip    the model, sized by its config (``training.clip.clip_config_from_profile`` reads the profile)
     embed_images, embed_text, similarity    unit vectors and their cosine similarities
     zero_shot_classify, nearest_captions,   reading digits and captions off the similarities
     attribute_accuracy
@@ -36,11 +36,10 @@ import torch.nn.functional as F
 
 from .. import hub, paths, store
 from ..config import Profile
-from ..data import captions
 from ..text import vocabulary
-from ..text.tokenizer import END, MAX_LENGTH, PAD, SPECIAL_TOKENS, START, encode, load_tokenizer
+from ..text.tokenizer import END, PAD, START, encode, load_tokenizer
 
-__all__ = ["clip_config_from_profile", "build_clip", "embed_text", "embed_images", "similarity", "project_2d",
+__all__ = ["build_clip", "embed_text", "embed_images", "similarity", "project_2d",
            "zero_shot_logits", "zero_shot_classify", "nearest_captions", "attribute_accuracy", "load_clip",
            "save_clip", "DIGIT_TEMPLATE", "PRETRAINED", "PretrainedCLIPUnavailable", "hub_reachable",
            "load_pretrained_clip", "pretrained_clip_wanted", "pretrained_embed_images", "pretrained_embed_text"]
@@ -50,16 +49,6 @@ LOGIT_SCALE_INIT = math.log(1 / 0.07)           # Radford et al. (2021), Sec. 2.
 
 
 # ---------------------------------------------------------------------------------------------- the model
-def clip_config_from_profile(profile: Profile) -> dict:
-    """The JSON-able model config (what ``fit`` compares before resuming): sizes, vocabulary, caption scheme."""
-    if 28 % profile.clip_patch:
-        raise ValueError(f"clip_patch must divide 28, got {profile.clip_patch}")
-    if profile.clip_dim % profile.clip_heads:
-        raise ValueError(f"clip_dim ({profile.clip_dim}) must be divisible by clip_heads ({profile.clip_heads})")
-    return {"model": "clip", "dim": profile.clip_dim, "layers": profile.clip_layers, "heads": profile.clip_heads,
-            "patch": profile.clip_patch, "embed": profile.clip_embed, "image_size": 28, "num_channels": 1,
-            "vocabulary": list(SPECIAL_TOKENS + vocabulary.VOCABULARY), "max_length": MAX_LENGTH,
-            "quantiles": list(captions.QUANTILES), "slant_margin": captions.SLANT_MARGIN}
 
 
 def build_clip(config: dict):

@@ -14,7 +14,6 @@ from ..diffusion.samplers import sample
 from ..diffusion.schedules import make_schedule
 from ..networks.autoencoder import Autoencoder, load_autoencoder, weights_sha256
 from ..networks.unet import UNet, unet_from_config
-from ..training import checkpoints
 
 __all__ = ["LatentDiffusion", "check_autoencoder_file", "find_autoencoder", "load_latent"]
 
@@ -141,7 +140,7 @@ def load_latent(path: str | Path, device: torch.device | str = "cpu", autoencode
     sha = cfg["autoencoder_sha256"]
     ae_folder = find_autoencoder(sha) if autoencoder is None else Path(autoencoder)
     ae = load_autoencoder(ae_folder, device)
-    diff = checkpoints.config_difference(cfg["autoencoder"], _config_of(ae_folder))
+    diff = store.config_difference(cfg["autoencoder"], _config_of(ae_folder))
     got = weights_sha256(ae_folder)
     if not diff and got != sha:
         check_autoencoder_file(ae_folder)          # damaged, not another autoencoder: says how to restore it

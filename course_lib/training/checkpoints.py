@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from safetensors.torch import save_file
@@ -17,6 +17,7 @@ from ..store import (
     GUIDE_FILE,
     CheckpointError,
     atomic_folder,
+    config_difference,
     fix_for,
     has_checkpoint,
     load_state,
@@ -25,7 +26,7 @@ from ..store import (
     read_training,
 )
 
-__all__ = ["check_training_target", "recover_interrupted_write", "config_difference", "optimizer_to_tensors",
+__all__ = ["check_training_target", "recover_interrupted_write", "optimizer_to_tensors",
            "optimizer_from_tensors", "save_checkpoint", "check_resumable", "load_trainer_state"]
 
 
@@ -113,20 +114,6 @@ def recover_interrupted_write(folder: str | os.PathLike) -> list[str]:
         print(line)
     return done
 
-
-def config_difference(saved: Any, new: Any, prefix: str = "") -> str | None:
-    """The first field where two JSON-like configs differ, as ``"field: saved -> new"``; None if equal."""
-    if isinstance(saved, dict) and isinstance(new, dict):
-        for k in sorted(set(saved) | set(new)):
-            if k not in saved or k not in new:
-                return f"{prefix}{k}: {saved.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}"
-            d = config_difference(saved[k], new[k], f"{prefix}{k}.")
-            if d:
-                return d
-        return None
-    if isinstance(saved, (list, tuple)) and isinstance(new, (list, tuple)):
-        saved, new = list(saved), list(new)
-    return None if saved == new else f"{prefix.rstrip('.')}: {saved!r} -> {new!r}"
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:

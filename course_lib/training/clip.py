@@ -27,17 +27,9 @@ from .. import paths, store
 from ..config import Profile, Runtime, get_runtime
 from ..data import captions
 from ..data.mnist import batch_indices, load_mnist, to_device
-from ..networks.clip import (
-    attribute_accuracy,
-    build_clip,
-    clip_config_from_profile,
-    load_clip,
-    save_clip,
-    zero_shot_classify,
-)
+from ..networks.clip import attribute_accuracy, build_clip, load_clip, save_clip, zero_shot_classify
 from ..text import vocabulary
-from ..text.tokenizer import MAX_LENGTH, load_tokenizer
-from . import checkpoints
+from ..text.tokenizer import MAX_LENGTH, SPECIAL_TOKENS, load_tokenizer
 from .loop import TrainResult, fit
 
 __all__ = ["clip_loss", "make_batch_fn", "contrastive_step", "train_clip", "get_clip", "zero_shot_accuracy",
@@ -162,7 +154,7 @@ def _matching_checkpoint(folder: Path, config: dict) -> dict | None:
         training = store.read_training(folder)
     except (FileNotFoundError, ValueError):
         return None
-    if (folder / "config.json").is_file() and checkpoints.config_difference(training.get("config"), config) is None:
+    if (folder / "config.json").is_file() and store.config_difference(training.get("config"), config) is None:
         return training
     return None
 
@@ -221,3 +213,15 @@ def evaluate_clip(model, tokenizer, images: torch.Tensor, labels: torch.Tensor,
     for name in vocabulary.ATTRIBUTE_NAMES:
         out[f"{name}_accuracy"], out[f"{name}_n"] = attribute_accuracy(model, tokenizer, images, labels, bins, name)
     return out
+
+
+def clip_config_from_profile(profile: Profile) -> dict:
+    """The JSON-able model config (what ``fit`` compares before resuming): sizes, vocabulary, caption scheme."""
+    if 28 % profile.clip_patch:
+        raise ValueError(f"clip_patch must divide 28, got {profile.clip_patch}")
+    if profile.clip_dim % profile.clip_heads:
+        raise ValueError(f"clip_dim ({profile.clip_dim}) must be divisible by clip_heads ({profile.clip_heads})")
+    return {"model": "clip", "dim": profile.clip_dim, "layers": profile.clip_layers, "heads": profile.clip_heads,
+            "patch": profile.clip_patch, "embed": profile.clip_embed, "image_size": 28, "num_channels": 1,
+            "vocabulary": list(SPECIAL_TOKENS + vocabulary.VOCABULARY), "max_length": MAX_LENGTH,
+            "quantiles": list(captions.QUANTILES), "slant_margin": captions.SLANT_MARGIN}

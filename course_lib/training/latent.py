@@ -174,7 +174,7 @@ def train_latent(profile: Profile, out=None, runtime: Runtime | None = None, ste
     checkpoints.check_training_target(out)
     ae_folder = Path(autoencoder) if autoencoder is not None else _autoencoder_for(profile, rt, progress)
     ae = load_autoencoder(ae_folder, rt.device)
-    diff = checkpoints.config_difference(_config_of(ae_folder), cfg["autoencoder"])
+    diff = store.config_difference(_config_of(ae_folder), cfg["autoencoder"])
     if diff:
         raise ValueError(f"the autoencoder in {ae_folder} is not the one this profile's latent model uses "
                          f"({diff})")

@@ -30,7 +30,6 @@ from ..data import captions
 from ..data.mnist import batch_indices, load_mnist, to_device
 from ..diffusion.forward import simple_loss
 from ..diffusion.schedules import make_schedule
-from ..networks.clip import clip_config_from_profile
 from ..networks.text_encoders import MAX_LENGTH as LM_MAX_LENGTH
 from ..networks.text_encoders import TEXT_LAYER, WIDTH, TextEncoder, encoder_spec, load_language_encoder
 from ..networks.unet import TextCond, UNet, UNetConfig, unet_config_from_profile
@@ -39,7 +38,7 @@ from ..text import vocabulary
 from ..text.tokenizer import MAX_LENGTH
 from ..text.vocabulary import ATTRIBUTE_PAIRS, attribute_prompts, digit_prompts
 from . import checkpoints
-from .clip import get_clip
+from .clip import clip_config_from_profile, get_clip
 from .loop import TrainResult, fit
 
 __all__ = ["P_MENTION", "QUICK_N", "CaptionTable", "text2image_config", "train_text2image", "fit_captioned",

@@ -28,13 +28,13 @@ from ..data import captions
 from ..data.mnist import batch_indices, load_mnist, to_device
 from ..diffusion.forward import q_sample, simple_loss
 from ..diffusion.schedules import Schedule, make_schedule
-from ..networks.clip import clip_config_from_profile, embed_images, embed_text, save_clip
+from ..networks.clip import embed_images, embed_text, save_clip
 from ..networks.prior import DiffusionPrior, PriorConfig, embed_scale
 from ..networks.unet import UNet, UNetConfig, unet_config_from_profile
 from ..pipelines.unclip import UnCLIP
 from ..text import vocabulary
 from . import checkpoints
-from .clip import get_clip
+from .clip import clip_config_from_profile, get_clip
 from .loop import TrainResult, fit
 from .text2image import P_MENTION
 
