@@ -19,7 +19,7 @@ import common  # noqa: E402
 
 from course_lib.data import captions  # noqa: E402
 from course_lib.store import read_training  # noqa: E402
-from course_lib.training.clip import evaluate_clip, train_clip  # noqa: E402
+from course_lib.training.clip import clip_config_from_profile, evaluate_clip, train_clip  # noqa: E402
 from course_lib.data.mnist import load_mnist  # noqa: E402
 from course_lib.text.tokenizer import load_tokenizer  # noqa: E402
 
