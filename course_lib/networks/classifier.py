@@ -1,4 +1,12 @@
-"""networks.classifier"""
+"""The course classifier: a small convnet that reads digits, and what every measure reads them with.
+
+    ClassifierConfig, Classifier   the network (two conv blocks, a penultimate feature layer, 10 logits)
+    load_classifier                from a model folder (``store``)
+    classify                       probabilities and penultimate features for images in [-1, 1]
+    label_accuracy                 how often the most likely class is the intended label
+
+Its training run is ``training/classifier.py``; the numbers built on it are ``measures/metrics.py``.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

@@ -1,4 +1,11 @@
-"""networks.prior"""
+"""DALL-E 2's diffusion prior (Ramesh et al. 2022, Sec. 2.2) on the digits' CLIP vectors: the network.
+
+    embed_scale                  sqrt(D): the prior diffuses sqrt(D) * z, unit variance per coordinate
+    PriorConfig, DiffusionPrior  a residual MLP that predicts the clean image embedding from the noisy one,
+                                 the time and the text embedding
+
+Its loss and training run are ``training/unclip.py``; sampling it is ``pipelines/unclip.py``.
+"""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,11 @@
-"""pipelines.latent"""
+"""Latent diffusion (lesson 11) as a pipeline: the autoencoder and the latent UNet from their folders.
+
+    LatentDiffusion          encode / decode and ``sample``: latents sampled by the class UNet, then decoded
+    find_autoencoder, check_autoencoder_file   the autoencoder a latent model was trained on, checked by hash
+    load_latent              a latent model folder in, a ``LatentDiffusion`` out
+
+Training both parts is ``training/latent.py``.
+"""
 from __future__ import annotations
 
 import json

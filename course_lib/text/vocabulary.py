@@ -1,4 +1,12 @@
-"""text.vocabulary"""
+"""The caption vocabulary: words, never pixels.
+
+    DIGIT_WORDS, NUMERALS, ATTRIBUTES, TEMPLATES, VOCABULARY   the words captions and prompts are made of
+    all_captions, caption_content, attribute_words            every caption the vocabulary can make
+    normalize_prompt, parse_prompt                             a prompt's digit and attributes
+    digit_prompts, attribute_prompts, benchmark_prompts        the prompt sets lessons and benchmarks use
+
+Measuring the attributes on images, and drawing true captions for them, is ``data/captions.py``.
+"""
 from __future__ import annotations
 
 import itertools

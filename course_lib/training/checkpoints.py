@@ -1,4 +1,11 @@
-"""training.checkpoints"""
+"""The trainer's side of a model folder: its state, resumed exactly, and which runs may write where.
+
+    save_checkpoint, load_trainer_state   weights, EMA, optimizer and RNG states, written atomically
+    check_resumable                       may this run resume the folder (same config, same profile)?
+    check_training_target                 is this a folder training may write into (before any compute)?
+
+Reading a folder for inference (``read_json``, ``load_weights``, ``CheckpointError``) is ``store.py``.
+"""
 from __future__ import annotations
 
 import glob

@@ -1,4 +1,9 @@
-"""training.classifier"""
+"""The course classifier's training run (through ``loop.fit``): random shifts, AdamW, the test accuracy.
+
+    classifier_config, train_classifier, classifier_test_accuracy
+
+The network is ``networks/classifier.py``.
+"""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,11 @@
-"""training.denoiser"""
+"""Lessons 03-05's runs: the unconditional denoiser (with its k-means clusters) and the class model.
+
+    denoiser_config, class_config        the UNet configs, from the profile
+    train_denoiser, train_class_model    one run each through ``loop.fit`` (L_simple, labels dropped for
+                                         classifier-free guidance: ``drop_labels``)
+
+The UNet is ``networks/unet.py``; the registry (``registry.py``) finds, trains or loads them by name.
+"""
 from __future__ import annotations
 
 import time
