@@ -15,7 +15,7 @@ course classifier:
     fid             classifier-feature FID of the training-style samples, beside the real-vs-real floor at that N
     seconds_per_image   generation time (DDIM, the profile's steps and guidance scale)
 
-The held-out prompts live in ``course_lib.language_encoder_training`` (``HELD_OUT_WORDS``, ``HELD_OUT_TEMPLATES``,
+The held-out prompts live in ``course_lib.training.text2image`` (``HELD_OUT_WORDS``, ``HELD_OUT_TEMPLATES``,
 ``HELD_OUT_ATTRIBUTES``), so the lesson and the test that no held-out word is in any training caption use the
 same list. Held out means *as words*: "leftward", "rightward" and "boldly" share WordPieces ("left", "right",
 "bold") with training words; the other synonyms share none.

@@ -1,5 +1,5 @@
 """Appendix A1: the library parameters that reproduce the classic bugs (off by default, defaults unchanged),
-the checks of ``course_lib.diagnostics`` (each fails on the buggy input and passes on the correct one), and
+the checks of ``course_lib.measures.diagnostics`` (each fails on the buggy input and passes on the correct one), and
 the appendix's exercise checks (right answers pass, wrong ones are rejected, stubs are "not attempted")."""
 import functools
 import json

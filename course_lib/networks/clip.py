@@ -17,7 +17,7 @@ This module is the network and what is done with it; it knows no data and no tra
 The model is transformers' own ``CLIPModel`` (a ViT over 28 x 28 x 1 patches and a causal text transformer
 over ``course_lib.text``'s closed vocabulary). A folder loads with ``CLIPModel.from_pretrained`` and
 ``PreTrainedTokenizerFast.from_pretrained``. Its training (the caption dataset, the contrastive loss, the
-course's one loop) is in ``course_lib.clip_training``, with ``get_clip`` (find or train the course CLIP).
+course's one loop) is in ``course_lib.training.clip``, with ``get_clip`` (find or train the course CLIP).
 
 OpenAI's pretrained ``openai/clip-vit-base-patch32`` loads with ``load_pretrained_clip`` where the Hub
 answers (or from a cached copy); where it does not, it fails within about ``timeout_s`` (1.5 s) with

@@ -29,7 +29,7 @@ This module is the network side and knows no data: ``LanguageEncoder``, ``load_l
 English prompt, no closed vocabulary). A pipeline folder holds only the UNet and its config
 (``model.safetensors``, ``config.json``, and ``training.json`` / ``trainer/`` for a training checkpoint);
 the encoder is the package's, named and hashed in ``config.json`` (``text_encoder``). Training on the digits:
-``course_lib.language_encoder_training``.
+``course_lib.training.text2image``.
 """
 from __future__ import annotations
 

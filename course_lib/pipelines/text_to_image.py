@@ -21,14 +21,14 @@ and Stable Diffusion (Rombach et al. 2022, Sec. 3.3), at MNIST size:
 - **Classifier-free guidance** (Ho & Salimans 2022): training replaces the caption by the empty prompt with
   probability ``p_uncond``; the "no condition" at sampling is the encoding of the empty prompt
   (``<start> <end>``), padded to the same length L so both halves batch together (``guidance.Guided``).
-- **Captions are fresh every batch** in training (``course_lib.text2image_training``: ``captions.random_captions``
+- **Captions are fresh every batch** in training (``course_lib.training.text2image``: ``captions.random_captions``
   from measured attribute bins, the frozen encoder's outputs computed once into a ``CaptionTable``).
 
 This module is the network side and what is done with it, and knows no data and no training loop:
 ``TextEncoder``, ``TextToImage`` (``from_pretrained`` / ``save_pretrained``, checked prompts, paired-noise
 sampling), the prompt sets, ``cross_attention_maps`` and ``prompt_widget``. Training and measuring on the
 digits (``train_text2image``, ``prompt_accuracy``, ``attribute_control``) are in
-``course_lib.text2image_training``. ``captions`` is used here for text only: its vocabulary and
+``course_lib.training.text2image``. ``captions`` is used here for text only: its vocabulary and
 ``parse_prompt`` (the prompt checks and the digit a prompt names).
 
 A pipeline folder (``save_pretrained`` / ``from_pretrained``; also a training checkpoint folder, written by

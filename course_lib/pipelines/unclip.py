@@ -21,7 +21,7 @@ diffusion prior from the CLIP *text* embedding to an image embedding, and image 
 This module is the networks and what is done with them, and knows no data and no training loop: ``PriorConfig``,
 ``DiffusionPrior``, ``prior_loss``, ``prior_sample``, ``UnCLIP`` (``from_pretrained`` / ``save_pretrained``,
 checked prompts and images, paired-noise sampling, ``variations``), ``nearest_embeddings``. Training and
-measuring are in ``course_lib.unclip_training``.
+measuring are in ``course_lib.training.unclip``.
 
 A pipeline folder (``save_pretrained``; also what ``train_unclip`` writes, sub-checkpoints resuming in place):
 

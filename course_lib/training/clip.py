@@ -2,7 +2,7 @@
 
 Radford et al. (2021), Fig. 3: a batch of B digits and B captions, the B x B matrix of scaled cosine
 similarities read as logits, and a symmetric cross-entropy (``clip_loss``). The network is
-``course_lib.clip``'s; this module brings the data:
+``course_lib.networks.clip``'s; this module brings the data:
 
     clip_loss          the symmetric contrastive loss (Fig. 3), with several true captions per image
     make_batch_fn      the dataset: random training digits, a fresh random true caption each, the targets

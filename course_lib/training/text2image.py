@@ -1,7 +1,7 @@
 """Training the text-to-image model: captioned digits, the frozen text encoder's outputs cached, and the
 course's one loop (``train.fit``) on DDPM's simple loss; then measuring whether prompts are followed.
 
-The pipeline itself (``TextEncoder``, ``TextToImage``) is ``course_lib.pipeline``'s; this module brings the data:
+The pipeline itself (``TextEncoder``, ``TextToImage``) is ``course_lib.pipelines.text_to_image``'s; this module brings the data:
 
     text2image_config   the model config: the UNet with cross-attention, the schedule, the caption scheme, the CLIP
     CaptionTable        the frozen encoder's output for every caption training can draw, computed once
