@@ -17,12 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from course_lib import captions  # noqa: E402
-from course_lib.checkpoints import read_training  # noqa: E402
-from course_lib.clip import clip_config_from_profile  # noqa: E402
-from course_lib.clip_training import evaluate_clip, train_clip  # noqa: E402
-from course_lib.data import load_mnist  # noqa: E402
-from course_lib.text import load_tokenizer  # noqa: E402
+from course_lib.data import captions  # noqa: E402
+from course_lib.store import read_training  # noqa: E402
+from course_lib.training.clip import clip_config_from_profile, evaluate_clip, train_clip  # noqa: E402
+from course_lib.data.mnist import load_mnist  # noqa: E402
+from course_lib.text.tokenizer import load_tokenizer  # noqa: E402
 
 TARGETS = {"cpu": {"digit_accuracy": 0.95, "train_seconds": 600}, "gpu": {"digit_accuracy": 0.98}}
 

@@ -40,12 +40,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from course_lib import checkpoints, flow  # noqa: E402
-from course_lib.guidance import guided  # noqa: E402
-from course_lib.metrics import evaluate_samples, real_images  # noqa: E402
-from course_lib.models import find_matching, get_model  # noqa: E402
-from course_lib.samplers import sample as ddpm_family_sample  # noqa: E402
-from course_lib.schedules import make_schedule  # noqa: E402
+from course_lib import store  # noqa: E402
+from course_lib.diffusion import flow  # noqa: E402
+from course_lib.diffusion.guidance import guided  # noqa: E402
+from course_lib.measures.metrics import evaluate_samples, real_images  # noqa: E402
+from course_lib.registry import find_matching, get_model  # noqa: E402
+from course_lib.diffusion.samplers import sample as ddpm_family_sample  # noqa: E402
+from course_lib.diffusion.schedules import make_schedule  # noqa: E402
 
 FLOW_WS = (1.0, 1.5, 2.0)           # guidance scales of the flow model (w = 3 and 4: 100 % but FID 62+, first run)
 DDIM_WS = (2.0, 3.0)                # the class model's: lesson 05 measured 98.6 % at w = 2, 99.7 % at 3 (DDIM-25)
@@ -138,7 +139,7 @@ def main() -> int:
         raise SystemExit(f"error: {e}")
     trained = {}
     for name in ("flow", "class"):
-        tr = checkpoints.read_training(find_matching(name, profile))
+        tr = store.read_training(find_matching(name, profile))
         trained[name] = {k: tr.get(k) for k in ("steps", "batch_size", "lr", "train_seconds", "device",
                                                  "precision")}
     schedule = make_schedule(profile.schedule, profile.T, rt.device)

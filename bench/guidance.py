@@ -31,13 +31,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from course_lib.clusters import draw_clusters  # noqa: E402
+from course_lib.data.clusters import draw_clusters  # noqa: E402
 from course_lib.config import Profile, Runtime  # noqa: E402
-from course_lib.guidance import guided  # noqa: E402
-from course_lib.metrics import evaluate_samples, real_images  # noqa: E402
-from course_lib.models import find_matching, get_model  # noqa: E402
-from course_lib.samplers import sample  # noqa: E402
-from course_lib.schedules import make_schedule  # noqa: E402
+from course_lib.diffusion.guidance import guided  # noqa: E402
+from course_lib.measures.metrics import evaluate_samples, real_images  # noqa: E402
+from course_lib.registry import find_matching, get_model  # noqa: E402
+from course_lib.diffusion.samplers import sample  # noqa: E402
+from course_lib.diffusion.schedules import make_schedule  # noqa: E402
 
 WS = (0.0, 1.0, 2.0, 3.0, 5.0)      # guidance scales (our w: 0 unconditional, 1 conditional)
 CHUNK = 1000                        # images per sampling call (the guided batch is twice that)

@@ -15,7 +15,7 @@ course classifier:
     fid             classifier-feature FID of the training-style samples, beside the real-vs-real floor at that N
     seconds_per_image   generation time (DDIM, the profile's steps and guidance scale)
 
-The held-out prompts live in ``course_lib.language_encoder_training`` (``HELD_OUT_WORDS``, ``HELD_OUT_TEMPLATES``,
+The held-out prompts live in ``course_lib.training.text2image`` (``HELD_OUT_WORDS``, ``HELD_OUT_TEMPLATES``,
 ``HELD_OUT_ATTRIBUTES``), so the lesson and the test that no held-out word is in any training caption use the
 same list. Held out means *as words*: "leftward", "rightward" and "boldly" share WordPieces ("left", "right",
 "bold") with training words; the other synonyms share none.
@@ -39,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from text_to_image import SEED, digit_accuracy, training_record  # noqa: E402
 
-from course_lib.checkpoints import read_training  # noqa: E402
-from course_lib.language_encoder import HUB_ID, SHA256  # noqa: E402
-from course_lib.language_encoder_training import (HELD_OUT_ATTRIBUTES, HELD_OUT_TEMPLATES, NAME,  # noqa: E402
-                                                  held_out_pair, held_out_prompts)
-from course_lib.metrics import evaluate_samples, real_images  # noqa: E402
-from course_lib.models import find_matching, get_model  # noqa: E402
-from course_lib.text2image_training import attribute_control  # noqa: E402
+from course_lib.store import read_training  # noqa: E402
+from course_lib.networks.text_encoders import HUB_ID, SHA256  # noqa: E402
+from course_lib.training.text2image import (HELD_OUT_ATTRIBUTES, HELD_OUT_TEMPLATES, NAME, held_out_pair,
+    held_out_prompts)
+from course_lib.measures.metrics import evaluate_samples, real_images  # noqa: E402
+from course_lib.registry import find_matching, get_model  # noqa: E402
+from course_lib.training.text2image import attribute_control  # noqa: E402
 
 TARGETS = {"cpu": {"train_seconds": 10 * 60, "accuracy": 0.98, "held_out_accuracy": 0.95, "ordered": 0.80}}
 TRAINED_WORDS = {"thin / thick (trained)": "thickness", "left / right (trained)": "slant"}

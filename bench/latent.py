@@ -34,15 +34,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from course_lib import checkpoints, paths  # noqa: E402
-from course_lib import latent_training as LT  # noqa: E402
-from course_lib.autoencoder import load_autoencoder  # noqa: E402
-from course_lib.data import load_mnist  # noqa: E402
-from course_lib.guidance import guided  # noqa: E402
-from course_lib.metrics import classify, evaluate_samples, label_accuracy, real_images  # noqa: E402
-from course_lib.models import find_usable, get_model  # noqa: E402
-from course_lib.samplers import sample  # noqa: E402
-from course_lib.schedules import make_schedule  # noqa: E402
+from course_lib import paths  # noqa: E402
+from course_lib import store  # noqa: E402
+from course_lib.training import latent as LT  # noqa: E402
+from course_lib.networks.autoencoder import load_autoencoder  # noqa: E402
+from course_lib.data.mnist import load_mnist  # noqa: E402
+from course_lib.diffusion.guidance import guided  # noqa: E402
+from course_lib.measures.metrics import evaluate_samples, real_images  # noqa: E402
+from course_lib.networks.classifier import classify, label_accuracy  # noqa: E402
+from course_lib.registry import find_usable, get_model  # noqa: E402
+from course_lib.diffusion.samplers import sample  # noqa: E402
+from course_lib.diffusion.schedules import make_schedule  # noqa: E402
 
 STUDY = (2, 4)            # latent channels compared
 STUDY_STEPS = 150         # autoencoder steps of each study run (the same data, batch and learning rate)
@@ -94,7 +96,7 @@ def train_record(name: str, profile) -> dict:
     found = find_usable(name, profile)
     if found is None:
         return {}
-    tr = checkpoints.read_training(found[0])
+    tr = store.read_training(found[0])
     folder = found[0].resolve()
     try:
         folder = folder.relative_to(Path.cwd().resolve())          # no machine's absolute paths in the JSON
@@ -119,7 +121,7 @@ def main() -> None:
     for c in STUDY:
         if (study_folder(c) / "config.json").is_file():
             study[f"C={c}"] = {**autoencoder_figures(load_autoencoder(study_folder(c), rt.device), profile, rt, clf),
-                               "steps": checkpoints.read_training(study_folder(c)).get("step")}
+                               "steps": store.read_training(study_folder(c)).get("step")}
     result["channel_study"] = study
     result["step_costs"] = LT.step_costs(profile, rt, steps=STEPS, rounds=ROUNDS)
     result["quality"] = quality(profile, rt, pixel_model, latent_model, clf)

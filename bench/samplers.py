@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from train_denoiser import timed_sample  # noqa: E402
 
-from course_lib.clusters import draw_clusters  # noqa: E402
-from course_lib.guidance import guided  # noqa: E402
-from course_lib.metrics import evaluate_samples, real_images  # noqa: E402
-from course_lib.models import get_model  # noqa: E402
-from course_lib.schedules import make_schedule  # noqa: E402
+from course_lib.data.clusters import draw_clusters  # noqa: E402
+from course_lib.diffusion.guidance import guided  # noqa: E402
+from course_lib.measures.metrics import evaluate_samples, real_images  # noqa: E402
+from course_lib.registry import get_model  # noqa: E402
+from course_lib.diffusion.schedules import make_schedule  # noqa: E402
 
 KEYS = ("n", "confident", "mean_confidence", "fid", "fid_floor", "histogram")
 SAMPLERS = (("ddim50", "ddim", 50), ("ddpm50", "ddpm", 50), ("ddpm1000", "ddpm", None))

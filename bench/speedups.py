@@ -26,11 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from course_lib.config import Runtime  # noqa: E402
-from course_lib.data import batch_indices, load_mnist  # noqa: E402
-from course_lib.forward import simple_loss  # noqa: E402
-from course_lib.models import unet_from_config, denoiser_config  # noqa: E402
-from course_lib.schedules import make_schedule  # noqa: E402
-from course_lib.train import fit  # noqa: E402
+from course_lib.data.mnist import batch_indices, load_mnist  # noqa: E402
+from course_lib.diffusion.forward import simple_loss  # noqa: E402
+from course_lib.networks.unet import unet_from_config  # noqa: E402
+from course_lib.training.denoiser import denoiser_config  # noqa: E402
+from course_lib.diffusion.schedules import make_schedule  # noqa: E402
+from course_lib.training.loop import fit  # noqa: E402
 
 LEVERS = (  # name, data on the device, autocast dtype, torch.compile mode (None: eager)
     ("fp32, data on the host", False, None, None),

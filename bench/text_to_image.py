@@ -35,11 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from course_lib import paths  # noqa: E402
-from course_lib.checkpoints import read_training  # noqa: E402
-from course_lib.metrics import classify, evaluate_samples, real_images  # noqa: E402
-from course_lib.models import find_matching, get_model  # noqa: E402
-from course_lib.pipeline import ATTRIBUTE_PAIRS, benchmark_prompts  # noqa: E402
-from course_lib.text2image_training import attribute_control, prompt_accuracy  # noqa: E402
+from course_lib.store import read_training  # noqa: E402
+from course_lib.measures.metrics import evaluate_samples, real_images  # noqa: E402
+from course_lib.networks.classifier import classify  # noqa: E402
+from course_lib.registry import find_matching, get_model  # noqa: E402
+from course_lib.text.vocabulary import ATTRIBUTE_PAIRS, benchmark_prompts  # noqa: E402
+from course_lib.training.text2image import attribute_control, prompt_accuracy  # noqa: E402
 
 SEED = 0
 SWEEP = (1.0, 2.0, 3.0, 5.0)        # guidance scales of the quick accuracy sweep (prompts "zero".."9", bare)

@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from course_lib.checkpoints import read_training  # noqa: E402
+from course_lib.store import read_training  # noqa: E402
 from course_lib.config import get_runtime  # noqa: E402
-from course_lib.models import REGISTRY, _steps_for  # noqa: E402
+from course_lib.registry import REGISTRY, _steps_for  # noqa: E402
 
 
 def extra(p):

@@ -31,14 +31,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from course_lib.data import load_mnist  # noqa: E402
-from course_lib.metrics import class_histogram, classify, evaluate_samples, real_images  # noqa: E402
-from course_lib.clusters import draw_clusters  # noqa: E402
-from course_lib.guidance import autoguided, guided  # noqa: E402
-from course_lib.models import REGISTRY, find_matching, get_guide, get_model  # noqa: E402
-from course_lib.checkpoints import read_training  # noqa: E402
-from course_lib.samplers import sample  # noqa: E402
-from course_lib.schedules import make_schedule  # noqa: E402
+from course_lib.data.mnist import load_mnist  # noqa: E402
+from course_lib.measures.metrics import class_histogram, evaluate_samples, real_images  # noqa: E402
+from course_lib.networks.classifier import classify  # noqa: E402
+from course_lib.data.clusters import draw_clusters  # noqa: E402
+from course_lib.diffusion.guidance import autoguided, guided  # noqa: E402
+from course_lib.registry import REGISTRY, find_matching, get_guide, get_model  # noqa: E402
+from course_lib.store import read_training  # noqa: E402
+from course_lib.diffusion.samplers import sample  # noqa: E402
+from course_lib.diffusion.schedules import make_schedule  # noqa: E402
 
 
 def extra(p):

@@ -40,16 +40,18 @@ import common  # noqa: E402
 from language_encoder import _cpu_model  # noqa: E402
 from text_to_image import SEED, digit_accuracy  # noqa: E402
 
-from course_lib import captions  # noqa: E402
-from course_lib.checkpoints import read_training  # noqa: E402
-from course_lib.clip import embed_images, embed_text  # noqa: E402
-from course_lib.data import load_mnist  # noqa: E402
-from course_lib.metrics import classify, evaluate_samples, real_images  # noqa: E402
-from course_lib.models import find_matching, get_model  # noqa: E402
-from course_lib.pipeline import digit_prompts  # noqa: E402
-from course_lib.text2image_training import attribute_control, prompt_accuracy  # noqa: E402
-from course_lib.unclip import nearest_embeddings  # noqa: E402
-from course_lib.unclip_training import variation_measures  # noqa: E402
+from course_lib.data import captions  # noqa: E402
+from course_lib.text import vocabulary  # noqa: E402
+from course_lib.store import read_training  # noqa: E402
+from course_lib.networks.clip import embed_images, embed_text  # noqa: E402
+from course_lib.data.mnist import load_mnist  # noqa: E402
+from course_lib.measures.metrics import evaluate_samples, real_images  # noqa: E402
+from course_lib.networks.classifier import classify  # noqa: E402
+from course_lib.registry import find_matching, get_model  # noqa: E402
+from course_lib.text.vocabulary import digit_prompts  # noqa: E402
+from course_lib.training.text2image import attribute_control, prompt_accuracy  # noqa: E402
+from course_lib.pipelines.unclip import nearest_embeddings  # noqa: E402
+from course_lib.training.unclip import variation_measures  # noqa: E402
 
 TARGETS = {"cpu": {"train_seconds": 10 * 60, "accuracy": 0.97, "ordered": 0.85, "class_kept": 0.95}}
 
@@ -115,7 +117,7 @@ def main() -> None:
     k = max(1, n // (3 * len(prompts)))
     near = nearest_embeddings(pipe.text_embeddings(prompts).cpu(), bank, k)                  # (P * k, D)
     x_near = pipe.decode(near, 1, steps=profile.sample_steps, seed=SEED)
-    want = torch.tensor([int(captions.parse_prompt(q)[0]) for q in prompts]).repeat_interleave(k)
+    want = torch.tensor([int(vocabulary.parse_prompt(q)[0]) for q in prompts]).repeat_interleave(k)
     digits_nearest = {"n": len(x_near), "accuracy": round(float((classify(clf, x_near)[0].argmax(1) == want)
                                                                   .float().mean()), 4)}
 

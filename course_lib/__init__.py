@@ -1,33 +1,56 @@
 """course_lib: the reference implementation behind *From Noise to Digits*.
 
-One idea per module, in the order the lessons meet them:
+Folders by role; each folder's ``__init__`` says what it may import, and ``tests/test_layout.py`` checks it:
 
-    config      profiles (test / cpu / gpu), device and precision, seeding
-    paths       where data, checkpoints and shipped weights live; output paths checked before any compute
-    data        MNIST as tensors in [-1, 1]
-    plotting    image grids, strips and animations
-    exercises   automatic checks for the lessons' exercises
-    schedules   noise schedules (linear, cosine) and derived quantities
-    forward     the diffusion model: the forward Markov chain, its posterior, the ELBO
-    unet        the denoising model: a small UNet, model(x, t, cond) -> predicted noise
-    train       one training loop for every model (AdamW, warm-up + cosine, EMA, mixed precision)
-    checkpoints safetensors folders, written atomically, resumed exactly (and which runs may resume them)
-    models      the denoiser and class-model runs; finding, loading or training each model of the course
-    samplers    DDPM and DDIM
-    metrics     the course classifier, confident fraction, class histogram, FID
-    guidance    classifier-free guidance and autoguidance, as model wrappers
-    captions    captions from image moments (thick/thin, slant, width)
-    text        the tokenizer
-    clip        CLIP on captioned digits: the network, embeddings, zero-shot reading, loading (no data)
-    clip_training   its caption dataset, contrastive loss and training run (train.fit); find or train it
-    pipeline    text to image: the frozen text encoder and TextToImage (from_pretrained, sampling; no data)
-    text2image_training   its captioned dataset, encoding cache and training run (train.fit); measuring it
-    unclip      DALL-E 2's recipe: the embedding decoder, the diffusion prior over CLIP vectors, UnCLIP (no data)
-    unclip_training   their training runs on the digits' CLIP embeddings (train.fit); variation measures
-    diagnostics the checks that catch the classic diffusion bugs (appendix A1)
-    book        `make course`: execute every lesson and render the course book
-    weights     `make weights`: train, measure and export the reference weights
-    links       the README's "Open in Colab" links, from one repository URL
+    config                  profiles (test / cpu / gpu), device and precision, seeding
+    paths                   where data, checkpoints and shipped weights live; output paths checked first
+    hub                     the Hugging Face Hub, with a deadline
+    store                   model folders: safetensors + JSON, atomic writes, CheckpointError, read_training
+    registry                every model by name: find it, train what is missing, load it (get_model)
+    plotting                image grids, strips and animations
+    exercises               automatic checks for the lessons' exercises
+
+    diffusion/schedules     noise schedules (linear, cosine) and derived quantities
+    diffusion/forward       the diffusion model: the forward Markov chain, its posterior, the ELBO
+    diffusion/samplers      DDPM and DDIM
+    diffusion/flow          flow matching: path, velocity target, Euler and Heun
+    diffusion/guidance      classifier-free guidance and autoguidance, as model wrappers
+
+    networks/unet           the denoising model: a small UNet, model(x, t, cond) -> predicted noise
+    networks/text_encoders  the frozen text encoders: CLIP's text side (lesson 08), a language model (09)
+    networks/clip           CLIP on captioned digits: the network, embeddings, zero-shot reading, loading
+    networks/autoencoder    the KL autoencoder of latent diffusion
+    networks/prior          DALL-E 2's diffusion prior over CLIP vectors
+    networks/classifier     the course classifier
+
+    text/vocabulary         digit and attribute words, caption templates, prompt sets, parse_prompt
+    text/tokenizer          the tokenizer; prompts checked before any compute
+
+    data/mnist              MNIST as tensors in [-1, 1]
+    data/captions           captions from image moments (thick/thin, slant, width)
+    data/clusters           k-means clusters of the digits
+
+    training/loop           one training loop for every model (AdamW, warm-up + cosine, EMA, mixed precision)
+    training/checkpoints    the trainer's state, resumed exactly (and which runs may resume a folder)
+    training/denoiser       the denoiser and class-model runs
+    training/classifier     the course classifier's run
+    training/clip           CLIP's caption dataset, contrastive loss and run
+    training/text2image     text to image with either text encoder: dataset, encoding cache, runs, measures
+    training/unclip         the decoder and the prior's runs; variation measures
+    training/latent         the autoencoder and the latent model's runs; step costs
+    training/flow           the flow-matching model's run
+    training/toy            the 2-D toy of lesson 02
+
+    pipelines/text_to_image TextToImage and TextToImageLM (from_pretrained, sampling; no data)
+    pipelines/unclip        UnCLIP: prior + decoder, variations
+    pipelines/latent        LatentDiffusion: autoencoder + latent UNet
+
+    measures/metrics        confident fraction, class histogram, FID with its floor
+    measures/diagnostics    the checks that catch the classic diffusion bugs (appendix A1)
+
+    course/book             `make course`: execute every lesson and render the course book
+    course/weights          `make weights`: train, measure and export the reference weights
+    course/links            the README's "Open in Colab" links, from one repository URL
 
 ``from course_lib import setup`` (and the other names of ``config`` below) works as before, but torch is
 imported only when one of them is first used, so ``python -m course_lib --help`` starts without it.

@@ -84,7 +84,7 @@ def _scale(text: str) -> float:
     """argparse type: a guidance scale, as ``guidance.check_scale`` takes it (finite, and not so large that the
     sampler overflows); torch is imported only when the option is given."""
     value = _finite_float(text)
-    from .guidance import check_scale
+    from .diffusion.guidance import check_scale
     try:
         return check_scale(value)
     except ValueError as e:
@@ -133,7 +133,7 @@ def _model_folder(given: str) -> tuple[Path, str, dict]:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        from .checkpoints import read_json            # its error names the file and the fix
+        from .store import read_json  # its error names the file and the fix
         cfg = read_json(path)
     kind = _model_kind(cfg) if isinstance(cfg, dict) else None
     if kind is None:
@@ -144,7 +144,7 @@ def _model_folder(given: str) -> tuple[Path, str, dict]:
 
 def _describe_model(folder: Path) -> str:
     """``FOLDER (cpu profile, 4000 of 4000 steps)``: which model a command uses."""
-    from .checkpoints import read_json
+    from .store import read_json
     tr_path = Path(folder) / "training.json"
     if not tr_path.is_file():
         return str(folder)
@@ -170,9 +170,9 @@ def cmd_info(args) -> int:
 
 def cmd_train(args) -> int:
     from . import paths
-    from .checkpoints import check_training_target
-    from .models import REGISTRY
-    from .train import TrainResult
+    from .registry import REGISTRY
+    from .training.checkpoints import check_training_target
+    from .training.loop import TrainResult
     profile, rt = _profile_and_runtime(args)
     if args.steps is not None:
         field = {"classifier": "classifier_steps", "denoiser": "train_steps", "class": "class_train_steps",
@@ -184,7 +184,7 @@ def cmd_train(args) -> int:
     _, train_fn, _ = REGISTRY[args.model]
     out = Path(args.out).expanduser().resolve() if args.out else paths.default_checkpoint(args.model)
     if args.model == "unclip":                          # decoder/ and prior/ sub-checkpoints
-        from .unclip_training import check_unclip_target
+        from .training.unclip import check_unclip_target
         check_unclip_target(out)
     else:
         check_training_target(out)                      # before the data, the clusters or any step
@@ -222,8 +222,9 @@ def _write(images, labels, out: Path, nrow: int | None = None, note: str = "") -
     """Write checked, finite samples to ``out`` (the path ``paths.check_output_file`` returned): a grid
     (``.png``) or ``(images, labels)`` tensors (``.pt``)."""
     import torch
+
+    from .diffusion.samplers import check_finite
     from .plotting import save_grid
-    from .samplers import check_finite
     check_finite(images)                                # NaN images are an error, never a file
     if out.suffix == ".png":
         save_grid(images, out, **({} if nrow is None else {"nrow": nrow}))
@@ -287,13 +288,14 @@ def cmd_sample(args) -> int:
     if kind == "latent":                                # lesson 11: sample latents, decode them
         return _sample_latent(args, folder, out, labels, sampler)
     import torch
-    from .checkpoints import CheckpointError
-    from .clusters import draw_clusters
-    from .flow import sample as flow_sample
-    from .guidance import autoguided, guided
-    from .models import load_unet
-    from .samplers import sample
-    from .schedules import make_schedule
+
+    from .data.clusters import draw_clusters
+    from .diffusion.flow import sample as flow_sample
+    from .diffusion.guidance import autoguided, guided
+    from .diffusion.samplers import sample
+    from .diffusion.schedules import make_schedule
+    from .networks.unet import load_unet
+    from .store import CheckpointError
     profile, rt = _profile_and_runtime(args)
     try:
         model, cfg = load_unet(folder, rt.device)
@@ -331,6 +333,7 @@ def cmd_sample(args) -> int:
     _write(images, labels, out)
     if strip:
         import matplotlib.pyplot as plt
+
         from .plotting import show_strip
         fig = show_strip(frames + [images.cpu()], captions + ["x0"], n=min(n, 8), max_frames=11)
         fig.savefig(strip, dpi=100)
@@ -342,8 +345,9 @@ def cmd_sample(args) -> int:
 def _sample_latent(args, folder: Path, out: Path, labels, sampler: str) -> int:
     """``sample`` for a latent diffusion model: guided latents, decoded by its autoencoder (lesson 11)."""
     import torch
-    from .checkpoints import CheckpointError
-    from .latent_training import load_latent
+
+    from .pipelines.latent import load_latent
+    from .store import CheckpointError
     profile, rt = _profile_and_runtime(args)
     try:
         model = load_latent(folder, rt.device)
@@ -365,7 +369,7 @@ def _text2image_folder(checkpoint: str | None, name: str = "text2image") -> Path
     training, else the shipped weights (an interrupted run in checkpoints/ is not silently preferred: resume
     it first)."""
     from . import paths
-    from .checkpoints import read_json
+    from .store import read_json
     if checkpoint is not None:
         return paths.find_model(name, Path(checkpoint).expanduser())
     mine = paths.default_checkpoint(name)
@@ -405,7 +409,7 @@ def cmd_generate(args) -> int:
     from . import paths
     out = paths.check_output_file(args.out)             # before loading or sampling anything
     model_name = _check_generate_options(args)
-    from .language_encoder import load_text_to_image
+    from .registry import load_text_to_image
     profile, rt = _profile_and_runtime(args)
     try:
         folder = _text2image_folder(args.checkpoint, model_name)
@@ -425,7 +429,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_weights(args) -> int:
-    from .weights import make_weights
+    from .course.weights import make_weights
     unknown = [m for m in args.models if m not in MODEL_NAMES]
     if unknown:
         raise ValueError(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(MODEL_NAMES)}")
@@ -437,13 +441,13 @@ def cmd_weights(args) -> int:
 def cmd_course(args) -> int:
     from . import paths
     out = paths.check_output_folder(args.out) if args.out else None     # before any model or lesson
-    from .book import run_course
+    from .course.book import run_course
     profile, rt = _profile_and_runtime(args)
     return run_course(profile, rt, lessons=args.lessons, force=args.force, out_dir=out, jobs=args.jobs)
 
 
 def cmd_links(args) -> int:
-    from .links import repository_url, sync
+    from .course.links import repository_url, sync
     out_of_date, problems = sync(check=args.check)
     setting = f"[project.urls] Repository = {repository_url()} (pyproject.toml)"
     if args.check and out_of_date:

@@ -120,8 +120,8 @@ def animate(frames: Sequence[torch.Tensor], captions: Sequence[str] | None = Non
         fig = show_strip(frames, captions, max_frames=min(max_frames, 8))
         plt.close(fig)               # returned, so Jupyter shows it exactly once
         return fig
-    from matplotlib import animation
     from IPython.display import HTML
+    from matplotlib import animation
     keep = subsample_frames(range(len(frames)), max_frames)
     grids = [image_grid(frames[i], nrow) for i in keep]
     fig, ax = plt.subplots(figsize=(4, 4))

@@ -40,9 +40,10 @@ def digit_accuracy_z():
     """``measure(pipe) -> (accuracy, z)``: a text-to-image pipeline's digit accuracy at w = 6 on 200 images of
     the prompts "zero".."9" (the test profile's classifier), and its z against chance (1 in 10)."""
     import math
+
     from course_lib.config import get_profile, get_runtime
-    from course_lib.models import get_model
-    from course_lib.text2image_training import prompt_accuracy
+    from course_lib.registry import get_model
+    from course_lib.training.text2image import prompt_accuracy
 
     def measure(pipe, n: int = 200):
         profile = get_profile("test")

@@ -9,8 +9,9 @@ import numpy as np
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 from PIL import Image
 
-from course_lib import book, paths
+from course_lib import paths
 from course_lib.config import get_profile, get_runtime
+from course_lib.course import book
 
 
 def _png(color, size=(8, 8)) -> bytes:
@@ -133,6 +134,7 @@ def test_run_course_writes_where_it_is_told(tmp_path, monkeypatch, capsys):
 
 def test_course_runs_two_lessons_at_a_time_on_two_cpu_cores_and_one_on_a_gpu(monkeypatch):
     import dataclasses
+
     import pytest
     import torch
     monkeypatch.delenv("COURSE_JOBS", raising=False)

@@ -9,8 +9,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from course_lib import book
-from course_lib.links import colab_url
+from course_lib.course import book
+from course_lib.course.links import colab_url
 
 SETUP = ('#@title Set-up: does something only on Colab { display-mode: "form" }\n'
          'import os, subprocess, sys\nCOLAB_ONLY_MARKER = 1')

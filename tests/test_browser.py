@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-
 from browser import BrowserError, Chromium, find_chromium
 
 CHROMIUM = find_chromium()
@@ -47,8 +46,10 @@ def book(tmp_path_factory):
     model whoever trains it first. torch's random state is restored afterwards all the same.
     """
     import torch
-    from course_lib.book import lesson_paths, run_course
+
     from course_lib.config import get_profile, get_runtime
+    from course_lib.course.book import run_course
+    from course_lib.course.links import lesson_paths
     out = tmp_path_factory.mktemp("book")
     lessons = lesson_paths()
     with torch.random.fork_rng(devices=[]):
@@ -95,7 +96,7 @@ def test_a_book_page_typesets_its_math_offline(tmp_path):
     """A small lesson rendered by ``book.render_lesson_page``, opened with every host name unresolvable:
     its formulas are MathML that Chromium lays out as math (CSS display "math" / "block math"), the page
     asks for nothing outside the disk, the navigation and Colab links are there, and the solution is folded."""
-    from course_lib.links import colab_url
+    from course_lib.course.links import colab_url
     lessons, out = _small_page(tmp_path)
     with Chromium(CHROMIUM) as browser:
         page = browser.open((out / (lessons[1].stem + ".html")).as_uri())
@@ -129,7 +130,7 @@ def test_the_plain_lab_page_shows_raw_tex_offline(tmp_path):
 
 
 def test_index_links_every_lesson(book, pages):
-    from course_lib.links import lesson_title as _title
+    from course_lib.course.links import lesson_title as _title
     out, lessons = book
     index = pages["index"]
     assert index["title"] and index["headings"] == ["From Noise to Digits"]
@@ -142,7 +143,7 @@ def test_index_links_every_lesson(book, pages):
 
 
 def test_every_lesson_page_loads_with_its_title(book, pages):
-    from course_lib.links import lesson_title as _title
+    from course_lib.course.links import lesson_title as _title
     for nb_path in book[1]:
         page = pages[nb_path.stem]
         title = _title(nb_path)

@@ -21,12 +21,17 @@ ENV = {**os.environ, "COURSE_PROFILE": "test", "OMP_NUM_THREADS": "1", "HF_HUB_O
 @pytest.fixture
 def no_compute(monkeypatch):
     """Fail the test if a model is loaded or sampled, or the course starts: the error must come first."""
-    from course_lib import book, flow, language_encoder, latent_training, models, samplers
+    from course_lib import registry
+    from course_lib.course import book
+    from course_lib.diffusion import flow, samplers
+    from course_lib.networks import unet
+    from course_lib.pipelines import latent
+    from course_lib.training import denoiser
 
     def boom(*a, **k):
         raise AssertionError("compute started before the bad input was refused")
-    for module, name in ((samplers, "sample"), (flow, "sample"), (models, "load_unet"), (models, "fit"),
-                         (latent_training, "load_latent"), (language_encoder, "load_text_to_image"),
+    for module, name in ((samplers, "sample"), (flow, "sample"), (unet, "load_unet"), (denoiser, "fit"),
+                         (latent, "load_latent"), (registry, "load_text_to_image"),
                          (book, "run_course")):
         monkeypatch.setattr(module, name, boom)
 
@@ -67,7 +72,7 @@ def test_train_and_course_get_the_expanded_folder(cli, home, monkeypatch):
     code, out, err = cli("train", "denoiser", "--steps", "2", "--out", "~/den", "--no-progress")
     assert code == 0, err
     assert (home / "den" / "model.safetensors").is_file() and not (Path.cwd() / "~").exists()
-    from course_lib import book
+    from course_lib.course import book
     seen = {}
     monkeypatch.setattr(book, "run_course", lambda *a, **k: seen.update(k) or 0)
     code, _, err = cli("course", "--out", "~/build", "--lessons", "00")
@@ -118,7 +123,7 @@ def test_guidance_that_would_overflow_is_refused_before_compute(cmd, cli, no_com
 
 
 def test_the_python_api_refuses_overflowing_scales():
-    from course_lib.guidance import MAX_SCALE, autoguided, guided
+    from course_lib.diffusion.guidance import MAX_SCALE, autoguided, guided
     model = torch.nn.Identity()
     for w in (1e30, -1e30, 10 * MAX_SCALE):
         with pytest.raises(ValueError, match="must be between"):
@@ -129,8 +134,8 @@ def test_the_python_api_refuses_overflowing_scales():
 
 
 def test_samples_with_nan_are_an_error_not_a_file(cli, monkeypatch, tmp_path):
-    from course_lib import flow, samplers
-    from course_lib.schedules import make_schedule
+    from course_lib.diffusion import flow, samplers
+    from course_lib.diffusion.schedules import make_schedule
 
     def nan_model(x, t, cond=None):
         return torch.full_like(x, float("nan"))
@@ -143,7 +148,7 @@ def test_samples_with_nan_are_an_error_not_a_file(cli, monkeypatch, tmp_path):
 
 
 def test_the_text_pipelines_refuse_nan_samples(monkeypatch, unclip):
-    from course_lib.pipeline import load_text2image
+    from course_lib.pipelines.text_to_image import load_text2image
     pipe = load_text2image(WEIGHTS / "text2image")
     for net in (pipe.unet, unclip.decoder):
         monkeypatch.setattr(net, "forward", lambda x, t, cond=None: torch.full_like(x, float("nan")))
@@ -158,7 +163,7 @@ def test_the_text_pipelines_refuse_nan_samples(monkeypatch, unclip):
 # --------------------------------------------------------------------------- F10: unCLIP's Python API
 @pytest.fixture(scope="module")
 def unclip():
-    from course_lib.unclip import load_unclip
+    from course_lib.pipelines.unclip import load_unclip
     return load_unclip(WEIGHTS / "unclip")
 
 
@@ -172,7 +177,7 @@ def test_unclip_refuses_an_empty_batch_and_none_prompts(unclip):
 
 
 def test_the_text_pipeline_refuses_none_prompts_too():
-    from course_lib.pipeline import load_text2image
+    from course_lib.pipelines.text_to_image import load_text2image
     pipe = load_text2image(WEIGHTS / "text2image")
     with pytest.raises(ValueError, match="prompts must be a string or a list of strings"):
         pipe(None, steps=2)

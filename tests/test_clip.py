@@ -7,11 +7,11 @@ import time
 import pytest
 import torch
 
-from course_lib import clip as CL
-from course_lib import clip_training as CT
 from course_lib.config import get_profile
-from course_lib.data import load_mnist
+from course_lib.data.mnist import load_mnist
 from course_lib.exercises import lesson07
+from course_lib.networks import clip as CL
+from course_lib.training import clip as CT
 
 PROFILE = get_profile("test")
 
@@ -43,7 +43,7 @@ def test_multi_positive_targets():
 
 
 def test_model_config_from_profile():
-    cfg = CL.clip_config_from_profile(PROFILE)
+    cfg = CT.clip_config_from_profile(PROFILE)
     json.dumps(cfg)
     model = CL.build_clip(cfg)
     tc, vc = model.config.text_config, model.config.vision_config
@@ -51,7 +51,7 @@ def test_model_config_from_profile():
     assert vc.image_size == 28 and vc.num_channels == 1 and vc.patch_size == PROFILE.clip_patch
     assert model.config.projection_dim == PROFILE.clip_embed and tc.hidden_size == PROFILE.clip_dim
     with pytest.raises(ValueError, match="clip_patch"):
-        CL.clip_config_from_profile(PROFILE.replace(clip_patch=5))
+        CT.clip_config_from_profile(PROFILE.replace(clip_patch=5))
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +209,7 @@ def test_openai_clip_is_downloaded_only_when_asked_or_under_gpu(monkeypatch):
     """Issue 32 (metered networks): lesson 07 used to download about 600 MB by default under `cpu` when
     online. Now only when asked (TRY_OPENAI_CLIP = True), under `gpu`, or on Colab; never asking the Hub."""
     import sys
+
     from course_lib.config import get_profile
     monkeypatch.setattr(CL.hub, "hub_answers", lambda *a, **k: pytest.fail("the choice asked the Hub"))
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)

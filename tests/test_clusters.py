@@ -4,8 +4,9 @@ import json
 import pytest
 import torch
 
-from course_lib import models
-from course_lib.clusters import draw_clusters, kmeans
+from course_lib.data.clusters import draw_clusters, kmeans
+from course_lib.networks import unet
+from course_lib.training import denoiser
 
 
 def blobs(seed=0):
@@ -56,13 +57,13 @@ def test_draw_clusters_follows_the_cluster_sizes():
 
 def test_the_denoiser_is_trained_on_clusters_and_loads_their_sizes(test_profile, tmp_path):
     prof = test_profile.replace(train_steps=3)
-    result = models.train_denoiser(prof, out=tmp_path / "d", progress=False)
+    result = denoiser.train_denoiser(prof, out=tmp_path / "d", progress=False)
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())
     assert cfg["num_classes"] == prof.denoiser_clusters and cfg["clusters"] and cfg["p_uncond"] == prof.p_uncond
     training = json.loads((tmp_path / "d" / "training.json").read_text())
     assert len(training["cluster_sizes"]) == prof.denoiser_clusters
     assert sum(training["cluster_sizes"]) == prof.n_train                 # every training image has a cluster
-    model, _ = models.load_unet(tmp_path / "d")
+    model, _ = unet.load_unet(tmp_path / "d")
     assert model.cluster_sizes.tolist() == training["cluster_sizes"]
     assert torch.equal(result.ema_model.cluster_sizes, model.cluster_sizes)
     x, t = torch.randn(4, 1, 28, 28), torch.full((4,), 500)
@@ -72,18 +73,18 @@ def test_the_denoiser_is_trained_on_clusters_and_loads_their_sizes(test_profile,
 
 def test_a_resume_that_finds_other_clusters_is_refused(test_profile, tmp_path, monkeypatch):
     prof = test_profile.replace(train_steps=4)
-    models.train_denoiser(prof, out=tmp_path / "d", progress=False, stop_after=2)
-    real_kmeans = models.kmeans
-    monkeypatch.setattr(models, "kmeans", lambda x, k, seed=0: real_kmeans(x, k, seed=seed + 1))
+    denoiser.train_denoiser(prof, out=tmp_path / "d", progress=False, stop_after=2)
+    real_kmeans = denoiser.kmeans
+    monkeypatch.setattr(denoiser, "kmeans", lambda x, k, seed=0: real_kmeans(x, k, seed=seed + 1))
     with pytest.raises(ValueError, match="k-means clusters computed here differ"):
-        models.train_denoiser(prof, out=tmp_path / "d", progress=False)
-    monkeypatch.setattr(models, "kmeans", real_kmeans)                 # the same clusters: it resumes
-    assert models.train_denoiser(prof, out=tmp_path / "d", progress=False).step == 4
+        denoiser.train_denoiser(prof, out=tmp_path / "d", progress=False)
+    monkeypatch.setattr(denoiser, "kmeans", real_kmeans)                 # the same clusters: it resumes
+    assert denoiser.train_denoiser(prof, out=tmp_path / "d", progress=False).step == 4
 
 
 def test_training_into_another_configs_folder_names_the_config_not_the_clusters(test_profile, tmp_path):
     prof = test_profile.replace(train_steps=4)
-    models.train_denoiser(prof, out=tmp_path / "d", progress=False, stop_after=2)
+    denoiser.train_denoiser(prof, out=tmp_path / "d", progress=False, stop_after=2)
     other = prof.replace(denoiser_clusters=prof.denoiser_clusters + 1)      # another profile's denoiser
     with pytest.raises(ValueError, match="another model config .*num_classes"):
-        models.train_denoiser(other, out=tmp_path / "d", progress=False)
+        denoiser.train_denoiser(other, out=tmp_path / "d", progress=False)

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 import nbformat
 import pytest
 
-from course_lib import links, paths
+from course_lib import paths
+from course_lib.course import links
 
 CONSTRAINTS = paths.root() / "tests" / "colab-constraints.txt"
 NOT_COLAB = {"PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT", "PIP_NO_INDEX", "PIP_TARGET", "PIP_PREFIX",

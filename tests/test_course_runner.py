@@ -15,8 +15,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from course_lib import book, paths
+from course_lib import paths
 from course_lib.config import get_profile, get_runtime
+from course_lib.course import book
 
 TEST, CPU = get_profile("test"), get_runtime("cpu")
 
@@ -169,7 +170,7 @@ def test_two_lessons_never_each_take_all_the_threads(course, monkeypatch):
 RUNNER = """
 import sys
 from pathlib import Path
-from course_lib import book
+from course_lib.course import book
 from course_lib.config import get_profile, get_runtime
 if __name__ == "__main__":
     lessons = sorted(Path(sys.argv[1]).glob("*.ipynb"))

@@ -5,11 +5,12 @@ import time
 import pytest
 import torch
 
-from course_lib import data, paths
+from course_lib import paths
+from course_lib.data import mnist
 
 
 def test_train_and_test_splits(capsys):
-    x, y = data.load_mnist("test", n=500)
+    x, y = mnist.load_mnist("test", n=500)
     assert x.shape == (500, 1, 28, 28) and x.dtype == torch.float32
     assert y.shape == (500,) and y.dtype == torch.int64
     assert x.min() == -1 and x.max() == 1
@@ -18,7 +19,7 @@ def test_train_and_test_splits(capsys):
 
 
 def test_full_train_statistics():
-    x, y = data.load_mnist("train", quiet=True)
+    x, y = mnist.load_mnist("train", quiet=True)
     assert x.shape[0] == 60_000 and y[:5].tolist() == [5, 0, 4, 1, 9]
     pix = (x + 1) / 2
     assert abs(pix.mean().item() - 0.1307) < 1e-3 and abs(pix.std().item() - 0.3081) < 1e-3
@@ -26,19 +27,19 @@ def test_full_train_statistics():
 
 
 def test_profile_decides_the_size(test_profile):
-    x, y = data.load_mnist("train", profile=test_profile, quiet=True)
+    x, y = mnist.load_mnist("train", profile=test_profile, quiet=True)
     assert len(x) == test_profile.n_train
 
 
 def test_checksums_match():
-    data.verify_checksums()
+    mnist.verify_checksums()
 
 
 def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="split"):
-        data.load_mnist("validation")
+        mnist.load_mnist("validation")
     with pytest.raises(ValueError, match="n must be"):
-        data.load_mnist("test", n=10**6)
+        mnist.load_mnist("test", n=10**6)
 
 
 def test_offline_load_is_fast_and_reports_source(monkeypatch, capsys):
@@ -47,7 +48,7 @@ def test_offline_load_is_fast_and_reports_source(monkeypatch, capsys):
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
     t0 = time.perf_counter()
-    data.load_mnist("test", n=10)
+    mnist.load_mnist("test", n=10)
     assert time.perf_counter() - t0 < 5
     assert "via" in capsys.readouterr().out
 
@@ -60,7 +61,7 @@ def test_missing_files_fail_fast_with_advice(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     t0 = time.perf_counter()
     with pytest.raises(FileNotFoundError) as e:
-        data.load_mnist("train")
+        mnist.load_mnist("train")
     assert time.perf_counter() - t0 < 10
     assert "git checkout -- data/MNIST" in str(e.value)
 
@@ -87,7 +88,7 @@ def test_model_lookup_order(tmp_path, monkeypatch):
 
 def test_batch_indices_are_reproducible():
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    a, b = data.batch_indices(100, 10, g1), data.batch_indices(100, 10, g2)
+    a, b = mnist.batch_indices(100, 10, g1), mnist.batch_indices(100, 10, g2)
     assert torch.equal(a, b) and len(set(a.tolist())) == 10
 
 
@@ -100,7 +101,7 @@ def test_torchvision_path_finds_all_four_files_it_wants(tmp_path, monkeypatch, c
     raw = tmp_path / "course" / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     (tmp_path / "course" / "course_lib").mkdir()
-    for gz in (*data.FILES["train"], *data.FILES["test"]):
+    for gz in (*mnist.FILES["train"], *mnist.FILES["test"]):
         shutil.copy(paths.mnist_dir() / gz, raw / gz)           # what a clone holds: the .gz files only
     monkeypatch.setenv("COURSE_ROOT", str(tmp_path / "course"))
 
@@ -108,18 +109,18 @@ def test_torchvision_path_finds_all_four_files_it_wants(tmp_path, monkeypatch, c
         def __init__(self, root, train=True, download=False):
             folder = tmp_path / "course" / "data" / "MNIST" / "raw"
             assert root == str(folder.parent.parent)
-            if not all((folder / gz[:-3]).is_file() for gz in (*data.FILES["train"], *data.FILES["test"])):
+            if not all((folder / gz[:-3]).is_file() for gz in (*mnist.FILES["train"], *mnist.FILES["test"])):
                 raise RuntimeError("Dataset not found. You can use download=True to download it")
-            img, lab = data.FILES["train" if train else "test"]
-            self.data = torch.from_numpy(data._read_idx(folder / img).copy())        # same bytes
-            self.targets = torch.from_numpy(data._read_idx(folder / lab).copy())
+            img, lab = mnist.FILES["train" if train else "test"]
+            self.data = torch.from_numpy(mnist._read_idx(folder / img).copy())        # same bytes
+            self.targets = torch.from_numpy(mnist._read_idx(folder / lab).copy())
 
     tv = types.ModuleType("torchvision")
     tv.datasets = types.ModuleType("torchvision.datasets")
     tv.datasets.MNIST = FakeMNIST
     monkeypatch.setitem(sys.modules, "torchvision", tv)
     monkeypatch.setitem(sys.modules, "torchvision.datasets", tv.datasets)
-    x, y = data.load_mnist("train", n=100, source="torchvision")
+    x, y = mnist.load_mnist("train", n=100, source="torchvision")
     assert "via torchvision.datasets.MNIST" in capsys.readouterr().out
-    x_np, y_np = data.load_mnist("train", n=100, source="numpy", quiet=True)
+    x_np, y_np = mnist.load_mnist("train", n=100, source="numpy", quiet=True)
     assert torch.equal(x, x_np) and torch.equal(y, y_np)

@@ -1,5 +1,5 @@
 """Appendix A1: the library parameters that reproduce the classic bugs (off by default, defaults unchanged),
-the checks of ``course_lib.diagnostics`` (each fails on the buggy input and passes on the correct one), and
+the checks of ``course_lib.measures.diagnostics`` (each fails on the buggy input and passes on the correct one), and
 the appendix's exercise checks (right answers pass, wrong ones are rejected, stubs are "not attempted")."""
 import functools
 import json
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib import data, diagnostics as D
+from course_lib.data import mnist
+from course_lib.diffusion.forward import extract, predict_eps_from_x0, q_sample, simple_loss
+from course_lib.diffusion.guidance import Guided, cfg_combine, guided, null_labels
+from course_lib.diffusion.samplers import ddim_sample, ddpm_sample
+from course_lib.diffusion.schedules import make_schedule
 from course_lib.exercises import lessonA1
-from course_lib.forward import extract, predict_eps_from_x0, q_sample, simple_loss
-from course_lib.guidance import Guided, cfg_combine, guided, null_labels
-from course_lib.models import load_unet
-from course_lib.samplers import ddim_sample, ddpm_sample
-from course_lib.schedules import make_schedule
-from course_lib.train import fit
-from course_lib.unet import UNet, UNetConfig
+from course_lib.measures import diagnostics as D
+from course_lib.networks.unet import UNet, UNetConfig, load_unet
+from course_lib.training.loop import fit
 
 torch.set_num_threads(1)
 
@@ -40,24 +40,24 @@ def tiny_unet(num_classes=0, dropout=0.0, seed=0) -> UNet:
 # =========================================================================== the library parameters
 # --------------------------------------------------------------------------- load_mnist(value_range=...)
 def test_load_mnist_default_range_is_unchanged_bit_for_bit():
-    x, _ = data.load_mnist("test", n=300, source="numpy", quiet=True)
-    raw = data._read_idx(data.paths.mnist_dir() / data.FILES["test"][0])[:300]
+    x, _ = mnist.load_mnist("test", n=300, source="numpy", quiet=True)
+    raw = mnist._read_idx(mnist.paths.mnist_dir() / mnist.FILES["test"][0])[:300]
     expected = torch.from_numpy(np.array(raw)).float().div_(127.5).sub_(1.0).unsqueeze(1)   # the old formula
     assert torch.equal(x, expected)
-    assert torch.equal(data.load_mnist("test", n=300, source="numpy", quiet=True, value_range=(-1, 1))[0], x)
+    assert torch.equal(mnist.load_mnist("test", n=300, source="numpy", quiet=True, value_range=(-1, 1))[0], x)
 
 
 def test_load_mnist_value_range_reproduces_data_in_0_1(capsys):
-    x, y = data.load_mnist("test", n=300, source="numpy")
-    x01, y01 = data.load_mnist("test", n=300, source="numpy", value_range=(0, 1))
+    x, y = mnist.load_mnist("test", n=300, source="numpy")
+    x01, y01 = mnist.load_mnist("test", n=300, source="numpy", value_range=(0, 1))
     assert "values in [0, 1]" in capsys.readouterr().out
     assert torch.equal(y, y01) and x01.min() == 0 and x01.max() == 1 and x01.dtype == torch.float32
     torch.testing.assert_close(x01 * 2 - 1, x, atol=1e-6, rtol=0)
-    x255, _ = data.load_mnist("test", n=10, source="numpy", quiet=True, value_range=(0, 255))
+    x255, _ = mnist.load_mnist("test", n=10, source="numpy", quiet=True, value_range=(0, 255))
     torch.testing.assert_close(x255, (x[:10] + 1) * 127.5, atol=1e-4, rtol=0)
     for bad in ((1, 0), (0.5, 0.5)):
         with pytest.raises(ValueError, match="value_range"):
-            data.load_mnist("test", n=10, quiet=True, value_range=bad)
+            mnist.load_mnist("test", n=10, quiet=True, value_range=bad)
 
 
 # --------------------------------------------------------------------------- extract / q_sample / simple_loss(axis=...)
@@ -133,8 +133,8 @@ def test_finding_is_truthy_only_when_ok_and_can_raise():
 
 
 def test_check_data_range():
-    x, _ = data.load_mnist("test", n=64, quiet=True)
-    x01, _ = data.load_mnist("test", n=64, quiet=True, value_range=(0, 1))
+    x, _ = mnist.load_mnist("test", n=64, quiet=True)
+    x01, _ = mnist.load_mnist("test", n=64, quiet=True, value_range=(0, 1))
     good = D.check_data_range(x)
     assert good and good.values["min"] == -1 and good.values["max"] == 1
     assert not D.check_data_range(x01) and "[0, 1]" in D.check_data_range(x01).message
@@ -146,8 +146,8 @@ def test_check_data_range():
 
 
 def test_check_sample_stats():
-    x, _ = data.load_mnist("test", n=200, quiet=True)
-    x01, _ = data.load_mnist("test", n=100, quiet=True, value_range=(0, 1))
+    x, _ = mnist.load_mnist("test", n=200, quiet=True)
+    x01, _ = mnist.load_mnist("test", n=100, quiet=True, value_range=(0, 1))
     assert D.check_sample_stats(x[:100], x[100:])
     grey = D.check_sample_stats(x01, x[100:])
     assert not grey and "grey" in grey.message

@@ -3,7 +3,7 @@ as "not attempted" without raising."""
 import pytest
 import torch
 
-from course_lib import forward as F
+from course_lib.diffusion import forward as F
 from course_lib.exercises import lesson01, lesson02
 
 torch.set_num_threads(1)

@@ -5,9 +5,20 @@ import math
 import pytest
 import torch
 
-from course_lib import flow
-from course_lib.flow import (TIME_SCALE, euler_sample, eps_from_v, flow_loss, flow_path, heun_sample,
-                             sample_time, v_from_eps, v_from_x0, velocity_target, x0_from_v)
+from course_lib.diffusion import flow
+from course_lib.diffusion.flow import (
+    TIME_SCALE,
+    eps_from_v,
+    euler_sample,
+    flow_loss,
+    flow_path,
+    heun_sample,
+    sample_time,
+    v_from_eps,
+    v_from_x0,
+    velocity_target,
+    x0_from_v,
+)
 
 
 def test_path_endpoints_and_velocity_are_exact():
@@ -104,7 +115,7 @@ def tiny_flow():
     """The test profile's flow model (trained in seconds, once per test run: lesson 12 uses the same one):
     (model, folder)."""
     from course_lib.config import get_profile, get_runtime
-    from course_lib.models import find_matching, get_model
+    from course_lib.registry import find_matching, get_model
     profile = get_profile("test")
     model = get_model("flow", profile, get_runtime("cpu"), progress=False)
     return model, find_matching("flow", profile)
@@ -122,9 +133,9 @@ def test_sampling_is_deterministic_for_a_seed(tiny_flow):
 
 def test_a_tiny_flow_model_beats_chance(tiny_flow):
     from course_lib.config import get_profile, get_runtime
-    from course_lib.guidance import guided
-    from course_lib.metrics import classify
-    from course_lib.models import get_model
+    from course_lib.diffusion.guidance import guided
+    from course_lib.networks.classifier import classify
+    from course_lib.registry import get_model
     model, _ = tiny_flow
     clf = get_model("classifier", get_profile("test"), get_runtime("cpu"), progress=False)
     n = 200
@@ -137,9 +148,9 @@ def test_a_tiny_flow_model_beats_chance(tiny_flow):
 
 
 def test_a_sampler_must_fit_the_model(tiny_flow, tmp_path):
-    from course_lib.models import load_unet
-    from course_lib.samplers import sample as ddpm_family_sample
-    from course_lib.schedules import make_schedule
+    from course_lib.diffusion.samplers import sample as ddpm_family_sample
+    from course_lib.diffusion.schedules import make_schedule
+    from course_lib.networks.unet import load_unet
     model, out = tiny_flow
     with pytest.raises(ValueError, match="flow-matching model"):
         ddpm_family_sample(model, 2, make_schedule("cosine", 1000), sampler="ddim", steps=2)

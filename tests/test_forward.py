@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib import forward as F
-from course_lib.schedules import make_schedule
+from course_lib.diffusion import forward as F
+from course_lib.diffusion.schedules import make_schedule
 
 torch.set_num_threads(1)
 

@@ -7,12 +7,15 @@ import warnings
 import pytest
 import torch
 
-from course_lib import clip_training, models, samplers, text2image_training
+from course_lib import registry
 from course_lib.config import PROFILES, _runtime, cpu_runtime, get_runtime
-from course_lib.guidance import guided
-from course_lib.schedules import make_schedule
-from course_lib.train import EMA, ema_multi_avg_fn, fit
-from course_lib.unet import UNet, UNetConfig
+from course_lib.diffusion import samplers
+from course_lib.diffusion.guidance import guided
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.networks.unet import UNet, UNetConfig
+from course_lib.training import clip as clip_training
+from course_lib.training import text2image
+from course_lib.training.loop import EMA, ema_multi_avg_fn, fit
 
 GPU = PROFILES["gpu"]
 CPU_RT = get_runtime("cpu", precision="fp32")
@@ -28,19 +31,19 @@ def empty_home(tmp_path, monkeypatch):
 def _no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was trained")
-    for name, (cfg, _, load) in list(models.REGISTRY.items()):
-        monkeypatch.setitem(models.REGISTRY, name, (cfg, refuse, load))
+    for name, (cfg, _, load) in list(registry.REGISTRY.items()):
+        monkeypatch.setitem(registry.REGISTRY, name, (cfg, refuse, load))
     monkeypatch.setattr(clip_training, "train_clip", refuse)
 
 
 # --------------------------------------------------------------------------- 1. nothing retrained per lesson
-@pytest.mark.parametrize("name", list(models.REGISTRY))
+@pytest.mark.parametrize("name", list(registry.REGISTRY))
 def test_under_gpu_a_lesson_finds_the_cpu_profiles_model_instead_of_training(name, empty_home, monkeypatch, capsys):
-    assert models.find_matching(name, GPU) is None                     # no gpu weights are shipped
-    folder, used = models.find_usable(name, GPU)
+    assert registry.find_matching(name, GPU) is None                     # no gpu weights are shipped
+    folder, used = registry.find_usable(name, GPU)
     assert used.name == "cpu" and folder.name == name
     _no_training(monkeypatch)
-    model = models.get_model(name, GPU, CPU_RT)                         # would raise if it trained
+    model = registry.get_model(name, GPU, CPU_RT)                         # would raise if it trained
     assert model is not None
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "cpu-profile" in out and "--profile gpu" in out   # the one-line note
@@ -48,7 +51,7 @@ def test_under_gpu_a_lesson_finds_the_cpu_profiles_model_instead_of_training(nam
 
 def test_under_gpu_the_guide_and_clip_come_from_the_fallback_too(empty_home, monkeypatch):
     _no_training(monkeypatch)
-    assert isinstance(models.get_guide(GPU, CPU_RT), UNet)
+    assert isinstance(registry.get_guide(GPU, CPU_RT), UNet)
     model, _, record = clip_training.get_clip(GPU, CPU_RT)
     assert record["config"]["dim"] == PROFILES["cpu"].clip_dim
 
@@ -56,15 +59,15 @@ def test_under_gpu_the_guide_and_clip_come_from_the_fallback_too(empty_home, mon
 def test_a_users_own_gpu_model_comes_before_the_fallback(empty_home):
     tiny = GPU.replace(channels=(8, 16), attention=False, time_dim=16, blocks=1, classifier_steps=2,
                        n_train=300, batch_size=16, warmup_steps=1)
-    assert models.find_usable("classifier", tiny)[1].name == "cpu"
-    models.train_missing("classifier", tiny, CPU_RT, progress=False)  # `python -m course_lib train ...`
-    folder, used = models.find_usable("classifier", tiny)
+    assert registry.find_usable("classifier", tiny)[1].name == "cpu"
+    registry.train_missing("classifier", tiny, CPU_RT, progress=False)  # `python -m course_lib train ...`
+    folder, used = registry.find_usable("classifier", tiny)
     assert used is tiny and folder == empty_home / "classifier"
 
 
 def test_no_fallback_outside_the_gpu_profile(empty_home):
     odd = PROFILES["cpu"].replace(classifier_steps=7)
-    assert models.find_usable("classifier", odd) is None                # cpu has no fallback: it trains
+    assert registry.find_usable("classifier", odd) is None                # cpu has no fallback: it trains
 
 
 # --------------------------------------------------------------------------- 2. lesson 08 trains once
@@ -77,11 +80,11 @@ def test_lesson_08_trains_text_to_image_at_most_once_under_gpu(own_clip, empty_h
     clip = clip_training.get_clip(prof, CPU_RT, progress=False)        # what the lesson loads first
     assert (clip[2]["config"]["dim"] == prof.clip_dim) is own_clip
     calls = []
-    real = text2image_training.train_text2image
-    monkeypatch.setattr(text2image_training, "train_text2image",
+    real = text2image.train_text2image
+    monkeypatch.setattr(text2image, "train_text2image",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
-    _, demo_dir = text2image_training.train_demo(prof, clip, CPU_RT, progress=False)
-    pipe = models.get_model("text2image", prof, CPU_RT, progress=False)
+    _, demo_dir = text2image.train_demo(prof, clip, CPU_RT, progress=False)
+    pipe = registry.get_model("text2image", prof, CPU_RT, progress=False)
     assert len(calls) == 1                                               # the demo, nothing after it
     assert (demo_dir.name == "text2image") is own_clip                   # the demo was the full run
     assert pipe.unet.config.context_dim == pipe.text_encoder.width
@@ -198,9 +201,9 @@ def test_fit_keeps_one_generator_when_noise_and_batches_share_a_device():
 
 def test_text_to_image_draws_noise_on_the_device_and_captions_on_the_host(monkeypatch, empty_home):
     captured = {}
-    monkeypatch.setattr(text2image_training, "fit", lambda *a, **k: captured.update(k) or None)
+    monkeypatch.setattr(text2image, "fit", lambda *a, **k: captured.update(k) or None)
     prof = PROFILES["test"].replace(n_train=200)
-    text2image_training.train_text2image(prof, out=empty_home / "t2i", runtime=CPU_RT, progress=False)
+    text2image.train_text2image(prof, out=empty_home / "t2i", runtime=CPU_RT, progress=False)
     assert captured["rng_device"] == CPU_RT.device and torch.device(captured["batch_rng_device"]).type == "cpu"
 
 
@@ -209,7 +212,7 @@ def test_text_to_image_draws_noise_on_the_device_and_captions_on_the_host(monkey
 def test_on_cuda_a_training_step_makes_no_sync(train, empty_home):
     rt = get_runtime("cuda")
     prof = PROFILES["test"].replace(n_train=500)
-    fn = models.REGISTRY[train][1]
+    fn = registry.REGISTRY[train][1]
 
     def syncs(steps):
         fn(prof, empty_home / f"{train}-{steps}", rt, steps, False)    # warm-up and data caches
@@ -244,7 +247,7 @@ def test_precision_defaults_are_the_measured_ones(monkeypatch):
 
 
 def test_fp16_for_the_gpu_leaves_the_cpu_toy_alone(monkeypatch, test_profile):
-    from course_lib.toy import train_toy
+    from course_lib.training.toy import train_toy
     monkeypatch.setenv("COURSE_PRECISION", "fp16")
     assert cpu_runtime().device.type == "cpu" and cpu_runtime().precision in ("fp32", "bf16")
     model, _, res = train_toy(test_profile, steps=3, progress=False)

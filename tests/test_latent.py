@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
-from course_lib import latent_training as LT
-from course_lib.autoencoder import Autoencoder, AutoencoderConfig, kl_divergence, load_autoencoder
-from course_lib.checkpoints import CheckpointError
 from course_lib.config import get_profile, get_runtime
-from course_lib.unet import UNet, UNetConfig
+from course_lib.networks.autoencoder import Autoencoder, AutoencoderConfig, kl_divergence, load_autoencoder
+from course_lib.networks.unet import UNet, UNetConfig
+from course_lib.pipelines import latent
+from course_lib.store import CheckpointError
+from course_lib.training import latent as latent_training
 
 PROFILE = get_profile("test")
 
@@ -25,7 +26,7 @@ def test_encode_decode_shapes_and_the_latent_scaling():
     x_hat, _ = ae(x, torch.Generator().manual_seed(0))
     assert x_hat.shape == x.shape and ae.decode(post.mean).shape == x.shape
     g = torch.Generator().manual_seed(1)
-    ae.scaling_factor = LT.measure_scaling_factor(ae, x, g)
+    ae.scaling_factor = latent_training.measure_scaling_factor(ae, x, g)
     with torch.no_grad():
         z = ae.to_latent(x, torch.Generator().manual_seed(1))                     # the same draws
     assert abs(float(z.std()) - 1.0) < 1e-4                                         # unit variance
@@ -69,11 +70,11 @@ def test_latent_unet_keeps_the_latent_shape_and_pixel_configs_unchanged():
 def trained(tmp_path_factory):
     rt = get_runtime("cpu")
     root = tmp_path_factory.mktemp("latent")
-    half = LT.train_autoencoder(PROFILE, out=root / "ae", runtime=rt, progress=False,
+    half = latent_training.train_autoencoder(PROFILE, out=root / "ae", runtime=rt, progress=False,
                                 stop_after=PROFILE.ae_steps // 2)
     assert half.step == PROFILE.ae_steps // 2
-    ae_res = LT.train_autoencoder(PROFILE, out=root / "ae", runtime=rt, progress=False)
-    lat_res = LT.train_latent(PROFILE, out=root / "latent", runtime=rt, progress=False, autoencoder=root / "ae")
+    ae_res = latent_training.train_autoencoder(PROFILE, out=root / "ae", runtime=rt, progress=False)
+    lat_res = latent_training.train_latent(PROFILE, out=root / "latent", runtime=rt, progress=False, autoencoder=root / "ae")
     return root, ae_res, lat_res
 
 
@@ -85,44 +86,44 @@ def test_autoencoder_resumes_and_saves_its_scaling_factor(trained):
     assert ae.scaling_factor == s and 0 < s < 100
     b = json.loads((root / "ae" / "config.json").read_text())["latent_bound"]
     assert ae.latent_bound == b and 1 < b < 10                              # ~3.5 for unit-variance latents
-    x, _ = LT.load_mnist("train", n=LT.SCALE_IMAGES, profile=PROFILE, quiet=True)
+    x, _ = latent_training.load_mnist("train", n=latent_training.SCALE_IMAGES, profile=PROFILE, quiet=True)
     with torch.no_grad():
         z = ae.to_latent(x, torch.Generator().manual_seed(0))
     assert 0.95 < float(z.std()) < 1.05                                     # computed from the data
-    rec = LT.reconstruct(ae, x[:200])
+    rec = latent_training.reconstruct(ae, x[:200])
     assert (rec - x[:200]).abs().mean() < 0.5 * (x[:200] - x[:200].mean()).abs().mean()   # better than a blank
 
 
 def test_latent_model_beats_chance_and_refuses_another_autoencoder(trained, tmp_path):
     root, _, lat_res = trained
-    model = LT.load_latent(root / "latent", autoencoder=root / "ae")
+    model = latent.load_latent(root / "latent", autoencoder=root / "ae")
     cfg = json.loads((root / "latent" / "config.json").read_text())
-    assert cfg["autoencoder"] == LT.autoencoder_config(PROFILE) and len(cfg["autoencoder_sha256"]) == 64
+    assert cfg["autoencoder"] == latent_training.autoencoder_config(PROFILE) and len(cfg["autoencoder_sha256"]) == 64
     labels = torch.arange(200) % 10
     images, z0 = model.generate(labels=labels, guidance=3.0, steps=10, generator=torch.Generator().manual_seed(0),
                                 return_latents=True)
     assert images.shape == (200, 1, 28, 28) and images.min() >= -1 and images.max() <= 1
     assert z0.abs().max() <= model.autoencoder.latent_bound + 1e-5         # x0 clipped to the latents' range
-    from course_lib.metrics import classify, label_accuracy
-    from course_lib.models import get_model
+    from course_lib.networks.classifier import classify, label_accuracy
+    from course_lib.registry import get_model
     clf = get_model("classifier", PROFILE, get_runtime("cpu"), progress=False)
     acc = label_accuracy(classify(clf, images)[0], labels)
     z = (acc - 0.1) / math.sqrt(0.1 * 0.9 / 200)
     assert z > 4, f"class accuracy {acc:.1%} is not above chance (10 %): z = {z:.1f}"
     # another autoencoder (same config, other weights): refused when loading, and when resuming training
-    other = LT.train_autoencoder(PROFILE, out=tmp_path / "other", runtime=get_runtime("cpu"), progress=False,
+    other = latent_training.train_autoencoder(PROFILE, out=tmp_path / "other", runtime=get_runtime("cpu"), progress=False,
                                  steps=2)
     assert other.step == 2
     with pytest.raises(CheckpointError, match="another autoencoder"):
-        LT.load_latent(root / "latent", autoencoder=tmp_path / "other")
+        latent.load_latent(root / "latent", autoencoder=tmp_path / "other")
     with pytest.raises(FileNotFoundError, match="no autoencoder with weights sha256"):
-        LT.find_autoencoder(cfg["autoencoder_sha256"], folders=(tmp_path / "other",))
+        latent.find_autoencoder(cfg["autoencoder_sha256"], folders=(tmp_path / "other",))
     with pytest.raises(ValueError, match="another autoencoder"):
-        LT.train_latent(PROFILE, out=root / "latent", progress=False, autoencoder=tmp_path / "other")
+        latent_training.train_latent(PROFILE, out=root / "latent", progress=False, autoencoder=tmp_path / "other")
     with pytest.raises(CheckpointError, match="not an autoencoder"):
         load_autoencoder(root / "latent")
     with pytest.raises(CheckpointError, match="not a latent"):
-        LT.load_latent(root / "ae")
+        latent.load_latent(root / "ae")
 
 
 def test_cli_samples_decoded_digits_in_the_class_models_format(trained, tmp_path, monkeypatch):
@@ -153,6 +154,7 @@ def test_a_damaged_shipped_autoencoder_names_its_file_and_git_checkout(tmp_path,
     """Review F5 (A06): a truncated shipped autoencoder made `sample` say "retrain the latent model" (224 s
     of training that then failed on the same file). Now: the file, and `git checkout`."""
     import shutil
+
     from course_lib import paths
     from course_lib.__main__ import main
     weights = tmp_path / "data" / "weights"
@@ -166,7 +168,7 @@ def test_a_damaged_shipped_autoencoder_names_its_file_and_git_checkout(tmp_path,
     else:
         _zero_tail(ae)                                           # the header intact, the last weights zeroed
     with pytest.raises(CheckpointError) as e:
-        LT.load_latent(weights / "latent")
+        latent.load_latent(weights / "latent")
     message = str(e.value)
     assert message.startswith(str(ae)) and "\n" not in message
     assert "git checkout -- data/weights/autoencoder" in message and "retrain" not in message
@@ -186,14 +188,14 @@ def test_a_damaged_user_autoencoder_is_named_not_taken_for_another_one(trained, 
     sha = json.loads((root / "latent" / "config.json").read_text())["autoencoder_sha256"]
     user = tmp_path / "autoencoder"
     shutil.copytree(root / "ae", user)
-    assert LT.find_autoencoder(sha, folders=(user,)) == user
+    assert latent.find_autoencoder(sha, folders=(user,)) == user
     path = user / "model.safetensors"
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[:5000])
     else:
         _zero_tail(path)
-    for call in (lambda: LT.find_autoencoder(sha, folders=(user,)),
-                 lambda: LT.load_latent(root / "latent", autoencoder=user)):
+    for call in (lambda: latent.find_autoencoder(sha, folders=(user,)),
+                 lambda: latent.load_latent(root / "latent", autoencoder=user)):
         with pytest.raises(CheckpointError) as e:
             call()
         message = str(e.value)
@@ -201,6 +203,6 @@ def test_a_damaged_user_autoencoder_is_named_not_taken_for_another_one(trained, 
 
 
 def test_registry_entries_match_the_profile():
-    from course_lib.models import REGISTRY, _steps_for
-    assert LT.latent_config(PROFILE)["in_channels"] == PROFILE.ae_latent_channels
+    from course_lib.registry import REGISTRY, _steps_for
+    assert latent_training.latent_config(PROFILE)["in_channels"] == PROFILE.ae_latent_channels
     assert _steps_for("autoencoder", PROFILE) == PROFILE.ae_steps and "latent" in REGISTRY

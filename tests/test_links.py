@@ -8,8 +8,9 @@ import sys
 import nbformat
 import pytest
 
-from course_lib import links, paths
+from course_lib import paths
 from course_lib.__main__ import main
+from course_lib.course import links
 
 OLD = "https://github.com/from-noise-to-digits/course"
 NEW = "https://github.com/someone-else/noise-fork"

@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from course_lib import models
-from course_lib.schedules import make_schedule
+from course_lib import registry
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.networks import unet
+from course_lib.training import denoiser
 
 
 class Fixed(torch.nn.Module):
@@ -13,26 +15,26 @@ class Fixed(torch.nn.Module):
 
 def test_drop_labels_marks_dropped_labels_as_no_condition():
     labels = torch.arange(10).repeat(1000)
-    dropped = models.drop_labels(labels, 0.3, torch.Generator().manual_seed(0))
+    dropped = denoiser.drop_labels(labels, 0.3, torch.Generator().manual_seed(0))
     kept = dropped >= 0
     assert torch.equal(dropped[kept], labels[kept]) and 0.27 < (~kept).float().mean() < 0.33
 
 
 def test_find_matching_uses_only_finished_checkpoints_of_the_profiles_config(test_profile, tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_HOME", str(tmp_path))                  # keep this 3-step model to ourselves
-    assert models.find_matching("denoiser", test_profile.replace(channels=(8, 16))) is None
-    models.train_denoiser(test_profile.replace(train_steps=3), progress=False)
-    assert models.find_matching("denoiser", test_profile.replace(train_steps=3)) is not None
-    assert models.find_matching("denoiser", test_profile.replace(train_steps=3, time_dim=32)) is None
+    assert registry.find_matching("denoiser", test_profile.replace(channels=(8, 16))) is None
+    denoiser.train_denoiser(test_profile.replace(train_steps=3), progress=False)
+    assert registry.find_matching("denoiser", test_profile.replace(train_steps=3)) is not None
+    assert registry.find_matching("denoiser", test_profile.replace(train_steps=3, time_dim=32)) is None
 
 
 def test_get_model_without_training_says_where_it_looked(test_profile, tmp_path, monkeypatch):
     import pytest
     monkeypatch.setenv("COURSE_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "denoiser")):
-        models.get_model("denoiser", test_profile.replace(channels=(8, 16)), train_if_missing=False)
+        registry.get_model("denoiser", test_profile.replace(channels=(8, 16)), train_if_missing=False)
     with pytest.raises(ValueError, match="unknown model"):
-        models.get_model("nonsense", test_profile)
+        registry.get_model("nonsense", test_profile)
 
 
 def test_get_guide_loads_the_early_ema_weights_and_says_when_there_are_none(test_profile, tmp_path, monkeypatch):
@@ -40,32 +42,33 @@ def test_get_guide_loads_the_early_ema_weights_and_says_when_there_are_none(test
     monkeypatch.setenv("COURSE_HOME", str(tmp_path))
     prof = test_profile.replace(train_steps=6, guide_step=2)
     with pytest.raises(FileNotFoundError, match="no finished denoiser"):
-        models.get_guide(prof)
-    models.train_denoiser(prof, progress=False)
-    final = models.get_model("denoiser", prof, train_if_missing=False, progress=False)
-    guide = models.get_guide(prof)
+        registry.get_guide(prof)
+    denoiser.train_denoiser(prof, progress=False)
+    final = registry.get_model("denoiser", prof, train_if_missing=False, progress=False)
+    guide = registry.get_guide(prof)
     assert not guide.training
     diffs = [not torch.equal(a, b) for a, b in zip(final.state_dict().values(), guide.state_dict().values())]
     assert any(diffs)
     short = test_profile.replace(train_steps=2, guide_step=2)             # too short to keep a guide
-    models.train_denoiser(short, out=tmp_path / "short", progress=False)
+    denoiser.train_denoiser(short, out=tmp_path / "short", progress=False)
     with pytest.raises(FileNotFoundError, match="without guide_step"):
-        models.load_unet(tmp_path / "short", guide=True)
+        unet.load_unet(tmp_path / "short", guide=True)
 
 
 def test_denoiser_has_its_own_batch_size_and_lr_and_resumes_only_with_them(test_profile, tmp_path):
     import pytest
-    from course_lib.checkpoints import read_training
+
+    from course_lib.store import read_training
     prof = test_profile.replace(train_steps=3, denoiser_batch=8, denoiser_lr=4e-3)
     assert prof.denoiser_batch != prof.batch_size
-    models.train_denoiser(prof, out=tmp_path / "d", progress=False, stop_after=1)
+    denoiser.train_denoiser(prof, out=tmp_path / "d", progress=False, stop_after=1)
     training = read_training(tmp_path / "d")
     assert training["batch_size"] == 8 and training["config"]["batch_size"] == 8
     assert training["lr"] == prof.denoiser_lr != prof.lr
     with pytest.raises(ValueError, match="batch_size"):                 # the config names the differing field
-        models.train_denoiser(prof.replace(denoiser_batch=16), out=tmp_path / "d", progress=False)
+        denoiser.train_denoiser(prof.replace(denoiser_batch=16), out=tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="lr: 0.004 -> 0.001"):
-        models.train_denoiser(prof.replace(denoiser_lr=1e-3), out=tmp_path / "d", progress=False)
+        denoiser.train_denoiser(prof.replace(denoiser_lr=1e-3), out=tmp_path / "d", progress=False)
 
 
 def _get_model_in_a_process(profile, home, queue):
@@ -76,7 +79,7 @@ def _get_model_in_a_process(profile, home, queue):
     os.environ["COURSE_HOME"] = home
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        models.get_model("denoiser", profile, progress=False)
+        registry.get_model("denoiser", profile, progress=False)
     queue.put("training one" in printed.getvalue())
 
 
@@ -97,10 +100,10 @@ def test_two_processes_missing_the_same_model_train_it_once(test_profile, tmp_pa
     assert trained == [False, True]
 
 
-@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+@pytest.mark.parametrize("name", sorted(registry.REGISTRY))
 def test_every_shipped_model_matches_the_cpu_profile(name):
     """A change to a config (a new UNet field, a new profile setting) must not orphan the shipped weights:
     each is still what ``find_matching`` returns for the ``cpu`` profile the lessons use on a laptop."""
     from course_lib import paths
     from course_lib.config import get_profile
-    assert models.find_matching(name, get_profile("cpu")) == paths.weights_dir() / name
+    assert registry.find_matching(name, get_profile("cpu")) == paths.weights_dir() / name

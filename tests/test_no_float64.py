@@ -15,13 +15,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from course_lib import flow, samplers
 from course_lib.config import get_runtime
-from course_lib.forward import simple_loss
-from course_lib.guidance import guided
-from course_lib.schedules import make_schedule
-from course_lib.train import fit
-from course_lib.unet import UNet, UNetConfig
+from course_lib.diffusion import flow, samplers
+from course_lib.diffusion.forward import simple_loss
+from course_lib.diffusion.guidance import guided
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.networks.unet import UNet, UNetConfig
+from course_lib.training.loop import fit
 
 CPU = get_runtime("cpu")
 

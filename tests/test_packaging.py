@@ -10,7 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib import links, paths
+from course_lib import paths
+from course_lib.course import links
 
 ROOT = paths.root()
 

@@ -5,14 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib import pipeline as PL
-from course_lib import text2image_training as T2I
-from course_lib.clip import build_clip
 from course_lib.config import get_profile, get_runtime
+from course_lib.diffusion.schedules import make_schedule
 from course_lib.exercises import lesson08
-from course_lib.schedules import make_schedule
-from course_lib.text import load_tokenizer
-from course_lib.unet import TextCond, UNet, UNetConfig
+from course_lib.networks import text_encoders
+from course_lib.networks.clip import build_clip
+from course_lib.networks.unet import TextCond, UNet, UNetConfig
+from course_lib.pipelines import text_to_image
+from course_lib.text.tokenizer import load_tokenizer
+from course_lib.training import text2image as T2I
 
 PROFILE = get_profile("test")
 # the test profile's 300 steps learn too little to measure prompt-following reliably, so the trained-model
@@ -21,15 +22,15 @@ PROFILE = get_profile("test")
 TRAIN = PROFILE.replace(t2i_train_steps=600, checkpoint_every=1_000)
 
 
-def random_pipeline(seed: int = 0) -> PL.TextToImage:
+def random_pipeline(seed: int = 0) -> text_to_image.TextToImage:
     """An untrained pipeline of the test profile's sizes, with a random (not zero) output layer, so the
     prompt changes the image."""
     torch.manual_seed(seed)
     cfg = {**T2I.text2image_config(PROFILE), "sampling": {"steps": 4, "guidance": 3.0}}
     unet = UNet(UNetConfig.from_dict({k: v for k, v in cfg.items() if k in UNetConfig.__dataclass_fields__}))
     nn.init.normal_(unet.out.weight, std=0.3)
-    encoder = PL.TextEncoder(build_clip(cfg["clip"]).text_model)
-    return PL.TextToImage(unet, encoder, load_tokenizer(), make_schedule(cfg["schedule"], cfg["T"]), cfg)
+    encoder = text_encoders.TextEncoder(build_clip(cfg["clip"]).text_model)
+    return text_to_image.TextToImage(unet, encoder, load_tokenizer(), make_schedule(cfg["schedule"], cfg["T"]), cfg)
 
 
 class Exploding(nn.Module):
@@ -113,16 +114,16 @@ def test_save_load_round_trip_gives_identical_images(tmp_path):
     pipe = random_pipeline(seed=3)
     before = pipe(["a thick 4", "one"], n_per_prompt=2, seed=1)
     pipe.save_pretrained(tmp_path / "pipe")
-    loaded = PL.TextToImage.from_pretrained(tmp_path / "pipe")
+    loaded = text_to_image.TextToImage.from_pretrained(tmp_path / "pipe")
     assert torch.equal(loaded(["a thick 4", "one"], n_per_prompt=2, seed=1), before)
     assert loaded.default_steps == 4 and loaded.config == pipe.config
     with pytest.raises(FileNotFoundError, match="no text-to-image pipeline"):
-        PL.TextToImage.from_pretrained(tmp_path / "nothing")
+        text_to_image.TextToImage.from_pretrained(tmp_path / "nothing")
 
 
 def test_cross_attention_maps_cover_the_prompt_tokens():
     pipe = random_pipeline()
-    out = PL.cross_attention_maps(pipe, "a thick seven", steps=3)
+    out = text_to_image.cross_attention_maps(pipe, "a thick seven", steps=3)
     assert out["tokens"] == ["<start>", "a", "thick", "seven", "<end>"]
     assert out["maps"].shape == (5, 7, 7) and abs(float(out["share"].sum()) - 1) < 1e-4
     assert not pipe.unet.mid_cross.keep_weights                          # switched off again
@@ -143,7 +144,7 @@ def trained(tmp_path_factory):
 def test_training_resumes_and_the_folder_is_a_pipeline(trained):
     result, out = trained
     assert result.resumed_from == TRAIN.t2i_train_steps // 2 and result.step == TRAIN.t2i_train_steps
-    pipe = PL.load_text2image(out, "cpu")
+    pipe = text_to_image.load_text2image(out, "cpu")
     assert pipe.default_steps == PROFILE.sample_steps
     assert all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(),
                                                  result.ema_model.state_dict().values()))
@@ -153,7 +154,7 @@ def test_training_resumes_and_the_folder_is_a_pipeline(trained):
 
 def test_trained_model_follows_the_digit_in_prompts(trained, digit_accuracy_z):
     _, out = trained
-    acc, z = digit_accuracy_z(PL.load_text2image(out, "cpu"))
+    acc, z = digit_accuracy_z(text_to_image.load_text2image(out, "cpu"))
     assert z > 5, f"prompt accuracy {acc:.1%} is not far above chance (10 %): z = {z:.1f}"
 
 

@@ -8,10 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib import checkpoints, data, models, paths, samplers
-from course_lib.checkpoints import CheckpointError
-from course_lib.guidance import autoguided, guided
-from course_lib.schedules import make_schedule
+from course_lib import paths, store
+from course_lib.data import mnist
+from course_lib.diffusion import samplers
+from course_lib.diffusion.guidance import autoguided, guided
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.networks import unet
+from course_lib.store import CheckpointError
+from course_lib.training import checkpoints, denoiser
 
 WEIGHTS = paths.weights_dir()
 
@@ -23,7 +27,7 @@ def no_compute(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("compute started before the bad input was refused")
     monkeypatch.setattr(samplers, "sample", boom)
-    monkeypatch.setattr(models, "fit", boom)
+    monkeypatch.setattr(denoiser, "fit", boom)
 
 
 def _tree(folder: Path) -> dict:
@@ -70,16 +74,16 @@ def test_training_refuses_an_unwritable_home_before_any_compute(tmp_path, cli, m
 def test_training_into_an_empty_folder_then_resuming_works(tmp_path, test_profile):
     out = tmp_path / "empty"
     out.mkdir()
-    models.train_class_model(test_profile, out=out, steps=2, progress=False)
-    assert checkpoints.has_checkpoint(out)
+    denoiser.train_class_model(test_profile, out=out, steps=2, progress=False)
+    assert store.has_checkpoint(out)
     with pytest.raises(ValueError, match="checkpoint of the class model, not of denoiser"):
-        models.train_denoiser(test_profile.replace(train_steps=2), out=out, progress=False)
+        denoiser.train_denoiser(test_profile.replace(train_steps=2), out=out, progress=False)
 
 
 # --------------------------------------------------------------------------- 5. interrupted checkpoint writes
 def _checkpoint(tmp_path, test_profile, steps):
     out = tmp_path / "run"
-    models.train_class_model(test_profile, out=out, steps=steps, progress=False)
+    denoiser.train_class_model(test_profile, out=out, steps=steps, progress=False)
     return out
 
 
@@ -93,7 +97,7 @@ def test_a_crash_between_the_two_renames_resumes_from_the_newest_checkpoint(tmp_
     tr["step"] = 5
     (newer / "training.json").write_text(json.dumps(tr))
     done = checkpoints.recover_interrupted_write(out)
-    assert checkpoints.read_training(out)["step"] == 5 and any("step 5" in line for line in done)
+    assert store.read_training(out)["step"] == 5 and any("step 5" in line for line in done)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
@@ -102,8 +106,8 @@ def test_a_write_killed_half_way_leaves_nothing_behind(tmp_path, test_profile):
     partial = tmp_path / ".run.tmp-00001234"
     (partial / "trainer").mkdir(parents=True)                # killed before training.json was written
     (partial / "trainer" / "raw_model.safetensors").write_bytes(b"\0" * 10)
-    models.train_class_model(test_profile, out=out, steps=3, progress=False)   # the next start cleans up
-    assert not partial.exists() and checkpoints.read_training(out)["step"] == 3
+    denoiser.train_class_model(test_profile, out=out, steps=3, progress=False)   # the next start cleans up
+    assert not partial.exists() and store.read_training(out)["step"] == 3
 
 
 # --------------------------------------------------------------------------- 3. impossible settings
@@ -156,7 +160,7 @@ def test_an_unusable_course_device_is_one_line(device, message, cli, monkeypatch
 
 
 def test_the_python_api_refuses_unknown_labels_another_T_and_non_finite_scales():
-    model, cfg = models.load_unet(WEIGHTS / "class")
+    model, cfg = unet.load_unet(WEIGHTS / "class")
     schedule = make_schedule(cfg["schedule"], cfg["T"])
     for bad in (10, 11, -2):
         with pytest.raises(ValueError, match=f"label {bad} is out of range"):
@@ -175,9 +179,9 @@ def test_the_python_api_refuses_unknown_labels_another_T_and_non_finite_scales()
 
 
 def test_metrics_refuse_images_in_pixel_units():
-    from course_lib.metrics import classify, load_classifier
+    from course_lib.networks.classifier import classify, load_classifier
     clf = load_classifier(WEIGHTS / "classifier")
-    x, _ = data.load_mnist("test", n=8, quiet=True)
+    x, _ = mnist.load_mnist("test", n=8, quiet=True)
     with pytest.raises(ValueError, match=r"must be in \[-1, 1\]"):
         classify(clf, (x + 1) * 127.5)
     with pytest.raises(ValueError, match="shape"):
@@ -199,7 +203,7 @@ def test_a_damaged_weights_file_is_named_with_what_to_do(damage, tmp_path, cli):
     raw = f.read_bytes()
     f.write_bytes({"truncated": raw[: len(raw) // 2], "random": os.urandom(4096), "empty": b""}[damage])
     with pytest.raises(CheckpointError, match="model.safetensors is corrupted or not a safetensors file"):
-        models.load_unet(folder)
+        unet.load_unet(folder)
     code, _, err = cli("sample", "--checkpoint", folder, "--labels", "all", "--out", tmp_path / "x.pt")
     assert code == 2 and str(f) in err and "delete" in err and len(err.strip().splitlines()) == 1
 
@@ -208,16 +212,16 @@ def test_another_models_config_and_invalid_json_are_named(tmp_path):
     folder = _copy("class", tmp_path)
     shutil.copy(WEIGHTS / "clip" / "config.json", folder / "config.json")
     with pytest.raises(CheckpointError, match="is not a course UNet's config"):
-        models.load_unet(folder)
+        unet.load_unet(folder)
     cfg = json.loads((WEIGHTS / "class" / "config.json").read_text())
     cfg["channels"] = [16, 32]                                          # weights of another size
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="do not fit the model"):
-        models.load_unet(folder)
+        unet.load_unet(folder)
     (folder / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"config.json is not valid JSON"):
-        models.load_unet(folder)
-    from course_lib.metrics import load_classifier
+        unet.load_unet(folder)
+    from course_lib.networks.classifier import load_classifier
     with pytest.raises(CheckpointError, match="not the course classifier"):
         load_classifier(_copy("denoiser", tmp_path))
 
@@ -228,17 +232,17 @@ def test_a_shipped_file_says_how_to_restore_it(tmp_path, monkeypatch):
     shutil.copytree(WEIGHTS / "class", folder)
     (folder / "model.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match="git checkout -- data/weights"):
-        models.load_unet(folder)
+        unet.load_unet(folder)
 
 
 def test_a_corrupted_training_state_on_resume_is_named(tmp_path, test_profile):
     out = _checkpoint(tmp_path, test_profile, 2)
     (out / "trainer" / "optimizer.safetensors").write_bytes(os.urandom(100))
     with pytest.raises(CheckpointError, match="optimizer.safetensors is corrupted"):
-        models.train_class_model(test_profile, out=out, steps=2, progress=False)
+        denoiser.train_class_model(test_profile, out=out, steps=2, progress=False)
     (out / "training.json").write_text("{")
     with pytest.raises(CheckpointError, match="training.json is not valid JSON"):
-        models.train_class_model(test_profile, out=out, steps=2, progress=False)
+        denoiser.train_class_model(test_profile, out=out, steps=2, progress=False)
 
 
 def test_a_truncated_mnist_file_is_named_on_load(tmp_path, monkeypatch):
@@ -249,7 +253,7 @@ def test_a_truncated_mnist_file_is_named_on_load(tmp_path, monkeypatch):
     f = raw / "t10k-labels-idx1-ubyte.gz"
     f.write_bytes(f.read_bytes()[:100])
     with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz is truncated or corrupted"):
-        data.load_mnist("test", n=10, source="numpy", quiet=True)
+        mnist.load_mnist("test", n=10, source="numpy", quiet=True)
 
 
 def test_a_recompressed_mnist_file_with_the_same_bytes_is_accepted(tmp_path):
@@ -259,7 +263,7 @@ def test_a_recompressed_mnist_file_with_the_same_bytes_is_accepted(tmp_path):
     shutil.copytree(paths.mnist_dir(), raw, ignore=shutil.ignore_patterns("*-ubyte"))
     f = raw / "t10k-labels-idx1-ubyte.gz"
     f.write_bytes(gzip.compress(gzip.decompress(f.read_bytes()), compresslevel=1, mtime=1))
-    data.verify_checksums(raw)
+    mnist.verify_checksums(raw)
 
 
 # --------------------------------------------------------------------------- also
@@ -278,8 +282,8 @@ def test_generate_says_which_model_and_skips_an_unfinished_checkpoint(tmp_path, 
 
 
 def test_damaged_text_to_image_and_clip_folders_are_named(tmp_path):
-    from course_lib.clip import load_clip
-    from course_lib.pipeline import TextToImage
+    from course_lib.networks.clip import load_clip
+    from course_lib.pipelines.text_to_image import TextToImage
     t2i = _copy("text2image", tmp_path)
     (t2i / "text_encoder.safetensors").write_bytes(b"\0" * 64)
     with pytest.raises(CheckpointError, match="text_encoder.safetensors is corrupted"):

@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from course_lib import samplers as S
-from course_lib.forward import extract, predict_eps_from_x0, q_posterior, q_sample
-from course_lib.schedules import make_schedule
+from course_lib.diffusion import samplers as S
+from course_lib.diffusion.forward import extract, predict_eps_from_x0, q_posterior, q_sample
+from course_lib.diffusion.schedules import make_schedule
 
 torch.set_num_threads(1)
 SHAPE = (4, 1, 8, 8)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from course_lib.schedules import alpha_bar_from_betas, cosine_betas, linear_betas, make_schedule
+from course_lib.diffusion.schedules import alpha_bar_from_betas, cosine_betas, linear_betas, make_schedule
 
 torch.set_num_threads(1)
 

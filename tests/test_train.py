@@ -5,9 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from course_lib import checkpoints
+from course_lib import store
 from course_lib.config import get_runtime
-from course_lib.train import _restore_generator, ema_avg_fn, ema_multi_avg_fn, fit, warmup_cosine_lr
+from course_lib.training import checkpoints
+from course_lib.training.loop import _restore_generator, ema_avg_fn, ema_multi_avg_fn, fit, warmup_cosine_lr
 
 CPU = get_runtime("cpu")
 
@@ -78,7 +79,7 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError) as e:
         train_with_a_nan(tmp_path / "n", 30)
     assert "step 29" in str(e.value) and str(tmp_path / "n") in str(e.value)
-    assert checkpoints.read_training(tmp_path / "n")["step"] == 20
+    assert store.read_training(tmp_path / "n")["step"] == 20
 
 
 @pytest.mark.parametrize("nan_call", [30, 19])
@@ -89,10 +90,10 @@ def test_nan_found_late_still_names_its_step_and_never_reaches_a_checkpoint(tmp_
         train_with_a_nan(tmp_path / "n", nan_call, sync_every=7)
     assert f"step {nan_call - 1}" in str(e.value)
     if nan_call < 20:
-        assert not checkpoints.has_checkpoint(tmp_path / "n")
+        assert not store.has_checkpoint(tmp_path / "n")
         assert "none (no checkpoint was written yet)" in str(e.value)
     else:
-        assert checkpoints.read_training(tmp_path / "n")["step"] == 20
+        assert store.read_training(tmp_path / "n")["step"] == 20
         saved = load_file(str(tmp_path / "n" / "model.safetensors"))
         assert all(torch.isfinite(v).all() for v in saved.values())
 
@@ -152,7 +153,7 @@ def test_checkpoint_folder_is_safetensors_only(tmp_path):
 
 def test_missing_checkpoint_says_where_it_looked(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing")):
-        checkpoints.read_training(tmp_path / "nothing")
+        store.read_training(tmp_path / "nothing")
 
 
 def test_ema_warmup_and_lr_schedule():
@@ -180,14 +181,14 @@ def test_guide_step_keeps_the_ema_weights_of_that_step_across_a_resume(tmp_path)
     run(tmp_path / "split", steps=60, guide_step=15)                       # and finishes
     want = {k: v for k, v in at15.ema_model.state_dict().items()}
     for folder in ("full", "split"):
-        guide = load_file(str(tmp_path / folder / checkpoints.GUIDE_FILE))
+        guide = load_file(str(tmp_path / folder / store.GUIDE_FILE))
         assert guide.keys() == want.keys()
         for k in want:
             assert torch.equal(guide[k], want[k]), (folder, k)
         final = load_file(str(tmp_path / folder / "model.safetensors"))
         assert not all(torch.equal(final[k], guide[k]) for k in guide)    # the final EMA moved on
-        assert checkpoints.read_training(tmp_path / folder)["guide_step"] == 15
-    assert not (tmp_path / "g15" / checkpoints.GUIDE_FILE).exists()      # none unless asked for
+        assert store.read_training(tmp_path / folder)["guide_step"] == 15
+    assert not (tmp_path / "g15" / store.GUIDE_FILE).exists()      # none unless asked for
 
 
 def test_guide_step_outside_the_run_and_a_changed_step_count_are_refused(tmp_path):

@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import checkpoints
-from course_lib import unclip as U
-from course_lib import unclip_training as UT
+from course_lib import store
 from course_lib.config import get_profile, get_runtime
-from course_lib.schedules import make_schedule
-from course_lib.unet import UNet, UNetConfig
+from course_lib.diffusion.schedules import make_schedule
+from course_lib.networks import prior as prior_net
+from course_lib.networks.unet import UNet, UNetConfig
+from course_lib.pipelines import unclip
+from course_lib.training import unclip as unclip_training
 
 PROFILE = get_profile("test")
 TRAIN = PROFILE.replace(unclip_decoder_steps=40, unclip_prior_steps=400, checkpoint_every=1_000)
@@ -57,17 +58,17 @@ def test_prior_sampler_reaches_an_oracles_vector_and_is_deterministic():
 
     schedule = make_schedule("cosine", 1000)
     cond = F.normalize(torch.randn(5, 4), dim=-1)
-    z = U.prior_sample(oracle, cond, schedule, steps=10, guidance=3.0, generator=torch.Generator().manual_seed(0))
+    z = unclip.prior_sample(oracle, cond, schedule, steps=10, guidance=3.0, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(z, F.normalize(target, dim=0).expand(5, 4), atol=1e-5)
-    prior = U.DiffusionPrior(U.PriorConfig(embed_dim=4, width=16, blocks=1)).eval()
-    a = U.prior_sample(prior, cond, schedule, steps=5, generator=torch.Generator().manual_seed(1))
-    b = U.prior_sample(prior, cond, schedule, steps=5, generator=torch.Generator().manual_seed(1))
+    prior = prior_net.DiffusionPrior(prior_net.PriorConfig(embed_dim=4, width=16, blocks=1)).eval()
+    a = unclip.prior_sample(prior, cond, schedule, steps=5, generator=torch.Generator().manual_seed(1))
+    b = unclip.prior_sample(prior, cond, schedule, steps=5, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and torch.allclose(a.norm(dim=-1), torch.ones(5), atol=1e-5)
 
 
 def test_prior_guidance_one_is_the_conditional_prediction_and_its_loss_trains():
     torch.manual_seed(0)
-    prior = U.DiffusionPrior(U.PriorConfig(embed_dim=4, width=32, blocks=1))
+    prior = prior_net.DiffusionPrior(prior_net.PriorConfig(embed_dim=4, width=32, blocks=1))
     schedule = make_schedule("cosine", 100)
     z0 = 2.0 * F.normalize(torch.randn(64, 4), dim=-1)
     cond = F.normalize(z0 + 0.1 * torch.randn(64, 4), dim=-1)
@@ -75,7 +76,7 @@ def test_prior_guidance_one_is_the_conditional_prediction_and_its_loss_trains():
     g = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(80):
-        loss, parts = U.prior_loss(prior, z0, schedule, cond, generator=g)
+        loss, parts = unclip_training.prior_loss(prior, z0, schedule, cond, generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -87,36 +88,36 @@ def test_prior_guidance_one_is_the_conditional_prediction_and_its_loss_trains():
 # --------------------------------------------------------------------------- bad input
 def test_bad_images_are_named_before_any_compute():
     with pytest.raises(ValueError, match=r"shape \(28, 28\), \(1, 28, 28\) or \(B, 1, 28, 28\), got \(1, 32, 32\)"):
-        U.check_images(torch.zeros(1, 32, 32))
+        unclip.check_images(torch.zeros(1, 32, 32))
     with pytest.raises(ValueError, match=r"in \[-1, 1\].*\[0, 255\].*x / 127.5 - 1"):
-        U.check_images(torch.linspace(0, 255, 784).reshape(28, 28))
+        unclip.check_images(torch.linspace(0, 255, 784).reshape(28, 28))
     with pytest.raises(ValueError, match="float tensor"):
-        U.check_images(torch.zeros(28, 28, dtype=torch.uint8))
-    assert U.check_images(torch.zeros(28, 28)).shape == (1, 1, 28, 28)
+        unclip.check_images(torch.zeros(28, 28, dtype=torch.uint8))
+    assert unclip.check_images(torch.zeros(28, 28)).shape == (1, 1, 28, 28)
 
 
 def test_training_refuses_a_folder_that_is_not_an_unclip_checkpoint(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(checkpoints.CheckpointError, match="not an unCLIP checkpoint.*notes.txt"):
-        UT.check_unclip_target(tmp_path)
+    with pytest.raises(store.CheckpointError, match="not an unCLIP checkpoint.*notes.txt"):
+        unclip_training.check_unclip_target(tmp_path)
     from course_lib import paths
-    with pytest.raises(checkpoints.CheckpointError, match="shipped weights"):
-        UT.check_unclip_target(paths.weights_dir() / "unclip")
+    with pytest.raises(store.CheckpointError, match="shipped weights"):
+        unclip_training.check_unclip_target(paths.weights_dir() / "unclip")
 
 
 # --------------------------------------------------------------------------- a tiny trained pipeline
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("unclip") / "run"
-    UT.train_unclip(TRAIN, out=out, runtime=get_runtime("cpu"), progress=False)
+    unclip_training.train_unclip(TRAIN, out=out, runtime=get_runtime("cpu"), progress=False)
     return out
 
 
 def test_a_tiny_prior_moves_embeddings_towards_the_captions_digit(trained):
     """Prior samples for "zero".."9" are nearest (cosine) to the mean real image embedding of the named digit
     far more often than chance (1 in 10)."""
-    from course_lib.data import load_mnist
-    pipe = U.load_unclip(trained)
+    from course_lib.data.mnist import load_mnist
+    pipe = unclip.load_unclip(trained)
     x, y = load_mnist("test", n=1000, quiet=True)
     real = pipe.image_embeddings(x)
     means = F.normalize(torch.stack([real[y == d].mean(0) for d in range(10)]), dim=-1)     # (10, D)
@@ -129,7 +130,7 @@ def test_a_tiny_prior_moves_embeddings_towards_the_captions_digit(trained):
 
 
 def test_unknown_words_and_bad_variations_input_are_one_line_errors(trained):
-    pipe = U.load_unclip(trained)
+    pipe = unclip.load_unclip(trained)
     with pytest.raises(ValueError, match="'sevn'"):
         pipe(["a thick sevn"], 2)
     with pytest.raises(ValueError, match="unknown source 'image'"):
@@ -141,15 +142,15 @@ def test_unknown_words_and_bad_variations_input_are_one_line_errors(trained):
 
 
 def test_round_trip_gives_identical_images_and_variations_have_the_right_shape(trained, tmp_path):
-    pipe = U.load_unclip(trained)
+    pipe = unclip.load_unclip(trained)
     a = pipe(["a thin two", "9"], 2, steps=3, seed=5)
     assert a.shape == (4, 1, 28, 28) and a.min() >= -1 and a.max() <= 1
-    again = U.UnCLIP.from_pretrained(pipe.save_pretrained(tmp_path / "copy"))
+    again = unclip.UnCLIP.from_pretrained(pipe.save_pretrained(tmp_path / "copy"))
     assert torch.equal(a, again(["a thin two", "9"], 2, steps=3, seed=5))
     assert not torch.equal(a, pipe(["a thin two", "9"], 2, steps=3, seed=6))
     text = pipe(["9"], 2, steps=3, seed=5, source="text")
     assert text.shape == (2, 1, 28, 28) and not torch.equal(text, a[2:])
-    from course_lib.data import load_mnist
+    from course_lib.data.mnist import load_mnist
     x, _ = load_mnist("test", n=2, quiet=True)
     assert pipe.variations(x, 3, steps=3).shape == (6, 1, 28, 28)
 
@@ -160,7 +161,7 @@ def test_a_folder_missing_its_prior_or_decoder_is_named(trained, tmp_path):
         shutil.copytree(trained, broken, ignore=shutil.ignore_patterns("trainer"))
         shutil.rmtree(broken / part)
         with pytest.raises(FileNotFoundError, match=f"missing its {part}"):
-            U.load_unclip(broken)
+            unclip.load_unclip(broken)
 
 
 def test_generate_writes_images_and_labels_from_an_unclip_folder(trained, tmp_path, capsys):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from course_lib.unet import TextCond, UNet, UNetConfig, timestep_embedding
+from course_lib.networks.unet import TextCond, UNet, UNetConfig, timestep_embedding
 
 
 @pytest.mark.parametrize("B", [1, 3, 7])

@@ -5,9 +5,9 @@ import math
 
 import torch
 
+from ..diffusion import forward
+from ..diffusion.schedules import make_schedule
 from . import Case, CheckResult, check_function, report
-from .. import forward
-from ..schedules import make_schedule
 
 __all__ = ["check_q_sample", "check_alpha_bar_at", "check_endpoint_moments", "reference_q_sample",
            "reference_alpha_bar_at", "expected_endpoint_moments"]
@@ -76,7 +76,7 @@ def check_endpoint_moments(student_fn) -> CheckResult:
     statistical, not exact).
     """
     name = "endpoint_moments"
-    hint = ("noise x0 all the way to the last index, t = schedule.T - 1 (course_lib.forward.q_sample does it "
+    hint = ("noise x0 all the way to the last index, t = schedule.T - 1 (course_lib.diffusion.forward.q_sample does it "
             "in one call), then take the mean and the variance of every value of the result.")
     g = torch.Generator().manual_seed(3)
     white = torch.ones(64, 1, 8, 8)

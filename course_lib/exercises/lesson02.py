@@ -5,9 +5,9 @@ import math
 
 import torch
 
+from ..diffusion import forward
+from ..diffusion.schedules import make_schedule
 from . import Case, CheckResult, check_function
-from .. import forward
-from ..schedules import make_schedule
 
 __all__ = ["check_gaussian_kl", "check_posterior_mean", "reference_gaussian_kl", "reference_posterior_mean"]
 
@@ -59,4 +59,4 @@ def check_posterior_mean(student_fn) -> CheckResult:
     return check_function("posterior_mean", student_fn, reference_posterior_mean, cases, atol=1e-4, rtol=1e-3,
                           hint="DDPM Eq. (10): mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_t). "
                                "Pick each schedule value at t and reshape it to (B, 1, 1, 1) "
-                               "(course_lib.forward.extract does that).")
+                               "(course_lib.diffusion.forward.extract does that).")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..forward import simple_loss
-from ..schedules import make_schedule
+from ..diffusion.forward import simple_loss
+from ..diffusion.schedules import make_schedule
 from . import Case, CheckResult, check_function
 
 __all__ = ["check_training_loss"]

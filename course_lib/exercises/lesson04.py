@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from ..diffusion.samplers import ddim_step
+from ..diffusion.schedules import make_schedule
 from . import Case, CheckResult, check_function
-from ..samplers import ddim_step
-from ..schedules import make_schedule
 
 __all__ = ["check_ddim_update", "reference_ddim_update"]
 

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from ..guidance import cfg_combine
+from ..diffusion.guidance import cfg_combine
 from . import Case, CheckResult, check_function
 
 __all__ = ["reference_condition", "check_condition", "check_guidance_combine"]

@@ -10,7 +10,7 @@ __all__ = ["reference_clip_loss", "check_clip_loss"]
 
 def reference_clip_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
     """(CE(rows, arange) + CE(columns, arange)) / 2: Radford et al. (2021), Fig. 3."""
-    from ..clip_training import clip_loss
+    from ..training.clip import clip_loss
     return clip_loss(logits_per_image)
 
 

@@ -2,14 +2,14 @@
 
 The student writes ``mean_pool(tokens, mask) -> (B, D)``: the mean of the *real* tokens' states (padding must
 not count), scaled to unit length, which is how all-MiniLM-L6-v2 turns its token states into one sentence
-vector (``course_lib.language_encoder.mean_pool`` is the reference). The cases are random tensors, so the check
+vector (``course_lib.networks.text_encoders.mean_pool`` is the reference). The cases are random tensors, so the check
 means the same under every profile.
 """
 from __future__ import annotations
 
 import torch
 
-from ..language_encoder import mean_pool
+from ..networks.text_encoders import mean_pool
 from . import Case, CheckResult, check_function
 
 __all__ = ["reference_mean_pool", "check_mean_pool"]

@@ -3,15 +3,15 @@
 unCLIP's prior predicts the clean image embedding z_0 (x0-prediction), but DDIM's update (Song et al. 2021,
 Eq. 12) also needs the noise. The student writes ``implied_noise(z_t, z0_hat, alpha_bar_t) -> (B, D)``: DDPM's
 Eq. (4), z_t = sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps, solved for eps, one alpha_bar per row
-(``course_lib.forward.predict_eps_from_x0`` is the reference). The cases are random tensors and a real
+(``course_lib.diffusion.forward.predict_eps_from_x0`` is the reference). The cases are random tensors and a real
 schedule, so the check means the same under every profile.
 """
 from __future__ import annotations
 
 import torch
 
-from ..forward import predict_eps_from_x0
-from ..schedules import make_schedule
+from ..diffusion.forward import predict_eps_from_x0
+from ..diffusion.schedules import make_schedule
 from . import Case, CheckResult, check_function
 
 __all__ = ["reference_implied_noise", "check_implied_noise", "matches_library"]

@@ -2,14 +2,14 @@
 
 The student writes ``kl_term(mean, logvar) -> (B,)``: KL(N(mean, exp(logvar)) || N(0, I)) summed over each
 example's latent, the regulariser Stable Diffusion's autoencoder adds to its reconstruction loss
-(``course_lib.autoencoder.kl_divergence`` is the reference). The cases are random tensors, so the check means
+(``course_lib.networks.autoencoder.kl_divergence`` is the reference). The cases are random tensors, so the check means
 the same under every profile.
 """
 from __future__ import annotations
 
 import torch
 
-from ..autoencoder import kl_divergence
+from ..networks.autoencoder import kl_divergence
 from . import Case, CheckResult, check_function
 
 __all__ = ["reference_kl_term", "check_kl_term"]

@@ -2,7 +2,7 @@
 
 The student writes ``euler(velocity_fn, x1, steps) -> x0``: ``steps`` equal steps of Euler's method on
 dx/dt = velocity_fn(x, t) from t = 1 (noise) down to t = 0 (data), where ``velocity_fn(x, t)`` takes the
-points and a float t in [0, 1]. ``course_lib.flow.euler_sample`` is the reference (it calls a network as
+points and a float t in [0, 1]. ``course_lib.diffusion.flow.euler_sample`` is the reference (it calls a network as
 ``model(x, t * TIME_SCALE, cond)``; the cases here wrap plain velocity fields that way). The cases are
 closed-form fields on 2-D points, so the check means the same under every profile.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..flow import TIME_SCALE, euler_sample
+from ..diffusion.flow import TIME_SCALE, euler_sample
 from . import Case, CheckResult, check_function
 
 __all__ = ["reference_euler", "check_euler"]

@@ -7,8 +7,8 @@ from typing import Callable
 
 import torch
 
-from ..diagnostics import check_data_range, effective_guidance_scale
-from ..guidance import cfg_combine
+from ..diffusion.guidance import cfg_combine
+from ..measures.diagnostics import check_data_range, effective_guidance_scale
 from . import Case, CheckResult, check_function, report
 
 __all__ = ["reference_range_ok", "check_range_ok", "check_effective_guidance", "shuffle_sets",

@@ -1,0 +1,9 @@
+"""Pipelines: a trained model folder in, images out (``from_pretrained`` / ``save_pretrained`` / ``__call__``).
+
+    text_to_image   lessons 08-09: ``TextToImage`` and ``TextToImageLM``
+    unclip          lesson 10: ``UnCLIP`` (prior + decoder, variations)
+    latent          lesson 11: ``LatentDiffusion`` (autoencoder + latent UNet)
+
+May import: ``diffusion/``, ``networks/``, ``text/`` and the base. Never ``training/``, ``data/``, the
+registry or ``plotting``.
+"""

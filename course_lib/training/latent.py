@@ -1,0 +1,323 @@
+"""Latent diffusion on digits (lesson 11): train the autoencoder, then the class-conditional UNet on its latents.
+
+    1. autoencoder:  L = |x - decode(z)|_1 + kl_weight * KL(q(z|x) || N(0, I)),   z ~ q(z|x)
+                     then the scaling factor s = 1 / std(z) over training images (so s * z has unit variance)
+                     and the latent bound b, the 99.9th percentile of |s * z| (the latents' range)
+    2. latent model: the training set encoded once; each step draws z ~ q(z|x) for a batch, and the class UNet
+                     learns DDPM's L_simple on z0 = s * z (``forward.simple_loss``), labels dropped with
+                     probability p_uncond (``models.drop_labels``) for classifier-free guidance
+    3. sampling:     z0 from ``samplers.sample(..., shape=(C, 7, 7), clip_x0=b)`` with ``guidance.guided``;
+                     images = decode(z0 / s). Clipping x0_hat to [-b, b] matters: the cosine schedule ends at
+                     alpha_bar_T ~ 2e-9, so at the first step x0_hat = (z_T - sqrt(1 - alpha_bar) eps_hat) /
+                     sqrt(alpha_bar) multiplies eps_hat's error by ~2e4 (unclipped, 46 % of samples showed the
+                     asked-for digit; clipped, 99 %: bench/README.md)
+
+(Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models", Sec. 3 and Appendix G.)
+Both trainings run through ``train.fit``: atomic checkpoints, EMA, resuming. The latent model records the
+autoencoder's config and the SHA-256 of its weights; ``load_latent`` refuses another autoencoder.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .. import paths, store
+from ..config import Profile, Runtime, autocast, get_runtime, inference_autocast
+from ..data.mnist import batch_indices, load_mnist
+from ..diffusion.forward import simple_loss
+from ..diffusion.guidance import guided
+from ..diffusion.schedules import make_schedule
+from ..networks.autoencoder import (
+    Autoencoder,
+    AutoencoderConfig,
+    Posterior,
+    kl_divergence,
+    load_autoencoder,
+    weights_sha256,
+)
+from ..networks.unet import UNet, UNetConfig, unet_from_config
+from ..pipelines.latent import LatentDiffusion, _config_of
+from . import checkpoints
+from .denoiser import drop_labels
+from .loop import TrainResult, fit
+
+__all__ = ["SCALE_IMAGES", "autoencoder_config", "autoencoder_loss", "measure_scaling_factor",
+           "measure_latent_bound", "train_autoencoder", "latent_config", "encode_dataset", "train_latent",
+           "reconstruct", "reconstruction_accuracy", "latent_quality", "step_costs"]
+
+SCALE_IMAGES = 10_000        # training images the scaling factor is measured on (the first ones)
+
+LATENT_BOUND_QUANTILE = 0.999  # the latent bound holds this fraction of the scaled latents' values
+
+
+# --------------------------------------------------------------------------- 1. the autoencoder
+def autoencoder_config(profile: Profile) -> dict:
+    return {**AutoencoderConfig(latent_channels=profile.ae_latent_channels,
+                                channels=tuple(profile.ae_channels)).to_dict(),
+            "n_train": profile.n_train, "kl_weight": profile.ae_kl_weight, "batch_size": profile.ae_batch,
+            "lr": profile.ae_lr}
+
+
+def autoencoder_loss(model: Autoencoder, x: torch.Tensor, kl_weight: float, generator: torch.Generator
+                     ) -> tuple[torch.Tensor, dict]:
+    """|x - x_hat|_1 + kl_weight * KL, both summed over an image and divided by its 784 pixels, as Stable
+    Diffusion's ``LPIPSWithDiscriminator`` weighs them (less its perceptual and adversarial terms).
+
+    Returns: (loss, {"rec": mean L1 per pixel, "kl": mean KL per image}), the second part detached.
+    """
+    x_hat, post = model(x, generator)
+    rec = (x_hat.float() - x).abs().flatten(1).mean(1)                    # (B,) L1 per pixel
+    kl = kl_divergence(post.mean.float(), post.logvar.float())            # (B,) nats per image
+    loss = (rec + kl_weight * kl / x[0].numel()).mean()
+    return loss, {"rec": rec.mean().detach(), "kl": kl.mean().detach()}
+
+
+@torch.no_grad()
+def measure_scaling_factor(model: Autoencoder, x: torch.Tensor, generator: torch.Generator,
+                           batch_size: int = 1000) -> float:
+    """s = 1 / std(z), z ~ q(z | x) over the images ``x``: the latents the diffusion model sees, s * z, then
+    have unit variance (Rombach et al. 2022, Sec. 4.3.2; Stable Diffusion's 0.18215)."""
+    zs = [model.encode(x[i:i + batch_size]).sample(generator).float() for i in range(0, len(x), batch_size)]
+    return float(1.0 / torch.cat(zs).std())
+
+
+@torch.no_grad()
+def measure_latent_bound(model: Autoencoder, x: torch.Tensor, scaling_factor: float, generator: torch.Generator,
+                         q: float = LATENT_BOUND_QUANTILE, batch_size: int = 1000) -> float:
+    """b = the ``q`` quantile of |s * z|, z ~ q(z | x) over the images ``x``: the range of the latents the
+    diffusion model learns, the latent space's [-1, 1]. A sampler clips its x0 prediction to [-b, b]."""
+    zs = [model.encode(x[i:i + batch_size]).sample(generator).float() for i in range(0, len(x), batch_size)]
+    a = (scaling_factor * torch.cat(zs)).abs().flatten().sort().values
+    return float(a[min(len(a) - 1, int(q * (len(a) - 1)))])
+
+
+def train_autoencoder(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
+                      progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train the autoencoder for ``profile`` (resumes from ``out``). Every checkpoint's ``config.json`` holds
+    the ``scaling_factor`` and ``latent_bound`` measured with its EMA weights on the first ``SCALE_IMAGES``
+    training images."""
+    rt = runtime or get_runtime()
+    cfg = autoencoder_config(profile)
+    out = Path(out) if out is not None else paths.default_checkpoint("autoencoder")
+    x, _ = load_mnist("train", profile=profile, device=rt.device)
+    torch.manual_seed(0)
+    model = Autoencoder(AutoencoderConfig.from_dict(cfg))
+
+    def get_batch(g):
+        return x[batch_indices(len(x), cfg["batch_size"], g, rt.device)]
+
+    def loss_fn(m, batch, g):
+        return autoencoder_loss(m, batch, cfg["kl_weight"], g)[0]
+
+    def export(inner: Autoencoder, folder: Path) -> None:
+        g = torch.Generator(device=rt.device).manual_seed(0)
+        s = measure_scaling_factor(inner, x[:SCALE_IMAGES], g)
+        b = measure_latent_bound(inner, x[:SCALE_IMAGES], s, g)
+        save_file({k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()},
+                  str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps({**cfg, "scaling_factor": s, "latent_bound": b},
+                                                        indent=2))
+
+    meta = {"kind": "autoencoder", "profile": profile.name, "data": f"MNIST train, {len(x)} images"}
+    return fit(model, loss_fn, get_batch, steps=steps or profile.ae_steps, lr=cfg["lr"],
+               warmup_steps=profile.warmup_steps, batch_size=cfg["batch_size"], ema_decay=profile.ema_decay,
+               config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
+               export=export, desc="train autoencoder", progress=progress, stop_after=stop_after,
+               rng_device=rt.device)
+
+
+# --------------------------------------------------------------------------- 2. the latent diffusion model
+def latent_config(profile: Profile) -> dict:
+    """The class-conditional UNet at 7x7 on C channels (no space-to-depth stem), the chain, and the
+    autoencoder it works in (its config; the hash of its weights is added when training starts)."""
+    unet = UNetConfig(channels=tuple(profile.latent_unet_channels), attention=profile.attention,
+                      time_dim=profile.time_dim, blocks=profile.blocks, num_classes=10,
+                      in_channels=profile.ae_latent_channels, image_size=7, patch=1)
+    return {**unet.to_dict(), "kind": "latent", "T": profile.T, "schedule": profile.schedule,
+            "n_train": profile.n_train, "p_uncond": profile.p_uncond, "autoencoder": autoencoder_config(profile)}
+
+
+@torch.no_grad()
+def encode_dataset(model: Autoencoder, x: torch.Tensor, batch_size: int = 1000) -> Posterior:
+    """q(z | x) for every image, once: (mean, logvar), each (N, C, 7, 7)."""
+    parts = [model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return Posterior(torch.cat([p.mean for p in parts]), torch.cat([p.logvar for p in parts]))
+
+
+def _autoencoder_for(profile: Profile, rt: Runtime, progress: bool) -> Path:
+    """The finished autoencoder of ``profile`` (the user's, else the shipped one), trained now if missing."""
+    from ..registry import find_usable, train_missing
+    found = find_usable("autoencoder", profile)
+    if found is not None and found[1] is profile:
+        return found[0]
+    return train_missing("autoencoder", profile, rt, progress)[0]
+
+
+def train_latent(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
+                 progress: bool = True, stop_after: int | None = None, autoencoder: str | Path | None = None
+                 ) -> TrainResult:
+    """Train the class-conditional latent diffusion model (resumes from ``out``, but only on the same
+    autoencoder: another one's latents would mean nothing to it).
+
+    Args:
+        autoencoder: the autoencoder folder (default: the profile's finished one, trained now if missing).
+    Raises:
+        ValueError: ``out`` holds a run on another autoencoder (another weights hash).
+    """
+    rt = runtime or get_runtime()
+    cfg = latent_config(profile)
+    out = Path(out) if out is not None else paths.default_checkpoint("latent")
+    checkpoints.check_training_target(out)
+    ae_folder = Path(autoencoder) if autoencoder is not None else _autoencoder_for(profile, rt, progress)
+    ae = load_autoencoder(ae_folder, rt.device)
+    diff = store.config_difference(_config_of(ae_folder), cfg["autoencoder"])
+    if diff:
+        raise ValueError(f"the autoencoder in {ae_folder} is not the one this profile's latent model uses "
+                         f"({diff})")
+    sha = weights_sha256(ae_folder)
+    if store.has_checkpoint(out):
+        saved = store.read_training(out).get("autoencoder_sha256")
+        if saved not in (None, sha):
+            raise ValueError(f"{out} holds a latent model trained on another autoencoder (weights sha256 "
+                             f"{saved[:12]}..., {ae_folder} has {sha[:12]}...); delete {out} to start over")
+    x, y = load_mnist("train", profile=profile, device=rt.device)
+    start = time.perf_counter()
+    post = encode_dataset(ae, x)                                        # once: (N, C, 7, 7) mean and logvar
+    encode_seconds = time.perf_counter() - start
+    s = ae.scaling_factor
+    schedule = make_schedule(profile.schedule, profile.T, rt.device)
+    torch.manual_seed(0)
+    model = unet_from_config(cfg)
+
+    def get_batch(g):
+        idx = batch_indices(len(x), profile.batch_size, g, rt.device)
+        z = Posterior(post.mean[idx], post.logvar[idx]).sample(g)       # z ~ q(z | x), fresh every step
+        return s * z, y[idx]                                            # unit variance: z0 of the chain
+
+    def loss_fn(m, batch, g):
+        z0, labels = batch
+        return simple_loss(m, z0, schedule, generator=g, cond=drop_labels(labels, cfg["p_uncond"], g),
+                           return_parts=True)                           # DDPM Eq. (14), on latents
+
+    def export(inner: UNet, folder: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()},
+                  str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps({**cfg, "autoencoder_sha256": sha}, indent=2))
+
+    meta = {"kind": "latent", "profile": profile.name, "data": f"MNIST train, {len(x)} images, encoded",
+            "autoencoder_sha256": sha, "scaling_factor": s,
+            "encode_seconds": round(encode_seconds, 1)}
+    return fit(model, loss_fn, get_batch, steps=steps or profile.latent_train_steps, lr=profile.lr,
+               warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
+               config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
+               export=export, desc="train latent", progress=progress, T=profile.T, stop_after=stop_after,
+               rng_device=rt.device)
+
+
+# --------------------------------------------------------------------------- measuring
+@torch.no_grad()
+def reconstruct(model: Autoencoder, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """decode(mean of q(z | x)), clamped to [-1, 1]: the deterministic reconstruction. x: (N, 1, 28, 28)."""
+    return torch.cat([model.decode(model.encode(x[i:i + batch_size]).mean).clamp(-1, 1)
+                      for i in range(0, len(x), batch_size)])
+
+
+def reconstruction_accuracy(model: Autoencoder, profile: Profile, runtime: Runtime | None = None,
+                            return_original: bool = False):
+    """The course classifier's accuracy on the reconstructions of the first ``profile.n_test`` test digits
+    (with ``return_original``: (that, its accuracy on the originals))."""
+    from ..networks.classifier import classify, label_accuracy
+    from ..registry import get_model
+    rt = runtime or get_runtime()
+    clf = get_model("classifier", profile, rt, progress=False)
+    x, y = load_mnist("test", profile=profile, device=rt.device, quiet=True)
+    acc = label_accuracy(classify(clf, reconstruct(model.to(rt.device), x))[0], y)
+    return (acc, label_accuracy(classify(clf, x)[0], y)) if return_original else acc
+
+
+def latent_quality(model: LatentDiffusion, profile: Profile, runtime: Runtime | None = None) -> dict:
+    """``profile.n_eval`` guided samples (labels 0-9 in turn, DDIM ``profile.sample_steps``, w =
+    ``profile.guidance``), as ``weights.measure`` gives the pixel class model's."""
+    from ..measures.metrics import evaluate_samples
+    from ..registry import get_model
+    rt = runtime or get_runtime()
+    clf = get_model("classifier", profile, rt, progress=False)
+    n = profile.n_eval
+    labels = torch.arange(n) % 10
+    x = model.generate(labels=labels, guidance=profile.guidance, steps=profile.sample_steps,
+                       generator=torch.Generator().manual_seed(0))
+    ev = evaluate_samples(clf, x, labels)
+    return {"confident": round(float(ev["confident"]), 4), "accuracy": round(float(ev["accuracy"]), 4),
+            "n": n, "sampler": f"ddim-{profile.sample_steps}", "guidance": profile.guidance}
+
+
+def step_costs(profile: Profile, runtime: Runtime | None = None, steps: int = 3, rounds: int = 1,
+               guidance: float | None = None) -> dict:
+    """What one UNet step costs on pixels and on latents: lesson 05's class UNet on (1, 28, 28) and the
+    latent UNet on (C, 7, 7), both freshly made at the profile's sizes (timing needs no trained weights) and
+    fed one batch of ``profile.batch_size`` random inputs of their shape.
+
+    Per model: a training step (DDPM's L_simple forward under the runtime's autocast, backward, AdamW) and a
+    guided sampling step (one doubled batch), each timed ``steps`` times after two warm-up steps, in
+    ``rounds`` rounds that alternate the models; wall-clock and this process's CPU time.
+
+    Returns: {"pixel": {...}, "latent": {...}, "batch", "steps_timed", "train_ratio_wall",
+    "train_ratio_cpu_time", "sample_ratio_cpu_time"}; each model's entry holds ``train_step_s``,
+    ``train_images_per_s_wall``, ``train_images_per_s_cpu_time``, ``sample_step_s``, ``sample_step_cpu_s``
+    and ``numbers_per_image``.
+    """
+    from .denoiser import class_config
+    rt = runtime or get_runtime()
+    w = profile.guidance if guidance is None else guidance
+    B = profile.batch_size
+    schedule = make_schedule(profile.schedule, profile.T, rt.device)
+    g = torch.Generator(device=rt.device).manual_seed(0)
+    labels = (torch.arange(B) % 10).to(rt.device)
+    t = torch.randint(0, profile.T, (B,), generator=g, device=rt.device)
+    torch.manual_seed(0)
+    shapes = {"pixel": (1, 28, 28), "latent": (profile.ae_latent_channels, 7, 7)}
+    nets = {"pixel": unet_from_config(class_config(profile)).to(rt.device),
+            "latent": unet_from_config(latent_config(profile)).to(rt.device)}
+    opts = {name: torch.optim.AdamW(net.parameters(), lr=profile.lr) for name, net in nets.items()}
+    x0s = {name: torch.randn(B, *shapes[name], generator=g, device=rt.device) for name in nets}
+
+    def train_step(name: str) -> None:
+        with autocast(rt):
+            loss = simple_loss(nets[name], x0s[name], schedule, generator=g,
+                               cond=drop_labels(labels, profile.p_uncond, g))
+        opts[name].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[name].step()
+
+    @torch.no_grad()
+    def sample_step(name: str) -> None:
+        with inference_autocast(rt.device):
+            guided(nets[name], w)(x0s[name], t, labels)
+
+    totals = {(name, kind): [0.0, 0.0] for name in nets for kind in ("train", "sample")}
+    for _ in range(rounds):
+        for name in nets:
+            for kind, fn in (("train", train_step), ("sample", sample_step)):
+                for _ in range(2):                                       # warm-up
+                    fn(name)
+                w0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(steps):
+                    fn(name)
+                totals[name, kind][0] += time.perf_counter() - w0
+                totals[name, kind][1] += time.process_time() - c0
+    n = steps * rounds
+    out: dict = {"batch": B, "steps_timed": n}
+    for name, shape in shapes.items():
+        (tw, tc), (sw, sc) = totals[name, "train"], totals[name, "sample"]
+        out[name] = {"train_step_s": tw / n, "train_images_per_s_wall": B * n / tw,
+                     "train_images_per_s_cpu_time": B * n / tc, "sample_step_s": sw / n, "sample_step_cpu_s": sc / n,
+                     "numbers_per_image": shape[0] * shape[1] * shape[2]}
+    out["train_ratio_wall"] = out["latent"]["train_images_per_s_wall"] / out["pixel"]["train_images_per_s_wall"]
+    out["train_ratio_cpu_time"] = (out["latent"]["train_images_per_s_cpu_time"]
+                                   / out["pixel"]["train_images_per_s_cpu_time"])
+    out["sample_ratio_cpu_time"] = out["pixel"]["sample_step_cpu_s"] / out["latent"]["sample_step_cpu_s"]
+    return out
