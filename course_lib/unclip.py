@@ -55,7 +55,7 @@ from .text import MAX_LENGTH, SPECIAL_TOKENS, check_prompts
 from .unet import UNet, timestep_embedding
 
 __all__ = ["PriorConfig", "DiffusionPrior", "prior_loss", "prior_sample", "UnCLIP", "load_unclip",
-           "nearest_embeddings", "check_images", "embed_scale", "PARTS", "SOURCES"]
+           "nearest_embeddings", "check_images", "embed_scale", "rerank", "PARTS", "SOURCES"]
 
 MAX_BATCH = 1000                                   # images per decoder call (the guided network sees twice as many)
 PARTS = ("decoder", "prior", "clip")               # the sub-folders of a pipeline folder
@@ -478,3 +478,17 @@ def write_part(folder: Path, module: nn.Module, config: dict) -> None:
 def load_unclip(path: str | Path, device: torch.device | str = "cpu") -> UnCLIP:
     """The registry's loader: ``UnCLIP.from_pretrained(path, device)``."""
     return UnCLIP.from_pretrained(path, device)
+
+
+def rerank(candidates: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """unCLIP's two-candidate rerank (Ramesh et al. 2022, Sec. 2.2): of the prior's samples for one caption,
+    keep the one with the highest dot product with the caption's text embedding.
+
+    Args: candidates: (B, K, D) K image embeddings per caption; text: (B, D). Returns: (B, D) the kept ones.
+    """
+    if candidates.dim() != 3 or text.dim() != 2 or candidates.shape[0] != text.shape[0] \
+            or candidates.shape[2] != text.shape[1]:
+        raise ValueError(f"rerank takes candidates (B, K, D) and text (B, D), got {tuple(candidates.shape)} "
+                         f"and {tuple(text.shape)}")
+    best = (candidates * text[:, None]).sum(-1).argmax(1)                      # (B,) index of the best of K
+    return candidates[torch.arange(len(best), device=best.device), best]
