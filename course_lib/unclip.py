@@ -63,7 +63,7 @@ SOURCES = ("prior", "text")                        # where ``UnCLIP.__call__`` t
 
 
 def embed_scale(dim: int) -> float:
-    """sqrt(D): a unit vector's coordinates have variance 1/D; the prior diffuses sqrt(D) * z (variance 1)."""
+    """sqrt(D): a unit vector's coordinates have mean square 1/D; the prior diffuses sqrt(D) * z (mean square 1)."""
     return math.sqrt(dim)
 
 
