@@ -47,6 +47,7 @@ from course_lib.diffusion.samplers import sample  # noqa: E402
 from course_lib.diffusion.schedules import make_schedule  # noqa: E402
 
 STUDY = (2, 4)            # latent channels compared
+KL_WEIGHTS = (1e-4, 1e-6)   # the course's KL weight and Stable Diffusion's (--kl-study)
 STUDY_STEPS = 150         # autoencoder steps of each study run (the same data, batch and learning rate)
 ROUNDS, STEPS = 3, 10     # LT.step_costs: rounds of STEPS timed steps per model, alternating
 
@@ -107,9 +108,22 @@ def train_record(name: str, profile) -> dict:
 
 
 def main() -> None:
-    args = common.parse_args(__doc__.split("\n")[0], lambda p: p.add_argument(
-        "--study", action="store_true", help=f"train the C = {STUDY} study autoencoders first (if missing)"))
+    def extra(p):
+        p.add_argument("--study", action="store_true", help=f"train the C = {STUDY} study autoencoders first (if missing)")
+        p.add_argument("--kl-study", action="store_true", help="only the KL-weight study: s for KL weights "
+                       f"{KL_WEIGHTS} after the profile's autoencoder steps, into results/latent_kl-PROFILE.json")
+
+    args = common.parse_args(__doc__.split("\n")[0], extra)
     profile, rt = common.start(args)
+    if args.kl_study:
+        t0 = time.perf_counter()
+        found = LT.scaling_factor_by_kl_weight(profile, KL_WEIGHTS, steps=profile.ae_steps, runtime=rt)
+        common.save("latent_kl", profile, rt, {
+            "steps": profile.ae_steps, "batch": profile.ae_batch, "seconds": round(time.perf_counter() - t0, 1),
+            "by_kl_weight": {f"{w:g}": {k: round(v, 4) for k, v in r.items()} for w, r in found.items()},
+            "note": "latent_training.scaling_factor_by_kl_weight: fresh autoencoders of the profile's size, plain "
+                    "AdamW (no EMA), s = 1 / std(z) on 2,000 training digits; Stable Diffusion's KL weight is 1e-6"})
+        return
     if args.study:
         train_study(profile, rt)
     clf = get_model("classifier", profile, rt)

@@ -1,10 +1,14 @@
 """Flow matching (rectified flow): a straight line from each image to its noise, and a network that learns
 the velocity along it; sampling integrates that velocity from noise (t = 1) back to data (t = 0).
 
-    x_t = (1 - t) x0 + t eps,   t in [0, 1]        the path (Liu et al. 2023, Eq. 1; Lipman et al. 2023,
-                                                    the optimal-transport path with sigma_min = 0)
+    x_t = (1 - t) x0 + t eps,   t in [0, 1]        the path (Esser et al. 2024, SD3, Eq. 3; Liu et al. 2023,
+                                                    Eq. 1, and Lipman et al. 2023's optimal-transport path
+                                                    with sigma_min = 0, both with t -> 1 - t)
     v   = d x_t / dt = eps - x0                     the velocity target (conditional flow matching)
-    L   = E_t,x0,eps || v_theta(x_t, t) - (eps - x0) ||^2     (Lipman et al. 2023, Eq. 23)
+    L   = E_t,x0,eps || v_theta(x_t, t) - (eps - x0) ||^2     (Lipman et al. 2023, Eq. 23, t -> 1 - t)
+
+The time convention is SD3's (and diffusers' ``FlowMatchEulerDiscreteScheduler``): t = 0 is data, t = 1 is
+noise, as in the DDPM chain of lessons 01-04. Liu et al., Lipman et al. and MIT 6.S184 put noise at t = 0.
 
 How this relates to the DDPM chain of lessons 01-04: DDPM's x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar)
 eps is the same family of Gaussian paths x = a x0 + s eps with another schedule (a^2 + s^2 = 1 there,
@@ -74,7 +78,7 @@ def check_t(t: torch.Tensor | float) -> None:
 
 # --------------------------------------------------------------------------- the path and its target
 def flow_path(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-    """x_t = (1 - t) x0 + t eps (Liu et al. 2023, Eq. 1). x0, eps: (B, ...); t: scalar or (B,) in [0, 1]."""
+    """x_t = (1 - t) x0 + t eps (Esser et al. 2024, SD3, Eq. 3; Liu et al. 2023, Eq. 1 with t -> 1 - t). x0, eps: (B, ...); t: scalar or (B,) in [0, 1]."""
     check_t(t)
     if x0.shape != eps.shape:
         raise ValueError(f"x0 and eps must have the same shape, got {tuple(x0.shape)} and {tuple(eps.shape)}")
@@ -83,14 +87,16 @@ def flow_path(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | float) -> t
 
 
 def velocity_target(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """v = d x_t / dt = eps - x0: the same for every t on a straight path (Lipman et al. 2023, Eq. 23)."""
+    """v = d x_t / dt = eps - x0: the same for every t on a straight path (Lipman et al. 2023, Eq. 23, with their
+    t = 0 noise turned into ours, t = 0 data)."""
     return eps - x0
 
 
 def sample_time(n: int, time: str, generator: torch.Generator | None = None, device="cpu",
                 m: float = 0.0, s: float = 1.0) -> torch.Tensor:
     """n training times in (0, 1): ``"uniform"``, or ``"logit-normal"``: t = sigmoid(u), u ~ N(m, s^2)
-    (Esser et al. 2024, SD3, Eq. 19: most samples in the middle, where predicting v is hardest; m = 0,
+    (Esser et al. 2024, SD3, Eq. 19: most samples in the middle, because near either end the best prediction is a
+    mean and teaches little (their Sec. 3.1); m = 0,
     s = 1 was their best). Drawn on the generator's device, then moved to ``device``. Returns (n,) float32."""
     where = generator.device if generator is not None else torch.device("cpu")
     if time == "uniform":
@@ -269,7 +275,7 @@ def straightness(path: torch.Tensor) -> torch.Tensor:
 
 def reflow_pairs(model: Callable, n: int, *, steps: int = 100, generator: torch.Generator | None = None,
                  cond=None, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Rectified flow's "reflow" (Liu et al. 2023, Sec. 2.3): sample noises z, carry them to data with the
+    """Rectified flow's "reflow" (Liu et al. 2023, Sec. 2.1 and Algorithm 1): sample noises z, carry them to data with the
     model's ODE, and return the pairs (x0, z), for training a new flow on them (``flow_loss(eps=z)``): its
     paths cross less, so they are straighter and need fewer steps. Returns ((n, ...) x0, (n, ...) z)."""
     where = generator.device if generator is not None else torch.device("cpu")

@@ -17,11 +17,11 @@ from torch import nn
 
 from .unet import timestep_embedding
 
-__all__ = ["embed_scale", "PriorConfig", "DiffusionPrior"]
+__all__ = ["embed_scale", "PriorConfig", "DiffusionPrior", "rerank"]
 
 
 def embed_scale(dim: int) -> float:
-    """sqrt(D): a unit vector's coordinates have variance 1/D; the prior diffuses sqrt(D) * z (variance 1)."""
+    """sqrt(D): a unit vector's coordinates have mean square 1/D; the prior diffuses sqrt(D) * z (mean square 1)."""
     return math.sqrt(dim)
 
 
@@ -98,3 +98,16 @@ class DiffusionPrior(nn.Module):
         for blk in self.blocks:
             h = blk(h, F.silu(emb))
         return self.out(self.out_norm(h))                                         # (B, D) z0_hat
+
+def rerank(candidates: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """unCLIP's two-candidate rerank (Ramesh et al. 2022, Sec. 2.2): of the prior's samples for one caption,
+    keep the one with the highest dot product with the caption's text embedding.
+
+    Args: candidates: (B, K, D) K image embeddings per caption; text: (B, D). Returns: (B, D) the kept ones.
+    """
+    if candidates.dim() != 3 or text.dim() != 2 or candidates.shape[0] != text.shape[0] \
+            or candidates.shape[2] != text.shape[1]:
+        raise ValueError(f"rerank takes candidates (B, K, D) and text (B, D), got {tuple(candidates.shape)} "
+                         f"and {tuple(text.shape)}")
+    best = (candidates * text[:, None]).sum(-1).argmax(1)                      # (B,) index of the best of K
+    return candidates[torch.arange(len(best), device=best.device), best]

@@ -379,3 +379,4 @@ def write_part(folder: Path, module: nn.Module, config: dict) -> None:
 def load_unclip(path: str | Path, device: torch.device | str = "cpu") -> UnCLIP:
     """The registry's loader: ``UnCLIP.from_pretrained(path, device)``."""
     return UnCLIP.from_pretrained(path, device)
+

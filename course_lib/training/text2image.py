@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import paths
@@ -36,7 +37,7 @@ from ..networks.unet import TextCond, UNet, UNetConfig, unet_config_from_profile
 from ..pipelines.text_to_image import TextToImage, load_text_side, write_pipeline, write_unet
 from ..text import vocabulary
 from ..text.tokenizer import MAX_LENGTH
-from ..text.vocabulary import ATTRIBUTE_PAIRS, attribute_prompts, digit_prompts
+from ..text.vocabulary import ATTRIBUTE_PAIRS, DIGIT_WORDS, attribute_prompts, digit_prompts, parse_prompt
 from . import checkpoints
 from .clip import clip_config_from_profile, get_clip
 from .loop import TrainResult, fit
@@ -44,7 +45,8 @@ from .loop import TrainResult, fit
 __all__ = ["P_MENTION", "QUICK_N", "CaptionTable", "text2image_config", "train_text2image", "fit_captioned",
            "train_demo", "prompt_accuracy", "attribute_control", "NAME", "HELD_OUT_TEMPLATES",
            "HELD_OUT_ATTRIBUTES", "HELD_OUT_WORDS", "held_out_prompts", "held_out_pair", "training_templates",
-           "text2image_lm_config", "train_text2image_lm"]
+           "text2image_lm_config", "train_text2image_lm", "digit_free_prompts", "probe_queries",
+           "nearest_caption_probe"]
 
 P_MENTION = 0.5          # each attribute word an image has is said with this probability (captions default)
 
@@ -372,3 +374,53 @@ def train_text2image_lm(profile: Profile, out=None, runtime: Runtime | None = No
 
     return fit_captioned(cfg, profile, x, y, encoder, tokenizer, thresholds, export, meta, out, rt,
                          steps or profile.lm_train_steps, progress, stop_after, templates, longest)
+
+
+# ---------------------------------------------------------------------------------------------- probing the encoder
+def digit_free_prompts() -> tuple[list[str], list[int], list[int]]:
+    """Prompts that ask for a digit without naming it: "the number after six" (7), "the number before eight"
+    (7). Returns (prompts, the digit each asks for, the digit each *names*): a model that only matches words
+    draws the named one."""
+    prompts, asked, named = [], [], []
+    for d in range(1, 10):
+        prompts.append(f"the number after {DIGIT_WORDS[d - 1]}"); asked.append(d); named.append(d - 1)
+    for d in range(0, 9):
+        prompts.append(f"the number before {DIGIT_WORDS[d + 1]}"); asked.append(d); named.append(d + 1)
+    return prompts, asked, named
+
+
+def probe_queries() -> tuple[list[str], list[int], list[dict]]:
+    """The held-out synonym prompts of ``HELD_OUT_ATTRIBUTES`` for every digit ("a fat seven"), with the digit and
+    the training word each synonym stands for ({"thickness": "thick"}): (prompts, digits, attributes)."""
+    prompts, digits, attrs = [], [], []
+    for attribute, low, high in HELD_OUT_ATTRIBUTES.values():
+        for template, word in ((low, ATTRIBUTE_PAIRS[attribute][0]), (high, ATTRIBUTE_PAIRS[attribute][1])):
+            for d in range(10):
+                prompts.append(template.format(w=DIGIT_WORDS[d])); digits.append(d); attrs.append({attribute: word})
+    return prompts, digits, attrs
+
+
+@torch.no_grad()
+def nearest_caption_probe(embed, queries: Sequence[str], digits: Sequence[int], attributes: Sequence[dict],
+                          bank: Sequence[str]) -> dict:
+    """An encoder-only probe, after Imagen's Fig. 4a but with no image model trained: for each query, the bank's
+    caption with the highest cosine; how often does that caption name the query's digit, and the digit and the
+    attribute word the query stands for (``vocabulary.parse_prompt`` reads the caption)?
+
+    Args: embed: list of texts -> (N, D) vectors (normalised here); queries with their ``digits`` and
+        ``attributes`` ({} where none is asked); bank: the captions to search (training captions).
+    Returns: {"digit": fraction, "digit_and_attribute": fraction, "nearest": the caption found for each query}.
+    """
+    if not (len(queries) == len(digits) == len(attributes)) or not len(queries) or not len(bank):
+        raise ValueError(f"need as many digits and attributes as queries, and a non-empty bank; got "
+                         f"{len(queries)} queries, {len(digits)} digits, {len(attributes)} attributes, "
+                         f"{len(bank)} captions")
+    q = F.normalize(embed(list(queries)).float().cpu(), dim=-1)
+    b = F.normalize(embed(list(bank)).float().cpu(), dim=-1)
+    best = (q @ b.T).argmax(1).tolist()
+    nearest = [bank[i] for i in best]
+    parsed = [parse_prompt(c) for c in nearest]
+    digit_ok = [p[0] == d for p, d in zip(parsed, digits)]
+    both_ok = [ok and all(p[1].get(k) == v for k, v in a.items()) for ok, p, a in zip(digit_ok, parsed, attributes)]
+    return {"digit": sum(digit_ok) / len(queries), "digit_and_attribute": sum(both_ok) / len(queries),
+            "nearest": nearest}
