@@ -1,8 +1,8 @@
-"""Measuring samples: a small MNIST classifier, and the numbers built on it.
+"""Measuring samples: the numbers built on the course classifier.
 
 Looking at a grid of samples tells you a lot, but to compare samplers, step counts or guidance scales we
-need numbers. All of them come from one small convolutional classifier, trained by the course's own loop
-(``course_lib.training.loop.fit``) and checkpointed like any other model:
+need numbers. All of them come from one small convolutional classifier (the network:
+``networks/classifier.py``; its training run through the course's own loop: ``training/classifier.py``):
 
     confident   the fraction of samples the classifier labels with probability >= 0.9: "looks like a digit"
     histogram   how many samples fall into each class: a lopsided histogram means missing digits
