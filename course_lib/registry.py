@@ -72,12 +72,16 @@ REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
 }
 
 
+_STEPS = {"classifier": ("classifier", "steps"), "denoiser": ("denoiser", "steps"),
+          "class": ("denoiser", "class_steps"), "clip": ("clip", "steps"), "text2image": ("text2image", "steps"),
+          "text2image-lm": ("text2image", "lm_steps"), "flow": ("flow", "steps"),
+          "unclip": ("unclip", "decoder_steps"), "autoencoder": ("latent", "ae_steps"), "latent": ("latent", "steps")}
+
+
 def _steps_for(name: str, profile: Profile) -> int:
-    return {"classifier": profile.classifier_steps, "denoiser": profile.train_steps,
-            "class": profile.class_train_steps, "clip": profile.clip_steps,
-            "text2image": profile.t2i_train_steps, "text2image-lm": profile.lm_train_steps,
-            "flow": profile.flow_train_steps, "unclip": profile.unclip_decoder_steps,
-            "autoencoder": profile.ae_steps, "latent": profile.latent_train_steps}[name]
+    """Model ``name``'s training steps: its recipe's field (``training/<recipe>.py``'s ``recipe_config``)."""
+    recipe, field = _STEPS[name]
+    return getattr(importlib.import_module(f"course_lib.training.{recipe}").recipe_config(profile), field)
 
 
 def find_matching(name: str, profile: Profile) -> Path | None:
@@ -159,7 +163,7 @@ def train_missing(name: str, profile: Profile, runtime: Runtime | None = None, p
 
 def get_guide(profile: Profile, runtime: Runtime | None = None):
     """The denoiser's guide for autoguidance: the same network's EMA weights early in its training
-    (``profile.guide_step``), from the same checkpoint ``get_model("denoiser", ...)`` finds.
+    (the denoiser recipe's ``guide_step``), from the same checkpoint ``get_model("denoiser", ...)`` finds.
 
     Raises:
         FileNotFoundError: no finished denoiser for ``profile``, or one trained without a guide.

@@ -1,21 +1,41 @@
 """The whole diffusion loop on a 2-D toy, small enough to train in seconds and to *see*: points on a ring
 (or a swiss roll) are the "images", a tiny MLP is the denoiser. Same schedule, same loss, same samplers and
 the same ``model(x, t, cond=None)`` interface as the digit UNet; only the data and the network are smaller.
+``ToyRecipe`` / ``PRESETS`` hold its steps per profile (``recipe_config(profile)``).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config import Profile, Runtime, cpu_runtime
+from ..config import Profile, Runtime, cpu_runtime, recipe_preset
 from ..diffusion.forward import simple_loss
 from ..diffusion.schedules import Schedule, make_schedule
 from ..networks.unet import timestep_embedding
 from .loop import TrainResult, fit
 
-__all__ = ["ring", "swiss_roll", "ToyDenoiser", "train_toy", "vector_field"]
+__all__ = ["ToyRecipe", "PRESETS", "recipe_config", "ring", "swiss_roll", "ToyDenoiser", "train_toy", "vector_field"]
+
+
+@dataclass(frozen=True)
+class ToyRecipe:
+    """The toys' training steps for one profile."""
+    steps: int                       # the 2-D toy's (lessons 03 and 12)
+    tiny_steps: int                  # lesson 02's very short run of its tiny network
+
+
+PRESETS: dict[str, ToyRecipe] = {
+    "test": ToyRecipe(steps=600, tiny_steps=20), "cpu": ToyRecipe(steps=2_000, tiny_steps=100),
+    "gpu": ToyRecipe(steps=3_000, tiny_steps=500),
+}
+
+
+def recipe_config(profile: Profile) -> ToyRecipe:
+    """This recipe's preset for ``profile``, with the profile's ``with_recipe("toy", ...)`` changes."""
+    return recipe_preset(PRESETS, "toy", profile)
 
 
 def ring(n: int, generator: torch.Generator | None = None, radius: float = 0.8, noise: float = 0.03
@@ -70,7 +90,7 @@ def train_toy(profile: Profile, data: str = "ring", runtime: Runtime | None = No
     def loss_fn(m, x0, g):
         return simple_loss(m, x0, schedule, generator=g)
 
-    res = fit(ToyDenoiser(), loss_fn, get_batch, steps=steps or profile.toy_steps, lr=3e-3, warmup_steps=50,
+    res = fit(ToyDenoiser(), loss_fn, get_batch, steps=steps or recipe_config(profile).steps, lr=3e-3, warmup_steps=50,
               batch_size=256, ema_decay=0.99, config={"kind": "toy", "data": data, "T": T}, runtime=rt,
               desc=f"toy ({data})", progress=progress)
     return res.ema_model, schedule, res
