@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Profile", "PROFILES", "recipe_preset", "Runtime", "COMPILE_MODES", "compile_setting", "get_profile", "get_device",
-           "get_runtime", "cpu_runtime", "setup", "seed_everything", "autocast", "inference_autocast",
+__all__ = ["Profile", "PROFILES", "recipe_preset", "Runtime", "COMPILE_MODES", "compile_setting", "get_profile",
+           "get_device", "get_runtime", "cpu_runtime", "setup", "seed_everything", "autocast", "inference_autocast",
            "cpu_has_bf16_units", "PRECISIONS", "profile_from_env"]
 
 

@@ -22,8 +22,8 @@ from ..data.mnist import batch_indices, load_mnist
 from ..networks.classifier import Classifier, ClassifierConfig, classify, label_accuracy
 from .loop import TrainResult, fit
 
-__all__ = ["ClassifierRecipe", "PRESETS", "recipe_config", "CLASSIFIER_LR", "MAX_SHIFT", "classifier_config", "random_shift", "train_classifier",
-           "classifier_test_accuracy"]
+__all__ = ["ClassifierRecipe", "PRESETS", "recipe_config", "CLASSIFIER_LR", "MAX_SHIFT", "classifier_config",
+           "random_shift", "train_classifier", "classifier_test_accuracy"]
 
 CLASSIFIER_LR = 2e-3     # AdamW learning rate for the classifier (a standard value for small convnets)
 

@@ -35,8 +35,7 @@ from ..text.tokenizer import MAX_LENGTH, SPECIAL_TOKENS, load_tokenizer
 from .loop import TrainResult, fit
 
 __all__ = ["ClipRecipe", "PRESETS", "recipe_config", "clip_config_from_profile", "clip_loss", "make_batch_fn",
-           "contrastive_step", "train_clip", "get_clip", "zero_shot_accuracy",
-           "evaluate_clip", "LOGIT_SCALE_MAX"]
+           "contrastive_step", "train_clip", "get_clip", "zero_shot_accuracy", "evaluate_clip", "LOGIT_SCALE_MAX"]
 
 LOGIT_SCALE_MAX = math.log(100.0)               # Radford et al. (2021), Sec. 2.5: logits scaled by at most 100
 

@@ -23,7 +23,8 @@ from . import toy
 from .denoiser import drop_labels, unet_config
 from .loop import TrainResult, fit
 
-__all__ = ["FlowRecipe", "PRESETS", "recipe_config", "sampling_defaults", "flow_config", "train_flow", "load_flow", "train_toy_flow", "TIME"]
+__all__ = ["FlowRecipe", "PRESETS", "recipe_config", "sampling_defaults", "flow_config", "train_flow", "load_flow",
+           "train_toy_flow", "TIME"]
 
 TIME = "logit-normal"        # training times t = sigmoid(N(0, 1)) (Esser et al. 2024, SD3: their best)
 
@@ -126,7 +127,8 @@ def train_toy_flow(profile: Profile, data: str = "ring", runtime: Runtime | None
 
     torch.manual_seed(0)
     kind = "toy flow" + (" (reflow)" if pairs is not None else "")
-    res = fit(ToyDenoiser(), loss_fn, get_batch, steps=steps or toy.recipe_config(profile).steps, lr=3e-3, warmup_steps=50,
+    steps = steps or toy.recipe_config(profile).steps
+    res = fit(ToyDenoiser(), loss_fn, get_batch, steps=steps, lr=3e-3, warmup_steps=50,
               batch_size=256, ema_decay=0.99, config={"kind": kind, "data": data}, runtime=rt,
               desc=kind, progress=progress)
     return res.ema_model, res

@@ -48,9 +48,10 @@ from .denoiser import drop_labels
 from .denoiser import recipe_config as denoiser_recipe
 from .loop import TrainResult, fit
 
-__all__ = ["LatentRecipe", "PRESETS", "recipe_config", "sampling_defaults", "SCALE_IMAGES", "autoencoder_config", "autoencoder_loss", "measure_scaling_factor",
-           "measure_latent_bound", "train_autoencoder", "latent_config", "encode_dataset", "train_latent",
-           "reconstruct", "reconstruction_accuracy", "latent_quality", "step_costs", "scaling_factor_by_kl_weight"]
+__all__ = ["LatentRecipe", "PRESETS", "recipe_config", "sampling_defaults", "SCALE_IMAGES", "autoencoder_config",
+           "autoencoder_loss", "measure_scaling_factor", "measure_latent_bound", "train_autoencoder", "latent_config",
+           "encode_dataset", "train_latent", "reconstruct", "reconstruction_accuracy", "latent_quality", "step_costs",
+           "scaling_factor_by_kl_weight"]
 
 SCALE_IMAGES = 10_000        # training images the scaling factor is measured on (the first ones)
 

@@ -46,11 +46,11 @@ from .clip import clip_config_from_profile, get_clip
 from .denoiser import unet_config
 from .loop import TrainResult, fit
 
-__all__ = ["Text2ImageRecipe", "PRESETS", "recipe_config", "sampling_defaults", "P_MENTION", "QUICK_N", "CaptionTable", "text2image_config", "train_text2image", "fit_captioned",
-           "train_demo", "prompt_accuracy", "attribute_control", "NAME", "HELD_OUT_TEMPLATES",
-           "HELD_OUT_ATTRIBUTES", "HELD_OUT_WORDS", "held_out_prompts", "held_out_pair", "training_templates",
-           "text2image_lm_config", "train_text2image_lm", "digit_free_prompts", "probe_queries",
-           "nearest_caption_probe"]
+__all__ = ["Text2ImageRecipe", "PRESETS", "recipe_config", "sampling_defaults", "P_MENTION", "QUICK_N",
+           "CaptionTable", "text2image_config", "train_text2image", "fit_captioned", "train_demo", "prompt_accuracy",
+           "attribute_control", "NAME", "HELD_OUT_TEMPLATES", "HELD_OUT_ATTRIBUTES", "HELD_OUT_WORDS",
+           "held_out_prompts", "held_out_pair", "training_templates", "text2image_lm_config", "train_text2image_lm",
+           "digit_free_prompts", "probe_queries", "nearest_caption_probe"]
 
 P_MENTION = 0.5          # each attribute word an image has is said with this probability (captions default)
 

@@ -90,7 +90,8 @@ def train_toy(profile: Profile, data: str = "ring", runtime: Runtime | None = No
     def loss_fn(m, x0, g):
         return simple_loss(m, x0, schedule, generator=g)
 
-    res = fit(ToyDenoiser(), loss_fn, get_batch, steps=steps or recipe_config(profile).steps, lr=3e-3, warmup_steps=50,
+    steps = steps or recipe_config(profile).steps
+    res = fit(ToyDenoiser(), loss_fn, get_batch, steps=steps, lr=3e-3, warmup_steps=50,
               batch_size=256, ema_decay=0.99, config={"kind": "toy", "data": data, "T": T}, runtime=rt,
               desc=f"toy ({data})", progress=progress)
     return res.ema_model, schedule, res

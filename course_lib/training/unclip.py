@@ -42,8 +42,8 @@ from .denoiser import unet_config
 from .loop import TrainResult, fit
 from .text2image import P_MENTION
 
-__all__ = ["UnclipRecipe", "PRESETS", "recipe_config", "sampling_defaults", "PRIOR_GUIDANCE", "unclip_config", "drop_rows", "check_unclip_target", "train_unclip",
-           "variation_measures", "prior_loss"]
+__all__ = ["UnclipRecipe", "PRESETS", "recipe_config", "sampling_defaults", "PRIOR_GUIDANCE", "unclip_config",
+           "drop_rows", "check_unclip_target", "train_unclip", "variation_measures", "prior_loss"]
 
 PRIOR_GUIDANCE = 1.0     # the prior's default guidance w: plain conditional (bench/unclip.py also measures 2 and 4)
 
