@@ -74,7 +74,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = unet_from_config(cfg)
         common_kw = dict(lr=denoiser_recipe(profile).lr, warmup_steps=profile.warmup_steps, batch_size=batch,
-                         ema_decay=profile.ema_decay, config=cfg, runtime=run_rt, progress=False,
+                         ema_decay=profile.ema_decay, config=cfg, runtime=run_rt,
                          rng_device=rt.device if resident else None)
         warm = fit(model, loss_fn, get_batch, steps=args.warmup, **common_kw)
         timed = fit(model, loss_fn, get_batch, steps=args.steps, **common_kw)

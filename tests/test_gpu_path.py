@@ -194,8 +194,7 @@ def test_fit_keeps_one_generator_when_noise_and_batches_share_a_device():
         seen.setdefault("loss", g)
         return m(batch).pow(2).mean()
 
-    common = dict(steps=2, lr=1e-2, warmup_steps=1, batch_size=4, ema_decay=0.9, config={}, runtime=CPU_RT,
-                  progress=False)
+    common = dict(steps=2, lr=1e-2, warmup_steps=1, batch_size=4, ema_decay=0.9, config={}, runtime=CPU_RT)
     fit(torch.nn.Linear(2, 1), loss_fn, get_batch, rng_device="cpu", **common)
     assert seen["batch"] is seen["loss"]                                 # one device: one generator, as before
     seen.clear()

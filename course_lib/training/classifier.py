@@ -20,7 +20,7 @@ from .. import paths, store
 from ..config import Profile, Runtime, get_runtime, recipe_preset
 from ..data.mnist import batch_indices, load_mnist
 from ..networks.classifier import Classifier, ClassifierConfig, classify, label_accuracy
-from .loop import TrainResult, fit
+from .loop import ProgressBar, TrainResult, fit
 
 __all__ = ["ClassifierRecipe", "PRESETS", "recipe_config", "CLASSIFIER_LR", "MAX_SHIFT", "classifier_config",
            "random_shift", "train_classifier", "classifier_test_accuracy"]
@@ -114,8 +114,8 @@ def train_classifier(profile: Profile, out=None, runtime: Runtime | None = None,
     result = fit(model, loss_fn, get_batch, steps=steps, lr=CLASSIFIER_LR,
                  warmup_steps=min(profile.warmup_steps, steps // 10), batch_size=profile.batch_size,
                  ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
-                 checkpoint_every=profile.checkpoint_every, runtime=rt, desc="train classifier",
-                 progress=progress, stop_after=stop_after, rng_device=rt.device)
+                 checkpoint_every=profile.checkpoint_every, runtime=rt, stop_after=stop_after,
+                 hooks=[ProgressBar("train classifier", progress)], rng_device=rt.device)
     if result.step >= steps:
         acc, n = classifier_test_accuracy(result.ema_model, profile, return_n=True)
         _record_accuracy(out, acc, n)

@@ -32,7 +32,7 @@ from ..data.mnist import batch_indices, load_mnist, to_device
 from ..networks.clip import attribute_accuracy, build_clip, load_clip, save_clip, zero_shot_classify
 from ..text import vocabulary
 from ..text.tokenizer import MAX_LENGTH, SPECIAL_TOKENS, load_tokenizer
-from .loop import TrainResult, fit
+from .loop import ProgressBar, TrainResult, fit
 
 __all__ = ["ClipRecipe", "PRESETS", "recipe_config", "clip_config_from_profile", "clip_loss", "make_batch_fn",
            "contrastive_step", "train_clip", "get_clip", "zero_shot_accuracy", "evaluate_clip", "LOGIT_SCALE_MAX"]
@@ -172,7 +172,7 @@ def train_clip(profile: Profile, out: str | Path | None = None, runtime: Runtime
     result = fit(model, contrastive_step, get_batch, steps=steps or r.steps, lr=r.lr,
                  warmup_steps=profile.warmup_steps, batch_size=r.batch, ema_decay=profile.ema_decay,
                  config=config, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
-                 export=save_clip, desc="CLIP", progress=progress)
+                 export=save_clip, hooks=[ProgressBar("CLIP", progress)])
     _reset_position_ids(result.ema_model)
     return result
 

@@ -25,7 +25,7 @@ from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.forward import simple_loss
 from ..diffusion.schedules import make_schedule
 from ..networks.unet import UNetConfig, unet_from_config
-from .loop import TrainResult, fit
+from .loop import GuideSnapshot, LossByT, ProgressBar, TrainResult, fit
 
 __all__ = ["DenoiserRecipe", "PRESETS", "recipe_config", "sampling_defaults", "unet_config", "drop_labels",
            "denoiser_config", "class_config", "train_denoiser", "train_class_model"]
@@ -150,9 +150,9 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
 
     result = fit(model, loss_fn, get_batch, steps=steps, lr=lr, warmup_steps=profile.warmup_steps,
                  batch_size=batch_size, ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
-                 checkpoint_every=profile.checkpoint_every, runtime=rt, desc=f"train {name}",
-                 progress=progress, T=profile.T, stop_after=stop_after, seed=seed, guide_step=guide_step,
-                 rng_device=rt.device)
+                 checkpoint_every=profile.checkpoint_every, runtime=rt, stop_after=stop_after, seed=seed,
+                 hooks=[ProgressBar(f"train {name}", progress), LossByT(profile.T)]
+                 + ([GuideSnapshot(guide_step)] if guide_step is not None else []), rng_device=rt.device)
     if "cluster_sizes" in meta:                # as load_unet gives them, so the result samples the same way
         result.model.cluster_sizes = result.ema_model.cluster_sizes = torch.tensor(meta["cluster_sizes"])
     return result

@@ -21,7 +21,7 @@ from ..diffusion.flow import TIME_SCALE, flow_loss
 from ..networks.unet import UNet, load_unet, unet_from_config
 from . import toy
 from .denoiser import drop_labels, unet_config
-from .loop import TrainResult, fit
+from .loop import LossByT, ProgressBar, TrainResult, fit
 
 __all__ = ["FlowRecipe", "PRESETS", "recipe_config", "sampling_defaults", "flow_config", "train_flow", "load_flow",
            "train_toy_flow", "TIME"]
@@ -88,7 +88,7 @@ def train_flow(profile: Profile, out=None, runtime: Runtime | None = None, steps
     return fit(model, loss_fn, get_batch, steps=steps or recipe_config(profile).steps, lr=profile.lr,
                warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
                config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
-               desc="train flow", progress=progress, T=int(TIME_SCALE), stop_after=stop_after, seed=seed,
+               stop_after=stop_after, seed=seed, hooks=[ProgressBar("train flow", progress), LossByT(int(TIME_SCALE))],
                rng_device=rt.device)
 
 
@@ -130,5 +130,5 @@ def train_toy_flow(profile: Profile, data: str = "ring", runtime: Runtime | None
     steps = steps or toy.recipe_config(profile).steps
     res = fit(ToyDenoiser(), loss_fn, get_batch, steps=steps, lr=3e-3, warmup_steps=50,
               batch_size=256, ema_decay=0.99, config={"kind": kind, "data": data}, runtime=rt,
-              desc=kind, progress=progress)
+              hooks=[ProgressBar(kind, progress)])
     return res.ema_model, res

@@ -46,7 +46,7 @@ from ..pipelines.latent import LatentDiffusion, _config_of
 from . import checkpoints
 from .denoiser import drop_labels
 from .denoiser import recipe_config as denoiser_recipe
-from .loop import TrainResult, fit
+from .loop import LossByT, ProgressBar, TrainResult, fit
 
 __all__ = ["LatentRecipe", "PRESETS", "recipe_config", "sampling_defaults", "SCALE_IMAGES", "autoencoder_config",
            "autoencoder_loss", "measure_scaling_factor", "measure_latent_bound", "train_autoencoder", "latent_config",
@@ -165,7 +165,7 @@ def train_autoencoder(profile: Profile, out=None, runtime: Runtime | None = None
     return fit(model, loss_fn, get_batch, steps=steps or recipe_config(profile).ae_steps, lr=cfg["lr"],
                warmup_steps=profile.warmup_steps, batch_size=cfg["batch_size"], ema_decay=profile.ema_decay,
                config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
-               export=export, desc="train autoencoder", progress=progress, stop_after=stop_after,
+               export=export, stop_after=stop_after, hooks=[ProgressBar("train autoencoder", progress)],
                rng_device=rt.device)
 
 
@@ -284,7 +284,7 @@ def train_latent(profile: Profile, out=None, runtime: Runtime | None = None, ste
     return fit(model, loss_fn, get_batch, steps=steps or recipe_config(profile).steps, lr=profile.lr,
                warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
                config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
-               export=export, desc="train latent", progress=progress, T=profile.T, stop_after=stop_after,
+               export=export, stop_after=stop_after, hooks=[ProgressBar("train latent", progress), LossByT(profile.T)],
                rng_device=rt.device)
 
 

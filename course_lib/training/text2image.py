@@ -44,7 +44,7 @@ from ..text.vocabulary import ATTRIBUTE_PAIRS, DIGIT_WORDS, attribute_prompts, d
 from . import checkpoints
 from .clip import clip_config_from_profile, get_clip
 from .denoiser import unet_config
-from .loop import TrainResult, fit
+from .loop import LossByT, ProgressBar, TrainResult, fit
 
 __all__ = ["Text2ImageRecipe", "PRESETS", "recipe_config", "sampling_defaults", "P_MENTION", "QUICK_N",
            "CaptionTable", "text2image_config", "train_text2image", "fit_captioned", "train_demo", "prompt_accuracy",
@@ -221,7 +221,8 @@ def fit_captioned(cfg: dict, profile: Profile, x: torch.Tensor, y: torch.Tensor,
     return fit(model, loss_fn, get_batch, steps=steps, lr=profile.lr,
                warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
                config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=runtime,
-               export=export, desc=f"train {meta['kind']}", progress=progress, T=profile.T, stop_after=stop_after,
+               export=export, stop_after=stop_after,
+               hooks=[ProgressBar(f"train {meta['kind']}", progress), LossByT(profile.T)],
                rng_device=runtime.device, batch_rng_device="cpu")    # noise on the device, captions on the host
 
 

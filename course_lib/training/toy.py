@@ -15,7 +15,7 @@ from ..config import Profile, Runtime, cpu_runtime, recipe_preset
 from ..diffusion.forward import simple_loss
 from ..diffusion.schedules import Schedule, make_schedule
 from ..networks.unet import timestep_embedding
-from .loop import TrainResult, fit
+from .loop import ProgressBar, TrainResult, fit
 
 __all__ = ["ToyRecipe", "PRESETS", "recipe_config", "ring", "swiss_roll", "ToyDenoiser", "train_toy", "vector_field"]
 
@@ -93,7 +93,7 @@ def train_toy(profile: Profile, data: str = "ring", runtime: Runtime | None = No
     steps = steps or recipe_config(profile).steps
     res = fit(ToyDenoiser(), loss_fn, get_batch, steps=steps, lr=3e-3, warmup_steps=50,
               batch_size=256, ema_decay=0.99, config={"kind": "toy", "data": data, "T": T}, runtime=rt,
-              desc=f"toy ({data})", progress=progress)
+              hooks=[ProgressBar(f"toy ({data})", progress)])
     return res.ema_model, schedule, res
 
 

@@ -39,7 +39,7 @@ from ..text import vocabulary
 from . import checkpoints
 from .clip import clip_config_from_profile, get_clip
 from .denoiser import unet_config
-from .loop import TrainResult, fit
+from .loop import LossByT, ProgressBar, TrainResult, fit
 from .text2image import P_MENTION
 
 __all__ = ["UnclipRecipe", "PRESETS", "recipe_config", "sampling_defaults", "PRIOR_GUIDANCE", "unclip_config",
@@ -207,8 +207,8 @@ def train_unclip(profile: Profile, out=None, runtime: Runtime | None = None, ste
     dec = fit(decoder, decoder_loss, decoder_batch, steps=dcfg["steps"], lr=profile.lr,
               warmup_steps=profile.warmup_steps, batch_size=dcfg["batch_size"], ema_decay=profile.ema_decay,
               config=dcfg, meta={**meta, "part": "decoder"}, out=out / "decoder",
-              checkpoint_every=profile.checkpoint_every, runtime=rt, desc="train unclip decoder", progress=progress,
-              T=dcfg["T"], stop_after=stop_after, rng_device=rt.device)
+              checkpoint_every=profile.checkpoint_every, runtime=rt, stop_after=stop_after,
+              hooks=[ProgressBar("train unclip decoder", progress), LossByT(dcfg["T"])], rng_device=rt.device)
     if dec.step < dcfg["steps"]:
         return dataclasses.replace(dec, out=out)
 
@@ -244,7 +244,7 @@ def train_unclip(profile: Profile, out=None, runtime: Runtime | None = None, ste
     pri = fit(prior, prior_step, prior_batch, steps=pcfg["steps"], lr=profile.lr,
               warmup_steps=profile.warmup_steps, batch_size=pcfg["batch_size"], ema_decay=profile.ema_decay,
               config=pcfg, meta=pmeta, out=out / "prior", checkpoint_every=profile.checkpoint_every, runtime=rt,
-              desc="train unclip prior", progress=progress, T=pcfg["T"], stop_after=stop_after,
+              stop_after=stop_after, hooks=[ProgressBar("train unclip prior", progress), LossByT(pcfg["T"])],
               rng_device="cpu")
     if pri.step < pcfg["steps"]:
         return dataclasses.replace(dec, out=out, seconds=dec.seconds + pri.seconds)
