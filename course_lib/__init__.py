@@ -2,7 +2,7 @@
 
 Folders by role; each folder's ``__init__`` says what it may import, and ``tests/test_layout.py`` checks it:
 
-    config                  profiles (test / cpu / gpu), device and precision, seeding
+    config                  profiles (test / cpu / gpu: the cross-cutting sizes), device, precision, seeding
     paths                   where data, checkpoints and shipped weights live; output paths checked first
     hub                     the Hugging Face Hub, with a deadline
     store                   model folders: safetensors + JSON, atomic writes, CheckpointError, read_training
@@ -30,9 +30,9 @@ Folders by role; each folder's ``__init__`` says what it may import, and ``tests
     data/captions           captions from image moments (thick/thin, slant, width)
     data/clusters           k-means clusters of the digits
 
-    training/loop           one training loop for every model (AdamW, warm-up + cosine, EMA, mixed precision)
+    training/loop           one training loop for every model (AdamW, warm-up + cosine, EMA, mixed precision), hooks
     training/checkpoints    the trainer's state, resumed exactly (and which runs may resume a folder)
-    training/denoiser       the denoiser and class-model runs
+    training/denoiser       the denoiser and class-model runs (each recipe: its presets per profile, its run)
     training/classifier     the course classifier's run
     training/clip           CLIP's caption dataset, contrastive loss and run
     training/text2image     text to image with either text encoder: dataset, encoding cache, runs, measures

@@ -51,7 +51,7 @@ def test_model_config_from_profile():
     assert tc.eos_token_id == 1 and tc.bos_token_id == 2 and tc.pad_token_id == 0
     assert vc.image_size == 28 and vc.num_channels == 1 and vc.patch_size == clip_recipe(PROFILE).patch
     assert model.config.projection_dim == clip_recipe(PROFILE).embed and tc.hidden_size == clip_recipe(PROFILE).dim
-    with pytest.raises(ValueError, match="clip_patch"):
+    with pytest.raises(ValueError, match="patch must divide 28, got 5"):
         CT.clip_config_from_profile(PROFILE.with_recipe("clip", patch=5))
 
 

@@ -52,7 +52,7 @@ GRAD_CLIP = 1.0          # the gradient's global norm is clipped to this (every 
 WEIGHT_DECAY = 0.0       # AdamW's decoupled weight decay: none (the course's models are small and EMA-averaged)
 
 __all__ = ["TrainResult", "fit", "Hook", "Run", "LossByT", "GuideSnapshot", "ProgressBar", "EMA",
-           "ema_avg_fn", "ema_multi_avg_fn", "warmup_cosine_lr", "plot_losses"]
+           "ema_avg_fn", "ema_multi_avg_fn", "warmup_cosine_lr"]
 
 
 def ema_avg_fn(decay: float) -> Callable:
@@ -468,36 +468,3 @@ def _restore_generator(gen: torch.Generator, state: torch.Tensor, seed: int, sta
                       f"re-seeding at step {start}, so this resumed run will not repeat an uninterrupted one "
                       f"exactly", stacklevel=3)
         gen.manual_seed(seed * 1_000_003 + start)
-
-
-def plot_losses(result: TrainResult | dict, smooth: int = 50):
-    """The loss curve (raw and smoothed) and, when available, the loss broken down by t."""
-    import matplotlib.pyplot as plt
-    losses = result.losses if isinstance(result, TrainResult) else result["losses"]
-    by_t = result.loss_by_t if isinstance(result, TrainResult) else _by_t_from_training(result)
-    ncols = 2 if by_t else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.2), squeeze=False)
-    ax = axes[0, 0]
-    ax.plot(losses, alpha=0.3, label="per step")
-    if len(losses) >= smooth:
-        k = torch.ones(smooth) / smooth
-        sm = torch.nn.functional.conv1d(torch.tensor(losses).view(1, 1, -1), k.view(1, 1, -1)).flatten()
-        ax.plot(range(smooth - 1, len(losses)), sm.tolist(), label=f"mean of {smooth}")
-    ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
-    ax.legend()
-    if by_t:
-        axes[0, 1].bar(by_t["t_mid"], by_t["loss"], width=0.8 * (by_t["t_mid"][1] - by_t["t_mid"][0]))
-        axes[0, 1].set(xlabel="t", ylabel="mean loss", title="loss by timestep t")
-    fig.tight_layout()
-    return fig
-
-
-def _by_t_from_training(training: dict) -> dict:
-    if "loss_by_t_sum" not in training:
-        return {}
-    s, c = training["loss_by_t_sum"], training["loss_by_t_count"]
-    if not sum(c):
-        return {}
-    n = len(s)
-    T = training.get("config", {}).get("T", n)
-    return {"t_mid": [(i + 0.5) * T / n for i in range(n)], "loss": [a / max(b, 1) for a, b in zip(s, c)]}
