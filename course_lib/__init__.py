@@ -22,6 +22,7 @@ Folders by role; each folder's ``__init__`` says what it may import, and ``tests
     networks/autoencoder    the KL autoencoder of latent diffusion
     networks/prior          DALL-E 2's diffusion prior over CLIP vectors
     networks/classifier     the course classifier
+    networks/toy            lesson 06's toy word vectors
 
     text/vocabulary         digit and attribute words, caption templates, prompt sets, parse_prompt
     text/tokenizer          the tokenizer; prompts checked before any compute
@@ -39,7 +40,7 @@ Folders by role; each folder's ``__init__`` says what it may import, and ``tests
     training/unclip         the decoder and the prior's runs; variation measures
     training/latent         the autoencoder and the latent model's runs; step costs
     training/flow           the flow-matching model's run
-    training/toy            the 2-D toy of lesson 02
+    training/toy            the 2-D toy of lesson 02; lesson 06's word vectors
 
     pipelines/text_to_image TextToImage and TextToImageLM (from_pretrained, sampling; no data)
     pipelines/unclip        UnCLIP: prior + decoder, variations

@@ -9,7 +9,7 @@
     unclip        lesson 10: the decoder and the prior, with the prior's loss
     latent        lesson 11: the autoencoder and the latent model; step costs
     flow          lesson 12: the flow-matching model
-    toy           lesson 02's 2-D toy (points, a tiny denoiser)
+    toy           lesson 02's 2-D toy (points, a tiny denoiser); lesson 06's word vectors
 
 May import: ``diffusion/``, ``networks/``, ``data/``, ``text/``, ``pipelines/`` (an export writes a pipeline
 folder) and the base. Never the registry or ``measures/`` (``tests/test_layout.py`` lists what still does, and

@@ -1,7 +1,8 @@
 """The whole diffusion loop on a 2-D toy, small enough to train in seconds and to *see*: points on a ring
 (or a swiss roll) are the "images", a tiny MLP is the denoiser. Same schedule, same loss, same samplers and
 the same ``model(x, t, cond=None)`` interface as the digit UNet; only the data and the network are smaller.
-``ToyRecipe`` / ``PRESETS`` hold its steps per profile (``recipe_config(profile)``).
+``ToyRecipe`` / ``PRESETS`` hold its steps per profile (``recipe_config(profile)``). Lesson 06's toy word
+vectors train here too (``fit_word_vectors``; the network is ``networks/toy.py``'s ``WordVectors``).
 """
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ from torch import nn
 from ..config import Profile, Runtime, cpu_runtime, recipe_preset
 from ..diffusion.forward import simple_loss
 from ..diffusion.schedules import Schedule, make_schedule
+from ..networks.toy import WordVectors
 from ..networks.unet import timestep_embedding
+from ..text.tokenizer import MAX_LENGTH, SPECIAL_TOKENS, load_tokenizer
+from ..text.vocabulary import ATTRIBUTES, VOCABULARY, all_captions
 from .loop import ProgressBar, TrainResult, fit
 
-__all__ = ["ToyRecipe", "PRESETS", "recipe_config", "ring", "swiss_roll", "ToyDenoiser", "train_toy", "vector_field"]
+__all__ = ["ToyRecipe", "PRESETS", "recipe_config", "ring", "swiss_roll", "ToyDenoiser", "train_toy", "vector_field",
+           "fit_word_vectors"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +114,36 @@ def vector_field(model: nn.Module, schedule: Schedule, t: int, lim: float = 1.2,
     tt = torch.full((len(xs),), t, dtype=torch.long)
     x0_hat = predict_x0_from_eps(xs, tt, model(xs, tt), schedule)
     return xs, x0_hat - xs
+
+
+# --------------------------------------------------------------------------- toy word vectors (lesson 06)
+def fit_word_vectors(dim: int = 8, steps: int = 300, batch_size: int = 256, lr: float = 0.05,
+                     seed: int = 0) -> tuple[WordVectors, list[float]]:
+    """Learn word vectors from captions alone, by asking them to predict what each caption means.
+
+    Nothing tells the model that "seven" and "7" (or "thick" and "bold") mean the same; it finds out because
+    they predict the same digit (or attribute). Trained on ``vocabulary.all_captions`` with cross-entropy, by
+    its own few-line Adam loop (lesson 06 shows it; no EMA, no checkpoint: it trains in about a second).
+
+    Returns:
+        (the trained ``WordVectors``, the loss per step).
+    """
+    captions, content = all_captions()
+    enc = load_tokenizer()(captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]      # (K, L): every caption, all in the vocabulary
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)                                   # the initial vectors
+    model = WordVectors(len(SPECIAL_TOKENS) + len(VOCABULARY), dim, len(ATTRIBUTES), len(SPECIAL_TOKENS))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(len(captions), (batch_size,), generator=g)
+        h = model(ids[idx], mask[idx])
+        loss = nn.functional.cross_entropy(model.digit_head(h), content[idx, 0])
+        for k, head in enumerate(model.attribute_heads):
+            loss = loss + nn.functional.cross_entropy(head(h), content[idx, 1 + k] + 1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return model.eval(), losses
