@@ -1,6 +1,11 @@
-"""Training: one loop, and per model a recipe (its config from the profile, its data source, its loss).
+"""Training: one loop, and per model a recipe (its presets, its data source, its loss).
 
-    loop          ``fit``: AdamW, warm-up + cosine, EMA, mixed precision, resuming; ``TrainResult``
+Every recipe module keeps its sizes and steps beside its code, as nanoGPT keeps a config per script: a frozen
+dataclass, ``PRESETS = {"test": ..., "cpu": ..., "gpu": ...}``, and ``recipe_config(profile)`` (the preset,
+with the profile's ``with_recipe`` changes); a generative recipe adds ``sampling_defaults(profile)``,
+``{model name: {"sampler", "steps", "guidance", ...}}``.
+
+    loop          ``fit``: AdamW, warm-up + cosine, EMA, mixed precision, resuming, hooks; ``TrainResult``
     checkpoints   the trainer's state, which runs may resume a folder, where training may write
     denoiser      lessons 03-05: the unconditional denoiser and the class model
     classifier    the course classifier's run
