@@ -22,7 +22,7 @@ Folders by role; each folder's ``__init__`` says what it may import, and ``tests
     networks/autoencoder    the KL autoencoder of latent diffusion
     networks/prior          DALL-E 2's diffusion prior over CLIP vectors
     networks/classifier     the course classifier
-    networks/toy            lesson 06's toy word vectors
+    networks/toy            the toys' networks: lesson 03's 2-D denoiser, lesson 06's word vectors
 
     text/vocabulary         digit and attribute words, caption templates, prompt sets, parse_prompt
     text/tokenizer          the tokenizer; prompts checked before any compute

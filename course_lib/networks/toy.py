@@ -1,14 +1,36 @@
-"""Lesson 06's toy word vectors: one learned vector per word, a caption's vector the mean of its words'.
+"""The toys' networks: lesson 03's 2-D denoiser, and lesson 06's word vectors.
 
-The network only; ``training/toy.py``'s ``fit_word_vectors`` trains it on the captions. It takes token ids
-(and the tokenizer's sizes as numbers), never the tokenizer itself, as every network here does.
+    ToyDenoiser   eps_theta(x_t, t) for 2-D points, an MLP with the UNet's time embedding
+    WordVectors   one learned vector per word; a caption's vector is the mean of its words'
+
+The networks only; ``training/toy.py`` trains them (``train_toy``, ``fit_word_vectors``). ``WordVectors``
+takes token ids (and the tokenizer's sizes as numbers), never the tokenizer itself.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["WordVectors"]
+from .unet import timestep_embedding
+
+__all__ = ["ToyDenoiser", "WordVectors"]
+
+
+class ToyDenoiser(nn.Module):
+    """eps_theta(x_t, t) for 2-D points: an MLP on [x_t, sinusoidal(t)]."""
+
+    def __init__(self, hidden: int = 128, time_dim: int = 32):
+        super().__init__()
+        self.time_dim = time_dim
+        self.net = nn.Sequential(nn.Linear(2 + time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != 2:
+            raise ValueError(f"expected points of shape (B, 2), got {tuple(x.shape)}")
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        return self.net(torch.cat([x, timestep_embedding(t, self.time_dim)], dim=1))
 
 
 class WordVectors(nn.Module):

@@ -18,6 +18,7 @@ from .. import paths
 from ..config import Profile, Runtime, cpu_runtime, get_runtime, recipe_preset
 from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.flow import TIME_SCALE, flow_loss
+from ..networks.toy import ToyDenoiser
 from ..networks.unet import UNet, load_unet, unet_from_config
 from . import toy
 from .denoiser import drop_labels, unet_config
@@ -104,13 +105,12 @@ def load_flow(path: str | Path, device: torch.device | str = "cpu") -> UNet:
 def train_toy_flow(profile: Profile, data: str = "ring", runtime: Runtime | None = None,
                    steps: int | None = None, pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
                    progress: bool = True) -> tuple[torch.nn.Module, TrainResult]:
-    """Lesson 03's 2-D toy network (``toy.ToyDenoiser``) trained as a flow: it predicts v at t * TIME_SCALE,
-    times uniform (Liu et al. 2023). With ``pairs`` = (x0, z) from ``flow.reflow_pairs`` it learns the flow of
+    """Lesson 03's 2-D toy network (``networks.toy.ToyDenoiser``) trained as a flow: it predicts v at
+    t * TIME_SCALE, times uniform (Liu et al. 2023). With ``pairs`` = (x0, z) from ``flow.reflow_pairs`` it learns the flow of
     that coupling instead of fresh noise ("reflow"). Returns (EMA model, training result)."""
     from ..diffusion.flow import flow_loss
-    from .toy import ToyDenoiser, ring, swiss_roll
     rt = runtime or cpu_runtime()                   # tiny MLPs are faster on the CPU than on a GPU
-    makers = {"ring": ring, "swiss_roll": swiss_roll}
+    makers = {"ring": toy.ring, "swiss_roll": toy.swiss_roll}
     if data not in makers:
         raise ValueError(f"data must be one of {', '.join(makers)}, got {data!r}")
     points = makers[data](20_000, torch.Generator().manual_seed(0)) if pairs is None else pairs[0]

@@ -2,7 +2,8 @@
 (or a swiss roll) are the "images", a tiny MLP is the denoiser. Same schedule, same loss, same samplers and
 the same ``model(x, t, cond=None)`` interface as the digit UNet; only the data and the network are smaller.
 ``ToyRecipe`` / ``PRESETS`` hold its steps per profile (``recipe_config(profile)``). Lesson 06's toy word
-vectors train here too (``fit_word_vectors``; the network is ``networks/toy.py``'s ``WordVectors``).
+vectors train here too (``fit_word_vectors``). The networks are ``networks/toy.py``'s ``ToyDenoiser`` and
+``WordVectors``.
 """
 from __future__ import annotations
 
@@ -15,13 +16,12 @@ from torch import nn
 from ..config import Profile, Runtime, cpu_runtime, recipe_preset
 from ..diffusion.forward import simple_loss
 from ..diffusion.schedules import Schedule, make_schedule
-from ..networks.toy import WordVectors
-from ..networks.unet import timestep_embedding
+from ..networks.toy import ToyDenoiser, WordVectors
 from ..text.tokenizer import MAX_LENGTH, SPECIAL_TOKENS, load_tokenizer
 from ..text.vocabulary import ATTRIBUTES, VOCABULARY, all_captions
 from .loop import ProgressBar, TrainResult, fit
 
-__all__ = ["ToyRecipe", "PRESETS", "recipe_config", "ring", "swiss_roll", "ToyDenoiser", "train_toy", "vector_field",
+__all__ = ["ToyRecipe", "PRESETS", "recipe_config", "ring", "swiss_roll", "train_toy", "vector_field",
            "fit_word_vectors"]
 
 
@@ -56,23 +56,6 @@ def swiss_roll(n: int, generator: torch.Generator | None = None, noise: float = 
     s = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator))
     pts = torch.stack([s * s.cos(), s * s.sin()], dim=1) / 15.0
     return pts + noise * torch.randn(n, 2, generator=generator)
-
-
-class ToyDenoiser(nn.Module):
-    """eps_theta(x_t, t) for 2-D points: an MLP on [x_t, sinusoidal(t)]."""
-
-    def __init__(self, hidden: int = 128, time_dim: int = 32):
-        super().__init__()
-        self.time_dim = time_dim
-        self.net = nn.Sequential(nn.Linear(2 + time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[1] != 2:
-            raise ValueError(f"expected points of shape (B, 2), got {tuple(x.shape)}")
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        return self.net(torch.cat([x, timestep_embedding(t, self.time_dim)], dim=1))
 
 
 def train_toy(profile: Profile, data: str = "ring", runtime: Runtime | None = None, steps: int | None = None,
