@@ -1,6 +1,6 @@
 """Pictures: an image grid, a strip of frames over time, a training run's loss curves, and an animation of
-a sequence of image batches (the forward or reverse process) that plays in Jupyter and degrades to a static strip under the ``test``
-profile, so executed notebooks stay small and nbval stays fast."""
+a sequence of image batches (the forward or reverse process) that plays in Jupyter and degrades to a static
+strip under the ``test`` profile, so executed notebooks stay small and nbval stays fast."""
 from __future__ import annotations
 
 import os

@@ -106,9 +106,8 @@ def train_toy_flow(profile: Profile, data: str = "ring", runtime: Runtime | None
                    steps: int | None = None, pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
                    progress: bool = True) -> tuple[torch.nn.Module, TrainResult]:
     """Lesson 03's 2-D toy network (``networks.toy.ToyDenoiser``) trained as a flow: it predicts v at
-    t * TIME_SCALE, times uniform (Liu et al. 2023). With ``pairs`` = (x0, z) from ``flow.reflow_pairs`` it learns the flow of
-    that coupling instead of fresh noise ("reflow"). Returns (EMA model, training result)."""
-    from ..diffusion.flow import flow_loss
+    t * TIME_SCALE, times uniform (Liu et al. 2023). With ``pairs`` = (x0, z) from ``flow.reflow_pairs`` it
+    learns the flow of that coupling instead of fresh noise ("reflow"). Returns (EMA model, training result)."""
     rt = runtime or cpu_runtime()                   # tiny MLPs are faster on the CPU than on a GPU
     makers = {"ring": toy.ring, "swiss_roll": toy.swiss_roll}
     if data not in makers:
