@@ -22,12 +22,13 @@ from course_lib.store import read_training  # noqa: E402
 from course_lib.training.clip import clip_config_from_profile, evaluate_clip, train_clip  # noqa: E402
 from course_lib.data.mnist import load_mnist  # noqa: E402
 from course_lib.text.tokenizer import load_tokenizer  # noqa: E402
+from course_lib.training.clip import recipe_config as clip_recipe  # noqa: E402
 
 TARGETS = {"cpu": {"digit_accuracy": 0.95, "train_seconds": 600}, "gpu": {"digit_accuracy": 0.98}}
 
 
 def extra(p):
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: profile.clip_steps)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the clip recipe's steps)")
     p.add_argument("--n-test", type=int, default=None, help="test digits to score (default: all 10,000)")
 
 
@@ -47,7 +48,7 @@ def main() -> None:
     n_params = sum(p.numel() for p in result.ema_model.parameters())
     out = {
         "config": clip_config_from_profile(profile) | {"vocabulary": len(training["config"]["vocabulary"])},
-        "parameters": n_params, "steps": result.step, "batch_size": profile.clip_batch,
+        "parameters": n_params, "steps": result.step, "batch_size": clip_recipe(profile).batch,
         "train": {"fit_seconds": round(result.seconds, 1), "wall_seconds_incl_data": round(wall, 1),
                   "images_per_s": round(result.items_per_s, 1),
                   "final_loss_mean_last_100": round(sum(result.losses[-100:]) / len(result.losses[-100:]), 4)},

@@ -1,8 +1,8 @@
 """Benchmark: the flow-matching class model (lesson 12) against lesson 05's DDPM class model, in one run.
 
 Both are the same UNet (``models.class_config``'s), trained on the same MNIST digits with batches of the
-same size; the flow model's steps are ``profile.flow_train_steps`` (the class model's are
-``profile.class_train_steps``: both recorded). For each guidance scale and number of sampling steps it draws
+same size; the flow model's steps are its recipe's (``training.flow.recipe_config(profile).steps``; the class
+model's ``training.denoiser.recipe_config(profile).class_steps``: both recorded). For each guidance scale and number of sampling steps it draws
 N digits with labels balanced over 0-9 from the SAME start noise (seed 0: x_1 for the flow model is x_T for
 DDIM) and records
 

@@ -46,6 +46,7 @@ from course_lib.training.text2image import (HELD_OUT_ATTRIBUTES, HELD_OUT_TEMPLA
 from course_lib.measures.metrics import evaluate_samples, real_images  # noqa: E402
 from course_lib.registry import find_matching, get_model  # noqa: E402
 from course_lib.training.text2image import attribute_control  # noqa: E402
+from course_lib.training.text2image import recipe_config as text2image_recipe  # noqa: E402
 
 TARGETS = {"cpu": {"train_seconds": 10 * 60, "accuracy": 0.98, "held_out_accuracy": 0.95, "ordered": 0.80}}
 TRAINED_WORDS = {"thin / thick (trained)": "thickness", "left / right (trained)": "slant"}
@@ -115,7 +116,7 @@ def main() -> None:
     common.save("language_encoder", profile, rt, {
         "encoder": {"name": HUB_ID, "sha256": SHA256, "frozen": True}, "cpu_model": _cpu_model(),
         "load_average_at_start": load_at_start, "n": n, "sample_steps": profile.sample_steps,
-        "guidance": profile.guidance, "train": train, "digits": digits, "held_out": held_out, "fid": fid,
+        "guidance": text2image_recipe(profile).guidance, "train": train, "digits": digits, "held_out": held_out, "fid": fid,
         "attributes": attributes, "seconds_per_image": round(seconds / len(images), 5), "targets_met": targets})
 
 

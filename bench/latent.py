@@ -11,7 +11,7 @@ missing) and the pixel ``class`` model, then measures
                   (L_simple under the runtime's autocast, backward, AdamW) and a guided sampling step of the
                   pixel class UNet on (B, 1, 28, 28) and the latent UNet on (B, C, 7, 7), fresh networks, in
                   alternating rounds; by wall clock and by this process's CPU time
-    quality       at the same guidance w = ``profile.guidance`` and sampler (DDIM ``profile.sample_steps``):
+    quality       at the same guidance w = ``latent_recipe(profile).guidance`` and sampler (DDIM ``profile.sample_steps``):
                   class accuracy, confident fraction, FID with the real-vs-real floor at the same N
 
 Targets (cpu profile): the autoencoder trains in <= 180 s and its reconstructions keep >= 99 % classifier
@@ -45,6 +45,7 @@ from course_lib.networks.classifier import classify, label_accuracy  # noqa: E40
 from course_lib.registry import find_usable, get_model  # noqa: E402
 from course_lib.diffusion.samplers import sample  # noqa: E402
 from course_lib.diffusion.schedules import make_schedule  # noqa: E402
+from course_lib.training.latent import recipe_config as latent_recipe  # noqa: E402
 
 STUDY = (2, 4)            # latent channels compared
 KL_WEIGHTS = (1e-4, 1e-6)   # the course's KL weight and Stable Diffusion's (--kl-study)
@@ -58,7 +59,7 @@ def study_folder(c: int) -> Path:
 
 def train_study(profile, rt) -> None:
     for c in STUDY:
-        LT.train_autoencoder(profile.replace(ae_latent_channels=c), out=study_folder(c), runtime=rt,
+        LT.train_autoencoder(profile.with_recipe("latent", latent_channels=c), out=study_folder(c), runtime=rt,
                              steps=STUDY_STEPS, progress=True)
 
 
@@ -73,7 +74,7 @@ def autoencoder_figures(ae, profile, rt, clf) -> dict:
 
 
 def quality(profile, rt, pixel_model, latent_model, clf) -> dict:
-    n, w = profile.n_eval, profile.guidance
+    n, w = profile.n_eval, latent_recipe(profile).guidance
     labels = (torch.arange(n) % 10).to(rt.device)
     real = real_images(profile, n, rt.device)
     schedule = make_schedule(profile.schedule, profile.T, rt.device)
@@ -117,9 +118,9 @@ def main() -> None:
     profile, rt = common.start(args)
     if args.kl_study:
         t0 = time.perf_counter()
-        found = LT.scaling_factor_by_kl_weight(profile, KL_WEIGHTS, steps=profile.ae_steps, runtime=rt)
+        found = LT.scaling_factor_by_kl_weight(profile, KL_WEIGHTS, steps=latent_recipe(profile).ae_steps, runtime=rt)
         common.save("latent_kl", profile, rt, {
-            "steps": profile.ae_steps, "batch": profile.ae_batch, "seconds": round(time.perf_counter() - t0, 1),
+            "steps": latent_recipe(profile).ae_steps, "batch": latent_recipe(profile).ae_batch, "seconds": round(time.perf_counter() - t0, 1),
             "by_kl_weight": {f"{w:g}": {k: round(v, 4) for k, v in r.items()} for w, r in found.items()},
             "note": "latent_training.scaling_factor_by_kl_weight: fresh autoencoders of the profile's size, plain "
                     "AdamW (no EMA), s = 1 / std(z) on 2,000 training digits; Stable Diffusion's KL weight is 1e-6"})

@@ -29,6 +29,7 @@ from course_lib.diffusion.guidance import guided  # noqa: E402
 from course_lib.measures.metrics import evaluate_samples, real_images  # noqa: E402
 from course_lib.registry import get_model  # noqa: E402
 from course_lib.diffusion.schedules import make_schedule  # noqa: E402
+from course_lib.training.denoiser import recipe_config as denoiser_recipe  # noqa: E402
 
 KEYS = ("n", "confident", "mean_confidence", "fid", "fid_floor", "histogram")
 SAMPLERS = (("ddim50", "ddim", 50), ("ddpm50", "ddpm", 50), ("ddpm1000", "ddpm", None))
@@ -63,7 +64,7 @@ def main() -> None:
     real = real_images(profile, n, rt.device)
     schedule = make_schedule(profile.schedule, profile.T, rt.device)
     clusters = draw_clusters(model.cluster_sizes, n, torch.Generator().manual_seed(1), rt.device)
-    scales = args.guidance if args.guidance is not None else sorted({1.0, profile.self_guidance})
+    scales = args.guidance if args.guidance is not None else sorted({1.0, denoiser_recipe(profile).self_guidance})
     results, speed, runs = {}, {}, {}
     earlier = common.RESULTS / f"samplers-{profile.name}.json"
     if args.add and earlier.is_file():

@@ -32,6 +32,7 @@ from course_lib.networks.unet import unet_from_config  # noqa: E402
 from course_lib.training.denoiser import denoiser_config  # noqa: E402
 from course_lib.diffusion.schedules import make_schedule  # noqa: E402
 from course_lib.training.loop import fit  # noqa: E402
+from course_lib.training.denoiser import recipe_config as denoiser_recipe  # noqa: E402
 
 LEVERS = (  # name, data on the device, autocast dtype, torch.compile mode (None: eager)
     ("fp32, data on the host", False, None, None),
@@ -72,8 +73,8 @@ def main() -> None:
                 return x_host[batch_indices(len(x_host), batch, g)].to(rt.device)
         torch.manual_seed(0)
         model = unet_from_config(cfg)
-        common_kw = dict(lr=profile.denoiser_lr, warmup_steps=profile.warmup_steps, batch_size=batch,
-                         ema_decay=profile.ema_decay, config=cfg, runtime=run_rt, progress=False,
+        common_kw = dict(lr=denoiser_recipe(profile).lr, warmup_steps=profile.warmup_steps, batch_size=batch,
+                         ema_decay=profile.ema_decay, config=cfg, runtime=run_rt,
                          rng_device=rt.device if resident else None)
         warm = fit(model, loss_fn, get_batch, steps=args.warmup, **common_kw)
         timed = fit(model, loss_fn, get_batch, steps=args.steps, **common_kw)

@@ -40,6 +40,7 @@ from course_lib.registry import REGISTRY, find_matching, get_guide, get_model  #
 from course_lib.store import read_training  # noqa: E402
 from course_lib.diffusion.samplers import sample  # noqa: E402
 from course_lib.diffusion.schedules import make_schedule  # noqa: E402
+from course_lib.training.denoiser import recipe_config as denoiser_recipe  # noqa: E402
 
 
 def extra(p):
@@ -138,12 +139,12 @@ def main() -> None:
     for name, sampler, steps in (("ddim50", "ddim", 50), ("ddim20", "ddim", 20), ("ddpm50", "ddpm", 50)):
         measure(name, model, sampler, steps, clusters)
     measure("ddpm50_no_cluster", model, "ddpm", 50, None)
-    for w in args.self_guidance if args.self_guidance is not None else sorted({1.5, profile.self_guidance, 3.0}):
+    for w in args.self_guidance if args.self_guidance is not None else sorted({1.5, denoiser_recipe(profile).self_guidance, 3.0}):
         measure(f"ddpm50_self_guided_w{w:g}", guided(model, w), "ddpm", 50, clusters)
-    measure(f"ddim50_self_guided_w{profile.self_guidance:g}", guided(model, profile.self_guidance), "ddim", 50,
+    measure(f"ddim50_self_guided_w{denoiser_recipe(profile).self_guidance:g}", guided(model, denoiser_recipe(profile).self_guidance), "ddim", 50,
             clusters)
     guide = get_guide(profile, rt)
-    for w in args.autoguidance if args.autoguidance is not None else [profile.autoguidance]:
+    for w in args.autoguidance if args.autoguidance is not None else [denoiser_recipe(profile).autoguidance]:
         measure(f"ddpm50_autoguided_w{w:g}", autoguided(model, guide, w), "ddpm", 50, clusters)
     train["guide_step"] = tr.get("guide_step")
     ddpm_n = args.ddpm_n if args.ddpm_n is not None else (n if rt.device.type == "cuda" else 0)

@@ -2,7 +2,7 @@
 
 Folders by role; each folder's ``__init__`` says what it may import, and ``tests/test_layout.py`` checks it:
 
-    config                  profiles (test / cpu / gpu), device and precision, seeding
+    config                  profiles (test / cpu / gpu: the cross-cutting sizes), device, precision, seeding
     paths                   where data, checkpoints and shipped weights live; output paths checked first
     hub                     the Hugging Face Hub, with a deadline
     store                   model folders: safetensors + JSON, atomic writes, CheckpointError, read_training
@@ -22,6 +22,7 @@ Folders by role; each folder's ``__init__`` says what it may import, and ``tests
     networks/autoencoder    the KL autoencoder of latent diffusion
     networks/prior          DALL-E 2's diffusion prior over CLIP vectors
     networks/classifier     the course classifier
+    networks/toy            the toys' networks: lesson 03's 2-D denoiser, lesson 06's word vectors
 
     text/vocabulary         digit and attribute words, caption templates, prompt sets, parse_prompt
     text/tokenizer          the tokenizer; prompts checked before any compute
@@ -30,16 +31,16 @@ Folders by role; each folder's ``__init__`` says what it may import, and ``tests
     data/captions           captions from image moments (thick/thin, slant, width)
     data/clusters           k-means clusters of the digits
 
-    training/loop           one training loop for every model (AdamW, warm-up + cosine, EMA, mixed precision)
+    training/loop           one training loop for every model (AdamW, warm-up + cosine, EMA, mixed precision), hooks
     training/checkpoints    the trainer's state, resumed exactly (and which runs may resume a folder)
-    training/denoiser       the denoiser and class-model runs
+    training/denoiser       the denoiser and class-model runs (each recipe: its presets per profile, its run)
     training/classifier     the course classifier's run
     training/clip           CLIP's caption dataset, contrastive loss and run
     training/text2image     text to image with either text encoder: dataset, encoding cache, runs, measures
     training/unclip         the decoder and the prior's runs; variation measures
     training/latent         the autoencoder and the latent model's runs; step costs
     training/flow           the flow-matching model's run
-    training/toy            the 2-D toy of lesson 02
+    training/toy            the 2-D toy of lesson 02; lesson 06's word vectors
 
     pipelines/text_to_image TextToImage and TextToImageLM (from_pretrained, sampling; no data)
     pipelines/unclip        UnCLIP: prior + decoder, variations

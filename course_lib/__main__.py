@@ -160,9 +160,11 @@ def _profile_and_runtime(args):
 def cmd_info(args) -> int:
     from . import paths
     profile, rt = _profile_and_runtime(args)
-    print(f"sampling defaults: guidance {profile.guidance:g} (class and latent models), flow_guidance "
-          f"{profile.flow_guidance:g} (flow), self_guidance {profile.self_guidance:g} (the denoiser), "
-          f"flow_steps {profile.flow_steps}")
+    from .registry import sampling_defaults
+    d = {name: sampling_defaults(name, profile) for name in ("class", "latent", "flow", "denoiser")}
+    print(f"sampling defaults: guidance {d['class']['guidance']:g} (class model), {d['latent']['guidance']:g} "
+          f"(latent model), {d['flow']['guidance']:g} (flow, {d['flow']['steps']} steps), self-guidance "
+          f"{d['denoiser']['guidance']:g} (the denoiser)")
     print(f"course root: {paths.root()}\ncheckpoints: {paths.checkpoints_dir()}\n"
           f"shipped weights: {paths.weights_dir()}")
     return 0
@@ -170,17 +172,12 @@ def cmd_info(args) -> int:
 
 def cmd_train(args) -> int:
     from . import paths
-    from .registry import REGISTRY
+    from .registry import REGISTRY, with_steps
     from .training.checkpoints import check_training_target
     from .training.loop import TrainResult
     profile, rt = _profile_and_runtime(args)
     if args.steps is not None:
-        field = {"classifier": "classifier_steps", "denoiser": "train_steps", "class": "class_train_steps",
-                 "clip": "clip_steps", "text2image": "t2i_train_steps",
-                 "text2image-lm": "lm_train_steps", "autoencoder": "ae_steps",
-                 "latent": "latent_train_steps", "flow": "flow_train_steps",
-                 "unclip": "unclip_decoder_steps"}[args.model]
-        profile = profile.replace(**{field: args.steps})
+        profile = with_steps(args.model, profile, args.steps)
     _, train_fn, _ = REGISTRY[args.model]
     out = Path(args.out).expanduser().resolve() if args.out else paths.default_checkpoint(args.model)
     if args.model == "unclip":                          # decoder/ and prior/ sub-checkpoints
@@ -295,6 +292,7 @@ def cmd_sample(args) -> int:
     from .diffusion.samplers import sample
     from .diffusion.schedules import make_schedule
     from .networks.unet import load_unet
+    from .registry import sampling_defaults
     from .store import CheckpointError
     profile, rt = _profile_and_runtime(args)
     try:
@@ -309,13 +307,14 @@ def cmd_sample(args) -> int:
     g = torch.Generator().manual_seed(args.seed)
     cond = None
     if labels is not None:
-        default_w = profile.flow_guidance if flow else profile.guidance
+        default_w = sampling_defaults("flow" if flow else "class", profile)["guidance"]
         model = guided(model, args.guidance if args.guidance is not None else default_w)
         labels = cond = torch.tensor(labels).to(rt.device)
     elif cfg.get("clusters"):              # the denoiser: a k-means cluster per sample, then self-guidance
         cond = draw_clusters(sizes, n, g, rt.device)
         if args.autoguidance is None:
-            model = guided(model, args.guidance if args.guidance is not None else profile.self_guidance)
+            model = guided(model, args.guidance if args.guidance is not None
+                           else sampling_defaults("denoiser", profile)["guidance"])
     frames, captions = [], []
 
     def keep(step: dict) -> None:                       # the reverse process, for --strip
@@ -323,7 +322,8 @@ def cmd_sample(args) -> int:
         captions.append(f"t={step['t']:.2f}" if flow else f"t={step['t']}")
     t0 = time.perf_counter()
     if flow:                                            # lesson 12: integrate the velocity from t = 1 to 0
-        images = flow_sample(model, n, sampler=sampler, steps=args.steps or profile.flow_steps,
+        steps = args.steps or sampling_defaults("flow", profile)["steps"]
+        images = flow_sample(model, n, sampler=sampler, steps=steps,
                              generator=g, cond=cond, device=rt.device, callback=keep if strip else None)
     else:
         schedule = make_schedule(cfg["schedule"], cfg["T"], rt.device)
@@ -347,6 +347,7 @@ def _sample_latent(args, folder: Path, out: Path, labels, sampler: str) -> int:
     import torch
 
     from .pipelines.latent import load_latent
+    from .registry import sampling_defaults
     from .store import CheckpointError
     profile, rt = _profile_and_runtime(args)
     try:
@@ -355,8 +356,8 @@ def _sample_latent(args, folder: Path, out: Path, labels, sampler: str) -> int:
         raise CommandError(str(e)) from None
     labels = None if labels is None else torch.tensor(labels)
     t0 = time.perf_counter()
-    images = model.generate(n=args.n, labels=labels, guidance=args.guidance if args.guidance is not None
-                            else profile.guidance, steps=args.steps, sampler=sampler, eta=args.eta,
+    w = args.guidance if args.guidance is not None else sampling_defaults("latent", profile)["guidance"]
+    images = model.generate(n=args.n, labels=labels, guidance=w, steps=args.steps, sampler=sampler, eta=args.eta,
                             generator=torch.Generator().manual_seed(args.seed))
     print(f"sampled {len(images)} images from {_describe_model(folder)} with {sampler} "
           f"in latent space, decoded, in {time.perf_counter() - t0:.1f} s")

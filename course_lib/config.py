@@ -1,13 +1,15 @@
 """Profiles, device and precision: the one place that decides how big and how fast everything is.
 
-A *profile* is a frozen dataclass of sizes (how many training images, batch size, model width, training and
-sampling steps, ...). Three presets exist:
+A *profile* is a frozen dataclass of the cross-cutting sizes (training images, T and the schedule, batch size,
+sampling steps, ...). Each model's own sizes and steps live beside its recipe in ``training/<recipe>.py``, a
+frozen dataclass with one preset per profile (nanoGPT's config per script), read with that module's
+``recipe_config(profile)``. Three profiles exist:
 
 - ``test``: seconds per lesson, on one CPU thread. What pytest and nbval run, so CI executes every lesson.
 - ``cpu``:  a 2-core laptop, minutes per model; must still produce good digits (``bench/`` proves it).
 - ``gpu``:  a Colab or data-centre GPU, the full-size models. No weights are shipped for it, and each Colab
   notebook starts a fresh runtime, so a model a lesson only *uses* comes from its ``fallback`` profile
-  (``cpu``: the shipped weights, with a one-line note; ``models.find_usable``) instead of being retrained
+  (``cpu``: the shipped weights, with a one-line note; ``registry.find_usable``) instead of being retrained
   in every lesson. A lesson under ``gpu`` trains only what it is about (its own demo run).
 
 The profile is chosen automatically (CUDA -> ``gpu``, otherwise ``cpu``; Apple's ``mps`` counts as a device
@@ -21,18 +23,22 @@ import dataclasses
 import os
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["Profile", "PROFILES", "Runtime", "COMPILE_MODES", "compile_setting", "get_profile", "get_device",
-           "get_runtime", "cpu_runtime", "setup", "seed_everything", "autocast", "inference_autocast",
+__all__ = ["Profile", "PROFILES", "recipe_preset", "Runtime", "COMPILE_MODES", "compile_setting", "get_profile",
+           "get_device", "get_runtime", "cpu_runtime", "setup", "seed_everything", "autocast", "inference_autocast",
            "cpu_has_bf16_units", "PRECISIONS", "profile_from_env"]
 
 
 @dataclass(frozen=True)
 class Profile:
-    """All sizes a lesson, a training run or a benchmark uses. Notebooks never hard-code a size."""
+    """The cross-cutting sizes every lesson, training run and benchmark shares. Notebooks never hard-code a
+    size. Each model's own sizes and steps live beside its recipe (``training/<recipe>.py``: a frozen
+    dataclass and its ``PRESETS``, read with ``recipe_config(profile)``), as nanoGPT keeps a config per
+    script; ``with_recipe`` changes one of them for a run."""
     name: str
     threads: int | None              # torch CPU threads (None: torch's default). Tests pin 1 thread.
     # --- data
@@ -41,149 +47,75 @@ class Profile:
     # --- the diffusion process (lessons 01-02)
     T: int                           # number of diffusion steps
     schedule: str                    # "linear" (Ho et al. 2020) or "cosine" (Nichol & Dhariwal 2021)
-    # --- the denoising UNet (lesson 03)
-    channels: tuple[int, ...]        # channels per resolution level (after the space-to-depth stem)
-    attention: bool                  # self-attention at the lowest resolution
-    time_dim: int                    # width of the time embedding
-    blocks: int                      # residual blocks per level, on the way down and on the way up
-    # --- training (one loop for every model)
+    # --- training (one loop for every model; a recipe may name its own batch and learning rate)
     batch_size: int
     lr: float
     warmup_steps: int
-    train_steps: int                 # unconditional denoiser (lesson 03)
-    denoiser_batch: int              # its batch size: on a CPU, more and smaller steps learn more per image
-    denoiser_lr: float               # its AdamW learning rate
-    guide_step: int                  # the denoiser's EMA weights kept at this step, for autoguidance (lesson 04)
-    denoiser_clusters: int           # k-means clusters of the training digits the denoiser is told (no labels)
-    self_guidance: float             # guidance scale towards a sample's cluster (lessons 03-04, clusters.py)
-    lesson_train_steps: int          # the demo run inside lessons 03, 05 and 08 (>= the full run: it is the run)
-    tiny_train_steps: int            # lesson 02's very short run of its tiny network
-    class_train_steps: int           # class-conditional denoiser (lesson 05)
-    p_uncond: float                  # probability of dropping the condition (classifier-free guidance)
-    min_snr_gamma: float | None      # Min-SNR loss weighting for the unconditional denoiser (None: plain MSE)
     ema_decay: float
     checkpoint_every: int
-    # --- sampling and measuring (lessons 04, 05, 08)
+    p_uncond: float                  # probability of dropping the condition (classifier-free guidance)
+    lesson_train_steps: int          # the demo run inside lessons 03, 05 and 08 (>= the full run: it is the run)
+    # --- sampling and measuring
     sample_steps: int                # DDIM steps used by default
     n_show: int                      # images in a grid
     n_eval: int                      # samples per measurement (accuracy, FID)
     max_frames: int                  # frames in an animation (keeps notebooks small)
-    guidance: float                  # default classifier-free guidance scale (diffusers' convention)
-    autoguidance: float              # default autoguidance scale for the unconditional denoiser (lesson 04)
-    # --- metrics classifier
-    classifier_steps: int
-    # --- CLIP on captioned digits (lessons 06-07)
-    clip_dim: int                    # width of text and vision transformers
-    clip_layers: int
-    clip_heads: int
-    clip_patch: int                  # vision patch size (28 must be divisible by it)
-    clip_embed: int                  # shared embedding size
-    clip_batch: int
-    clip_steps: int
-    clip_lr: float
-    # --- text-to-image (lesson 08)
-    t2i_train_steps: int
-    # --- the 2-D toy of lesson 03
-    toy_steps: int
-    # --- text-to-image with a frozen pretrained language model as text encoder (lesson 09)
-    lm_train_steps: int              # its UNet's training steps (the encoder is frozen, not trained)
-    lm_templates: int                # caption templates it trains on (captions.TEMPLATES[:k]): each caption
-                                     # is encoded once before training, ~4 ms a caption on one core
-    # --- flow matching (lesson 12): the class model's UNet, batch and steps on the velocity target
-    flow_train_steps: int            # its training steps (the class model's, for an equal-budget comparison)
-    flow_steps: int                  # Euler/Heun steps used by default
-    flow_guidance: float             # default classifier-free guidance scale on the velocity
-    # --- unCLIP on digits (lesson 10): a decoder from CLIP image embeddings, a prior from text embeddings
-    unclip_decoder_steps: int        # the decoder UNet's training steps (batches of batch_size)
-    unclip_prior_steps: int          # the diffusion prior's training steps
-    unclip_prior_batch: int          # its batch size (an MLP over 64-d vectors: a step costs little)
-    unclip_prior_width: int          # its hidden width
-    unclip_prior_blocks: int         # its residual MLP blocks
-    # --- latent diffusion (lesson 11): an autoencoder to 7x7xC, a class-conditional UNet on its latents
-    ae_latent_channels: int          # C of the 7x7xC latent (2 vs 4 measured: bench/README.md, "Latent diffusion")
-    ae_channels: tuple[int, ...]     # autoencoder widths at 28x28, 14x14 and 7x7
-    ae_steps: int                    # autoencoder training steps
-    ae_batch: int
-    ae_lr: float
-    ae_kl_weight: float              # weight of the KL term, per pixel as in Stable Diffusion (1e-6 there)
-    latent_unet_channels: tuple[int, ...]   # the latent UNet's widths at 7x7 and 4x4
-    latent_train_steps: int          # its training steps (batch_size images each)
     # --- where a lesson finds the models it only uses
     fallback: str | None = None      # profile whose finished models serve when none matches this one
+    # --- changes to a recipe's preset: ((recipe, field, value), ...), made by ``with_recipe``
+    recipe_changes: tuple[tuple[str, str, Any], ...] = ()
 
     def replace(self, **changes) -> "Profile":
         """A copy with some fields changed (profiles are frozen)."""
         return dataclasses.replace(self, **changes)
 
+    def with_recipe(self, recipe: str, **changes) -> "Profile":
+        """A copy whose ``recipe`` preset (``training/<recipe>.py``'s ``PRESETS[self.name]``) has ``changes``:
+        ``profile.with_recipe("denoiser", steps=3)``. Checked when the recipe reads it (``recipe_preset``)."""
+        kept = tuple(c for c in self.recipe_changes if not (c[0] == recipe and c[1] in changes))
+        return dataclasses.replace(self, recipe_changes=kept + tuple((recipe, k, v) for k, v in changes.items()))
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["channels"] = list(self.channels)
+        d["recipe_changes"] = [list(c) for c in self.recipe_changes]
         return d
+
+
+def recipe_preset(presets: dict, recipe: str, profile: Profile):
+    """``presets[profile.name]`` (a recipe's frozen dataclass) with the profile's changes to ``recipe``.
+
+    Raises:
+        ValueError: no preset for this profile's name, or a change names a field the recipe does not have.
+    """
+    if profile.name not in presets:
+        raise ValueError(f"the {recipe!r} recipe has no preset for profile {profile.name!r}: its presets are "
+                         f"{', '.join(presets)} (a new profile needs one in course_lib/training/)")
+    preset = presets[profile.name]
+    changes = {k: v for r, k, v in profile.recipe_changes if r == recipe}
+    if changes:
+        valid = [f.name for f in dataclasses.fields(preset)]
+        unknown = [k for k in changes if k not in valid]
+        if unknown:
+            raise ValueError(f"the {recipe!r} recipe has no field {unknown[0]!r}: its fields are {', '.join(valid)}")
+        preset = dataclasses.replace(preset, **changes)
+    return preset
 
 
 PROFILES: dict[str, Profile] = {
     "test": Profile(
         name="test", threads=1, n_train=2_000, n_test=1_000, T=1000, schedule="cosine",
-        channels=(16, 32), attention=True, time_dim=64, blocks=1,
-        batch_size=64, lr=2e-3, warmup_steps=20, lesson_train_steps=20, tiny_train_steps=20,
-        train_steps=200, denoiser_batch=64, denoiser_lr=2e-3, guide_step=50, denoiser_clusters=10,
-        self_guidance=2.0,
-        class_train_steps=300, p_uncond=0.1, min_snr_gamma=5.0, ema_decay=0.99, checkpoint_every=100,
-        sample_steps=10, n_show=16, n_eval=200, max_frames=8, guidance=3.0, autoguidance=2.0,
-        classifier_steps=150,
-        clip_dim=32, clip_layers=1, clip_heads=2, clip_patch=7, clip_embed=32, clip_batch=100,
-        clip_steps=150, clip_lr=2e-3,
-        t2i_train_steps=300, toy_steps=600,
-        lm_train_steps=300, lm_templates=1,
-        flow_train_steps=150, flow_steps=10, flow_guidance=2.0,
-        unclip_decoder_steps=100, unclip_prior_steps=300, unclip_prior_batch=128, unclip_prior_width=128,
-        unclip_prior_blocks=2,
-        ae_latent_channels=4, ae_channels=(8, 16, 32), ae_steps=100, ae_batch=32, ae_lr=2e-3, ae_kl_weight=1e-4,
-        latent_unet_channels=(16, 32), latent_train_steps=200,
+        batch_size=64, lr=2e-3, warmup_steps=20, ema_decay=0.99, checkpoint_every=100, p_uncond=0.1,
+        lesson_train_steps=20, sample_steps=10, n_show=16, n_eval=200, max_frames=8,
     ),
     "cpu": Profile(
         name="cpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
-        channels=(32, 64), attention=False, time_dim=128, blocks=1,
-        batch_size=128, lr=2e-3, warmup_steps=100, lesson_train_steps=100, tiny_train_steps=100,
-        # the denoiser: batches of 32 learn more per image than 128; a learning rate of 4e-3 measured best of
-        # 2e-3, 4e-3 and 8e-3 in one run each, by about 3 points (bench/README.md, "How the cpu recipe of the
-        # denoiser was chosen");
-        # 4,900 steps fit in 10 minutes on 2 AVX2 cores (569 s; 5,200 took 615 s on 2026-11-26)
-        train_steps=4_900, denoiser_batch=32, denoiser_lr=4e-3, guide_step=1_400,
-        # told which of 100 k-means clusters each digit is in, then guided towards a drawn cluster: 93.5 % of
-        # samples confident at w = 2 against 68 % for the same network without clusters (bench/README.md, "Self-guidance")
-        denoiser_clusters=100, self_guidance=2.0,
-        class_train_steps=4_000, p_uncond=0.1, min_snr_gamma=5.0, ema_decay=0.999, checkpoint_every=250,
-        sample_steps=25, n_show=16, n_eval=1_000, max_frames=25, guidance=3.0, autoguidance=2.0,
-        classifier_steps=1_500,
-        clip_dim=64, clip_layers=2, clip_heads=4, clip_patch=7, clip_embed=64, clip_batch=256,
-        clip_steps=2_000, clip_lr=2e-3,
-        t2i_train_steps=4_000, toy_steps=2_000,
-        lm_train_steps=2_400, lm_templates=6,
-        # the flow model: the class model's steps and batch; w = 1.5 from bench/flow_matching.py's grid
-        flow_train_steps=4_000, flow_steps=10, flow_guidance=1.5,
-        unclip_decoder_steps=4_000, unclip_prior_steps=3_000, unclip_prior_batch=256, unclip_prior_width=256,
-        unclip_prior_blocks=3,
-        ae_latent_channels=4, ae_channels=(16, 32, 64), ae_steps=600, ae_batch=128, ae_lr=2e-3, ae_kl_weight=1e-4,
-        latent_unet_channels=(32, 64), latent_train_steps=4_000,
+        batch_size=128, lr=2e-3, warmup_steps=100, ema_decay=0.999, checkpoint_every=250, p_uncond=0.1,
+        lesson_train_steps=100, sample_steps=25, n_show=16, n_eval=1_000, max_frames=25,
     ),
     "gpu": Profile(
         name="gpu", threads=None, n_train=None, n_test=None, T=1000, schedule="cosine",
-        channels=(64, 128), attention=True, time_dim=256, blocks=2,
-        batch_size=256, lr=1e-3, warmup_steps=200, lesson_train_steps=8_000, tiny_train_steps=500,
-        train_steps=8_000, denoiser_batch=256, denoiser_lr=1e-3, guide_step=1_000, denoiser_clusters=100,
-        self_guidance=2.0,
-        class_train_steps=8_000, p_uncond=0.1, min_snr_gamma=5.0, ema_decay=0.9995, checkpoint_every=1_000,
-        sample_steps=50, n_show=16, n_eval=10_000, max_frames=40, guidance=3.0, autoguidance=2.0,
-        classifier_steps=3_000,
-        clip_dim=128, clip_layers=4, clip_heads=4, clip_patch=4, clip_embed=128, clip_batch=512,
-        clip_steps=6_000, clip_lr=5e-4,
-        t2i_train_steps=10_000, toy_steps=3_000,
-        lm_train_steps=10_000, lm_templates=6, flow_train_steps=8_000, flow_steps=10, flow_guidance=2.0,
-        unclip_decoder_steps=10_000, unclip_prior_steps=20_000, unclip_prior_batch=1_024, unclip_prior_width=512,
-        unclip_prior_blocks=4,
-        ae_latent_channels=4, ae_channels=(32, 64, 128), ae_steps=3_000, ae_batch=256, ae_lr=1e-3,
-        ae_kl_weight=1e-4, latent_unet_channels=(64, 128), latent_train_steps=8_000, fallback="cpu",
+        batch_size=256, lr=1e-3, warmup_steps=200, ema_decay=0.9995, checkpoint_every=1_000, p_uncond=0.1,
+        lesson_train_steps=8_000, sample_steps=50, n_show=16, n_eval=10_000, max_frames=40, fallback="cpu",
     ),
 }
 

@@ -1,6 +1,6 @@
-"""Pictures: an image grid, a strip of frames over time, and an animation of a sequence of image batches
-(the forward or reverse process) that plays in Jupyter and degrades to a static strip under the ``test``
-profile, so executed notebooks stay small and nbval stays fast."""
+"""Pictures: an image grid, a strip of frames over time, a training run's loss curves, and an animation of
+a sequence of image batches (the forward or reverse process) that plays in Jupyter and degrades to a static
+strip under the ``test`` profile, so executed notebooks stay small and nbval stays fast."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ import torch
 
 from .config import profile_from_env
 
-__all__ = ["image_grid", "show_images", "save_grid", "show_strip", "animate", "subsample_frames"]
+__all__ = ["image_grid", "show_images", "save_grid", "show_strip", "animate", "subsample_frames", "plot_losses"]
 
 
 def _check_images(x: torch.Tensor) -> torch.Tensor:
@@ -139,3 +139,40 @@ def animate(frames: Sequence[torch.Tensor], captions: Sequence[str] | None = Non
     html = HTML(anim.to_jshtml(default_mode="once"))
     plt.close(fig)
     return html
+
+
+def plot_losses(result, smooth: int = 50):
+    """The loss curve (raw and smoothed) and, when available, the loss broken down by t.
+
+    ``result``: a ``training.loop.TrainResult``, or a training record (the dict of ``training.json``, or any
+    dict with ``"losses"``)."""
+    if isinstance(result, dict):
+        losses, by_t = result["losses"], _by_t_from_training(result)
+    else:
+        losses, by_t = result.losses, result.loss_by_t
+    ncols = 2 if by_t else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.2), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(losses, alpha=0.3, label="per step")
+    if len(losses) >= smooth:
+        k = torch.ones(smooth) / smooth
+        sm = torch.nn.functional.conv1d(torch.tensor(losses).view(1, 1, -1), k.view(1, 1, -1)).flatten()
+        ax.plot(range(smooth - 1, len(losses)), sm.tolist(), label=f"mean of {smooth}")
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
+    ax.legend()
+    if by_t:
+        axes[0, 1].bar(by_t["t_mid"], by_t["loss"], width=0.8 * (by_t["t_mid"][1] - by_t["t_mid"][0]))
+        axes[0, 1].set(xlabel="t", ylabel="mean loss", title="loss by timestep t")
+    fig.tight_layout()
+    return fig
+
+
+def _by_t_from_training(training: dict) -> dict:
+    if "loss_by_t_sum" not in training:
+        return {}
+    s, c = training["loss_by_t_sum"], training["loss_by_t_count"]
+    if not sum(c):
+        return {}
+    n = len(s)
+    T = training.get("config", {}).get("T", n)
+    return {"t_mid": [(i + 0.5) * T / n for i in range(n)], "loss": [a / max(b, 1) for a, b in zip(s, c)]}

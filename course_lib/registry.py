@@ -36,8 +36,8 @@ from .networks.unet import load_unet
 from .pipelines.text_to_image import TextToImage, load_text2image_lm
 from .training.denoiser import class_config, denoiser_config, train_class_model, train_denoiser
 
-__all__ = ["load_text_to_image", "REGISTRY", "find_matching", "find_usable", "train_missing", "get_guide",
-           "get_model"]
+__all__ = ["load_text_to_image", "REGISTRY", "with_steps", "sampling_defaults", "find_matching", "find_usable",
+           "train_missing", "get_guide", "get_model"]
 
 
 # --------------------------------------------------------------------------- the registry
@@ -72,12 +72,31 @@ REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
 }
 
 
+_STEPS = {"classifier": ("classifier", "steps"), "denoiser": ("denoiser", "steps"),
+          "class": ("denoiser", "class_steps"), "clip": ("clip", "steps"), "text2image": ("text2image", "steps"),
+          "text2image-lm": ("text2image", "lm_steps"), "flow": ("flow", "steps"),
+          "unclip": ("unclip", "decoder_steps"), "autoencoder": ("latent", "ae_steps"), "latent": ("latent", "steps")}
+
+
 def _steps_for(name: str, profile: Profile) -> int:
-    return {"classifier": profile.classifier_steps, "denoiser": profile.train_steps,
-            "class": profile.class_train_steps, "clip": profile.clip_steps,
-            "text2image": profile.t2i_train_steps, "text2image-lm": profile.lm_train_steps,
-            "flow": profile.flow_train_steps, "unclip": profile.unclip_decoder_steps,
-            "autoencoder": profile.ae_steps, "latent": profile.latent_train_steps}[name]
+    """Model ``name``'s training steps: its recipe's field (``training/<recipe>.py``'s ``recipe_config``)."""
+    recipe, field = _STEPS[name]
+    return getattr(importlib.import_module(f"course_lib.training.{recipe}").recipe_config(profile), field)
+
+
+def with_steps(name: str, profile: Profile, steps: int) -> Profile:
+    """``profile`` with model ``name`` trained for ``steps`` steps (its recipe's field changed)."""
+    recipe, field = _STEPS[name]
+    return profile.with_recipe(recipe, **{field: steps})
+
+
+def sampling_defaults(name: str, profile: Profile) -> dict:
+    """How generative model ``name`` samples by default under ``profile`` (sampler, steps, guidance, ...): its
+    recipe's ``sampling_defaults(profile)[name]``."""
+    module = importlib.import_module(f"course_lib.training.{_STEPS[name][0]}")
+    if not hasattr(module, "sampling_defaults") or name not in module.sampling_defaults(profile):
+        raise ValueError(f"{name!r} does not generate images: no sampling defaults")
+    return module.sampling_defaults(profile)[name]
 
 
 def find_matching(name: str, profile: Profile) -> Path | None:
@@ -159,7 +178,7 @@ def train_missing(name: str, profile: Profile, runtime: Runtime | None = None, p
 
 def get_guide(profile: Profile, runtime: Runtime | None = None):
     """The denoiser's guide for autoguidance: the same network's EMA weights early in its training
-    (``profile.guide_step``), from the same checkpoint ``get_model("denoiser", ...)`` finds.
+    (the denoiser recipe's ``guide_step``), from the same checkpoint ``get_model("denoiser", ...)`` finds.
 
     Raises:
         FileNotFoundError: no finished denoiser for ``profile``, or one trained without a guide.

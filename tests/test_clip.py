@@ -12,6 +12,7 @@ from course_lib.data.mnist import load_mnist
 from course_lib.exercises import lesson07
 from course_lib.networks import clip as CL
 from course_lib.training import clip as CT
+from course_lib.training.clip import recipe_config as clip_recipe
 
 PROFILE = get_profile("test")
 
@@ -48,10 +49,10 @@ def test_model_config_from_profile():
     model = CL.build_clip(cfg)
     tc, vc = model.config.text_config, model.config.vision_config
     assert tc.eos_token_id == 1 and tc.bos_token_id == 2 and tc.pad_token_id == 0
-    assert vc.image_size == 28 and vc.num_channels == 1 and vc.patch_size == PROFILE.clip_patch
-    assert model.config.projection_dim == PROFILE.clip_embed and tc.hidden_size == PROFILE.clip_dim
-    with pytest.raises(ValueError, match="clip_patch"):
-        CT.clip_config_from_profile(PROFILE.replace(clip_patch=5))
+    assert vc.image_size == 28 and vc.num_channels == 1 and vc.patch_size == clip_recipe(PROFILE).patch
+    assert model.config.projection_dim == clip_recipe(PROFILE).embed and tc.hidden_size == clip_recipe(PROFILE).dim
+    with pytest.raises(ValueError, match="patch must divide 28, got 5"):
+        CT.clip_config_from_profile(PROFILE.with_recipe("clip", patch=5))
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +86,9 @@ def test_checkpoint_loads_with_transformers_and_resumes(trained):
     loaded, _ = CL.load_clip(out)
     assert not loaded.training
     again = CT.train_clip(PROFILE, out=out, progress=False)             # same config, already finished
-    assert again.resumed_from == PROFILE.clip_steps and again.step == PROFILE.clip_steps
+    assert again.resumed_from == clip_recipe(PROFILE).steps and again.step == clip_recipe(PROFILE).steps
     with pytest.raises(ValueError, match="another model config"):
-        CT.train_clip(PROFILE.replace(clip_dim=48), out=out, progress=False)
+        CT.train_clip(PROFILE.with_recipe("clip", dim=48), out=out, progress=False)
 
 
 def test_get_clip_loads_a_matching_checkpoint(trained, tmp_path, monkeypatch):
@@ -96,7 +97,7 @@ def test_get_clip_loads_a_matching_checkpoint(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_HOME", str(tmp_path))
     shutil.copytree(out, tmp_path / "clip")
     model, tok, training = CT.get_clip(PROFILE, progress=False)
-    assert training["step"] == PROFILE.clip_steps and not model.training and len(training["losses"]) > 0
+    assert training["step"] == clip_recipe(PROFILE).steps and not model.training and len(training["losses"]) > 0
 
 
 def test_project_2d_is_pca():

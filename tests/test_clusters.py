@@ -7,6 +7,7 @@ import torch
 from course_lib.data.clusters import draw_clusters, kmeans
 from course_lib.networks import unet
 from course_lib.training import denoiser
+from course_lib.training.denoiser import recipe_config as denoiser_recipe
 
 
 def blobs(seed=0):
@@ -56,12 +57,12 @@ def test_draw_clusters_follows_the_cluster_sizes():
 
 
 def test_the_denoiser_is_trained_on_clusters_and_loads_their_sizes(test_profile, tmp_path):
-    prof = test_profile.replace(train_steps=3)
+    prof = test_profile.with_recipe("denoiser", steps=3)
     result = denoiser.train_denoiser(prof, out=tmp_path / "d", progress=False)
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())
-    assert cfg["num_classes"] == prof.denoiser_clusters and cfg["clusters"] and cfg["p_uncond"] == prof.p_uncond
+    assert cfg["num_classes"] == denoiser_recipe(prof).clusters and cfg["clusters"] and cfg["p_uncond"] == prof.p_uncond
     training = json.loads((tmp_path / "d" / "training.json").read_text())
-    assert len(training["cluster_sizes"]) == prof.denoiser_clusters
+    assert len(training["cluster_sizes"]) == denoiser_recipe(prof).clusters
     assert sum(training["cluster_sizes"]) == prof.n_train                 # every training image has a cluster
     model, _ = unet.load_unet(tmp_path / "d")
     assert model.cluster_sizes.tolist() == training["cluster_sizes"]
@@ -72,7 +73,7 @@ def test_the_denoiser_is_trained_on_clusters_and_loads_their_sizes(test_profile,
 
 
 def test_a_resume_that_finds_other_clusters_is_refused(test_profile, tmp_path, monkeypatch):
-    prof = test_profile.replace(train_steps=4)
+    prof = test_profile.with_recipe("denoiser", steps=4)
     denoiser.train_denoiser(prof, out=tmp_path / "d", progress=False, stop_after=2)
     real_kmeans = denoiser.kmeans
     monkeypatch.setattr(denoiser, "kmeans", lambda x, k, seed=0: real_kmeans(x, k, seed=seed + 1))
@@ -83,8 +84,8 @@ def test_a_resume_that_finds_other_clusters_is_refused(test_profile, tmp_path, m
 
 
 def test_training_into_another_configs_folder_names_the_config_not_the_clusters(test_profile, tmp_path):
-    prof = test_profile.replace(train_steps=4)
+    prof = test_profile.with_recipe("denoiser", steps=4)
     denoiser.train_denoiser(prof, out=tmp_path / "d", progress=False, stop_after=2)
-    other = prof.replace(denoiser_clusters=prof.denoiser_clusters + 1)      # another profile's denoiser
+    other = prof.with_recipe("denoiser", clusters=denoiser_recipe(prof).clusters + 1)      # another profile's denoiser
     with pytest.raises(ValueError, match="another model config .*num_classes"):
         denoiser.train_denoiser(other, out=tmp_path / "d", progress=False)

@@ -6,6 +6,7 @@ import torch
 
 from course_lib import config
 from course_lib.config import PROFILES, Profile, get_profile, get_runtime, seed_everything
+from course_lib.training.denoiser import recipe_config as denoiser_recipe
 
 
 def test_unknown_profile_lists_valid_ones(monkeypatch):
@@ -39,7 +40,7 @@ def test_profiles_are_frozen_and_complete():
         p.batch_size = 3
     assert p.replace(batch_size=3).batch_size == 3 and p.batch_size != 3
     for prof in PROFILES.values():
-        assert isinstance(prof, Profile) and len(prof.channels) == 2
+        assert isinstance(prof, Profile) and len(denoiser_recipe(prof).channels) == 2
         assert 0 < prof.p_uncond < 1 and prof.max_frames >= 2 and prof.n_show >= 4
     assert PROFILES["test"].threads == 1
 

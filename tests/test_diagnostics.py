@@ -204,8 +204,7 @@ def short_checkpoint(tmp_path_factory):
     s = make_schedule("cosine", 100)
     x = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     fit(model, lambda m, x0, g: simple_loss(m, x0, s, generator=g), lambda g: x[torch.randperm(32, generator=g)[:8]],
-        steps=4, lr=1e-2, warmup_steps=1, batch_size=8, ema_decay=0.9, config=model.config.to_dict(), out=out,
-        progress=False)
+        steps=4, lr=1e-2, warmup_steps=1, batch_size=8, ema_decay=0.9, config=model.config.to_dict(), out=out)
     return out
 
 

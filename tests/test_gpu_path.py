@@ -16,6 +16,9 @@ from course_lib.networks.unet import UNet, UNetConfig
 from course_lib.training import clip as clip_training
 from course_lib.training import text2image
 from course_lib.training.loop import EMA, ema_multi_avg_fn, fit
+from course_lib.training.clip import recipe_config as clip_recipe
+from course_lib.training.denoiser import recipe_config as denoiser_recipe
+from course_lib.training.toy import recipe_config as toy_recipe
 
 GPU = PROFILES["gpu"]
 CPU_RT = get_runtime("cpu", precision="fp32")
@@ -53,12 +56,13 @@ def test_under_gpu_the_guide_and_clip_come_from_the_fallback_too(empty_home, mon
     _no_training(monkeypatch)
     assert isinstance(registry.get_guide(GPU, CPU_RT), UNet)
     model, _, record = clip_training.get_clip(GPU, CPU_RT)
-    assert record["config"]["dim"] == PROFILES["cpu"].clip_dim
+    assert record["config"]["dim"] == clip_recipe(PROFILES["cpu"]).dim
 
 
 def test_a_users_own_gpu_model_comes_before_the_fallback(empty_home):
-    tiny = GPU.replace(channels=(8, 16), attention=False, time_dim=16, blocks=1, classifier_steps=2,
-                       n_train=300, batch_size=16, warmup_steps=1)
+    tiny = (GPU.replace(n_train=300, batch_size=16, warmup_steps=1)
+            .with_recipe("denoiser", channels=(8, 16), attention=False, time_dim=16, blocks=1)
+            .with_recipe("classifier", steps=2))
     assert registry.find_usable("classifier", tiny)[1].name == "cpu"
     registry.train_missing("classifier", tiny, CPU_RT, progress=False)  # `python -m course_lib train ...`
     folder, used = registry.find_usable("classifier", tiny)
@@ -66,19 +70,19 @@ def test_a_users_own_gpu_model_comes_before_the_fallback(empty_home):
 
 
 def test_no_fallback_outside_the_gpu_profile(empty_home):
-    odd = PROFILES["cpu"].replace(classifier_steps=7)
+    odd = PROFILES["cpu"].with_recipe("classifier", steps=7)
     assert registry.find_usable("classifier", odd) is None                # cpu has no fallback: it trains
 
 
 # --------------------------------------------------------------------------- 2. lesson 08 trains once
 @pytest.mark.parametrize("own_clip", [False, True])
 def test_lesson_08_trains_text_to_image_at_most_once_under_gpu(own_clip, empty_home, monkeypatch):
-    prof = GPU.replace(n_train=300, batch_size=8, warmup_steps=1, lesson_train_steps=2, t2i_train_steps=2,
-                       clip_steps=2, clip_batch=16, checkpoint_every=0)
+    prof = (GPU.replace(n_train=300, batch_size=8, warmup_steps=1, lesson_train_steps=2, checkpoint_every=0)
+            .with_recipe("text2image", steps=2).with_recipe("clip", steps=2, batch=16))
     if own_clip:                                                        # the profile's own (gpu-size) CLIP
         clip_training.train_clip(prof, runtime=CPU_RT, progress=False)
     clip = clip_training.get_clip(prof, CPU_RT, progress=False)        # what the lesson loads first
-    assert (clip[2]["config"]["dim"] == prof.clip_dim) is own_clip
+    assert (clip[2]["config"]["dim"] == clip_recipe(prof).dim) is own_clip
     calls = []
     real = text2image.train_text2image
     monkeypatch.setattr(text2image, "train_text2image",
@@ -92,8 +96,9 @@ def test_lesson_08_trains_text_to_image_at_most_once_under_gpu(own_clip, empty_h
 
 def test_gpu_lesson_demos_of_lessons_03_and_05_are_their_full_runs_and_lesson_02_has_its_own_setting():
     # lessons 03 and 05 train into the default checkpoint when the demo is as long as the full run
-    assert GPU.lesson_train_steps >= GPU.train_steps and GPU.lesson_train_steps >= GPU.class_train_steps
-    assert GPU.tiny_train_steps < GPU.lesson_train_steps // 10          # lesson 02: "a very short run"
+    assert GPU.lesson_train_steps >= denoiser_recipe(GPU).steps
+    assert GPU.lesson_train_steps >= denoiser_recipe(GPU).class_steps
+    assert toy_recipe(GPU).tiny_steps < GPU.lesson_train_steps // 10          # lesson 02: "a very short run"
 
 
 # --------------------------------------------------------------------------- 3. bounded batches, autocast
@@ -189,8 +194,7 @@ def test_fit_keeps_one_generator_when_noise_and_batches_share_a_device():
         seen.setdefault("loss", g)
         return m(batch).pow(2).mean()
 
-    common = dict(steps=2, lr=1e-2, warmup_steps=1, batch_size=4, ema_decay=0.9, config={}, runtime=CPU_RT,
-                  progress=False)
+    common = dict(steps=2, lr=1e-2, warmup_steps=1, batch_size=4, ema_decay=0.9, config={}, runtime=CPU_RT)
     fit(torch.nn.Linear(2, 1), loss_fn, get_batch, rng_device="cpu", **common)
     assert seen["batch"] is seen["loss"]                                 # one device: one generator, as before
     seen.clear()

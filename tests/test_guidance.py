@@ -19,6 +19,7 @@ from course_lib.networks.unet import UNet, UNetConfig
 from course_lib.training import denoiser
 from course_lib.training.classifier import train_classifier
 from course_lib.training.denoiser import drop_labels, train_class_model
+from course_lib.training.denoiser import recipe_config as denoiser_recipe
 
 CPU = get_runtime("cpu")
 ENV = {**os.environ, "COURSE_PROFILE": "test", "OMP_NUM_THREADS": "1"}
@@ -126,7 +127,7 @@ def trained(tmp_path_factory):
 
 def test_training_drops_labels_at_the_profile_rate(trained):
     profile, _, _, _, seen = trained
-    assert len(seen) == profile.class_train_steps * profile.batch_size
+    assert len(seen) == denoiser_recipe(profile).class_steps * profile.batch_size
     assert binomial_ok(int((seen == -1).sum()), len(seen), profile.p_uncond)
     assert set(seen[seen >= 0].unique().tolist()) == set(range(10))
 
@@ -138,7 +139,7 @@ def test_guided_class_model_draws_the_asked_digit_more_often(trained):
     against chance's 10 %); over 4 training seeds x 3 classifier seeds z ranged from 3.4 to 7.2."""
     profile, model, _, clf, _ = trained
     schedule = make_schedule(profile.schedule, profile.T)
-    N, w = 200, 3 * profile.guidance
+    N, w = 200, 3 * denoiser_recipe(profile).guidance
     labels = torch.arange(N) % 10
     acc = {}
     for scale in (0.0, w):

@@ -18,11 +18,12 @@ from course_lib.networks.unet import TextCond, UNet, UNetConfig
 from course_lib.pipelines import text_to_image
 from course_lib.text import vocabulary
 from course_lib.training import text2image as LT
+from course_lib.training.text2image import recipe_config as text2image_recipe
 
 PROFILE = get_profile("test")
 # 300 steps (the test profile's) reach about 17 % digit accuracy at w = 6 (z = 3.3 against chance, measured):
 # too close to call, so the trained-model tests train 600, as tests/test_pipeline.py does for lesson 08
-TRAIN = PROFILE.replace(lm_train_steps=600, checkpoint_every=1_000)
+TRAIN = PROFILE.replace(checkpoint_every=1_000).with_recipe("text2image", lm_steps=600)
 
 
 def random_pipeline(seed: int = 0) -> text_to_image.TextToImageLM:
@@ -229,14 +230,14 @@ def test_no_held_out_word_appears_in_any_training_caption():
 def trained(tmp_path_factory):
     rt = get_runtime("cpu")
     out = tmp_path_factory.mktemp("lm") / "text2image-lm"
-    half = LT.train_text2image_lm(TRAIN, out=out, runtime=rt, progress=False, stop_after=TRAIN.lm_train_steps // 2)
-    assert half.step == TRAIN.lm_train_steps // 2
+    half = LT.train_text2image_lm(TRAIN, out=out, runtime=rt, progress=False, stop_after=text2image_recipe(TRAIN).lm_steps // 2)
+    assert half.step == text2image_recipe(TRAIN).lm_steps // 2
     return LT.train_text2image_lm(TRAIN, out=out, runtime=rt, progress=False), out
 
 
 def test_training_resumes_and_the_folder_is_a_pipeline(trained):
     result, out = trained
-    assert result.resumed_from == TRAIN.lm_train_steps // 2 and result.step == TRAIN.lm_train_steps
+    assert result.resumed_from == text2image_recipe(TRAIN).lm_steps // 2 and result.step == text2image_recipe(TRAIN).lm_steps
     assert not (out / "text_encoder.safetensors").exists()              # the encoder is the package's
     record = json.loads((out / "training.json").read_text())
     assert record["captions"] == 1_500 and record["caption_seconds"] >= 0
@@ -244,7 +245,7 @@ def test_training_resumes_and_the_folder_is_a_pipeline(trained):
     assert all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(),
                                                  result.ema_model.state_dict().values()))
     with pytest.raises(ValueError, match="another model config"):
-        LT.train_text2image_lm(TRAIN.replace(channels=(8, 16)), out=out, progress=False)
+        LT.train_text2image_lm(TRAIN.with_recipe("denoiser", channels=(8, 16)), out=out, progress=False)
 
 
 def test_trained_model_follows_the_digit_far_above_chance(trained, digit_accuracy_z):

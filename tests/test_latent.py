@@ -12,6 +12,7 @@ from course_lib.networks.unet import UNet, UNetConfig
 from course_lib.pipelines import latent
 from course_lib.store import CheckpointError
 from course_lib.training import latent as latent_training
+from course_lib.training.latent import recipe_config as latent_recipe
 
 PROFILE = get_profile("test")
 
@@ -71,8 +72,8 @@ def trained(tmp_path_factory):
     rt = get_runtime("cpu")
     root = tmp_path_factory.mktemp("latent")
     half = latent_training.train_autoencoder(PROFILE, out=root / "ae", runtime=rt, progress=False,
-                                stop_after=PROFILE.ae_steps // 2)
-    assert half.step == PROFILE.ae_steps // 2
+                                stop_after=latent_recipe(PROFILE).ae_steps // 2)
+    assert half.step == latent_recipe(PROFILE).ae_steps // 2
     ae_res = latent_training.train_autoencoder(PROFILE, out=root / "ae", runtime=rt, progress=False)
     lat_res = latent_training.train_latent(PROFILE, out=root / "latent", runtime=rt, progress=False, autoencoder=root / "ae")
     return root, ae_res, lat_res
@@ -80,7 +81,7 @@ def trained(tmp_path_factory):
 
 def test_autoencoder_resumes_and_saves_its_scaling_factor(trained):
     root, ae_res, _ = trained
-    assert ae_res.resumed_from == PROFILE.ae_steps // 2 and ae_res.step == PROFILE.ae_steps
+    assert ae_res.resumed_from == latent_recipe(PROFILE).ae_steps // 2 and ae_res.step == latent_recipe(PROFILE).ae_steps
     ae = load_autoencoder(root / "ae")
     s = json.loads((root / "ae" / "config.json").read_text())["scaling_factor"]
     assert ae.scaling_factor == s and 0 < s < 100
@@ -204,5 +205,5 @@ def test_a_damaged_user_autoencoder_is_named_not_taken_for_another_one(trained, 
 
 def test_registry_entries_match_the_profile():
     from course_lib.registry import REGISTRY, _steps_for
-    assert latent_training.latent_config(PROFILE)["in_channels"] == PROFILE.ae_latent_channels
-    assert _steps_for("autoencoder", PROFILE) == PROFILE.ae_steps and "latent" in REGISTRY
+    assert latent_training.latent_config(PROFILE)["in_channels"] == latent_recipe(PROFILE).latent_channels
+    assert _steps_for("autoencoder", PROFILE) == latent_recipe(PROFILE).ae_steps and "latent" in REGISTRY

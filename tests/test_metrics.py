@@ -9,6 +9,7 @@ import torch
 from course_lib.measures import metrics
 from course_lib.networks import classifier
 from course_lib.training import classifier as classifier_training
+from course_lib.training.classifier import recipe_config as classifier_recipe
 
 torch.set_num_threads(1)
 
@@ -116,7 +117,7 @@ def test_test_profile_classifier_beats_chance(test_profile, tmp_path):
     n_params = sum(p.numel() for p in classifier.Classifier().parameters())
     assert 50_000 < n_params < 150_000
     result = classifier_training.train_classifier(test_profile, out=tmp_path / "clf", progress=False)
-    assert result.step == test_profile.classifier_steps
+    assert result.step == classifier_recipe(test_profile).steps
     clf = classifier.load_classifier(tmp_path / "clf", "cpu")
     acc = classifier_training.classifier_test_accuracy(clf, test_profile)
     assert acc > 0.8, f"test accuracy {acc:.3f}"                                    # chance is 0.1

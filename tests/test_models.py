@@ -6,6 +6,7 @@ from course_lib import registry
 from course_lib.diffusion.schedules import make_schedule
 from course_lib.networks import unet
 from course_lib.training import denoiser
+from course_lib.training.denoiser import recipe_config as denoiser_recipe
 
 
 class Fixed(torch.nn.Module):
@@ -22,17 +23,17 @@ def test_drop_labels_marks_dropped_labels_as_no_condition():
 
 def test_find_matching_uses_only_finished_checkpoints_of_the_profiles_config(test_profile, tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_HOME", str(tmp_path))                  # keep this 3-step model to ourselves
-    assert registry.find_matching("denoiser", test_profile.replace(channels=(8, 16))) is None
-    denoiser.train_denoiser(test_profile.replace(train_steps=3), progress=False)
-    assert registry.find_matching("denoiser", test_profile.replace(train_steps=3)) is not None
-    assert registry.find_matching("denoiser", test_profile.replace(train_steps=3, time_dim=32)) is None
+    assert registry.find_matching("denoiser", test_profile.with_recipe("denoiser", channels=(8, 16))) is None
+    denoiser.train_denoiser(test_profile.with_recipe("denoiser", steps=3), progress=False)
+    assert registry.find_matching("denoiser", test_profile.with_recipe("denoiser", steps=3)) is not None
+    assert registry.find_matching("denoiser", test_profile.with_recipe("denoiser", steps=3, time_dim=32)) is None
 
 
 def test_get_model_without_training_says_where_it_looked(test_profile, tmp_path, monkeypatch):
     import pytest
     monkeypatch.setenv("COURSE_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "denoiser")):
-        registry.get_model("denoiser", test_profile.replace(channels=(8, 16)), train_if_missing=False)
+        registry.get_model("denoiser", test_profile.with_recipe("denoiser", channels=(8, 16)), train_if_missing=False)
     with pytest.raises(ValueError, match="unknown model"):
         registry.get_model("nonsense", test_profile)
 
@@ -40,7 +41,7 @@ def test_get_model_without_training_says_where_it_looked(test_profile, tmp_path,
 def test_get_guide_loads_the_early_ema_weights_and_says_when_there_are_none(test_profile, tmp_path, monkeypatch):
     import pytest
     monkeypatch.setenv("COURSE_HOME", str(tmp_path))
-    prof = test_profile.replace(train_steps=6, guide_step=2)
+    prof = test_profile.with_recipe("denoiser", steps=6, guide_step=2)
     with pytest.raises(FileNotFoundError, match="no finished denoiser"):
         registry.get_guide(prof)
     denoiser.train_denoiser(prof, progress=False)
@@ -49,7 +50,7 @@ def test_get_guide_loads_the_early_ema_weights_and_says_when_there_are_none(test
     assert not guide.training
     diffs = [not torch.equal(a, b) for a, b in zip(final.state_dict().values(), guide.state_dict().values())]
     assert any(diffs)
-    short = test_profile.replace(train_steps=2, guide_step=2)             # too short to keep a guide
+    short = test_profile.with_recipe("denoiser", steps=2, guide_step=2)             # too short to keep a guide
     denoiser.train_denoiser(short, out=tmp_path / "short", progress=False)
     with pytest.raises(FileNotFoundError, match="without guide_step"):
         unet.load_unet(tmp_path / "short", guide=True)
@@ -59,16 +60,16 @@ def test_denoiser_has_its_own_batch_size_and_lr_and_resumes_only_with_them(test_
     import pytest
 
     from course_lib.store import read_training
-    prof = test_profile.replace(train_steps=3, denoiser_batch=8, denoiser_lr=4e-3)
-    assert prof.denoiser_batch != prof.batch_size
+    prof = test_profile.with_recipe("denoiser", steps=3, batch=8, lr=4e-3)
+    assert denoiser_recipe(prof).batch != prof.batch_size
     denoiser.train_denoiser(prof, out=tmp_path / "d", progress=False, stop_after=1)
     training = read_training(tmp_path / "d")
     assert training["batch_size"] == 8 and training["config"]["batch_size"] == 8
-    assert training["lr"] == prof.denoiser_lr != prof.lr
+    assert training["lr"] == denoiser_recipe(prof).lr != prof.lr
     with pytest.raises(ValueError, match="batch_size"):                 # the config names the differing field
-        denoiser.train_denoiser(prof.replace(denoiser_batch=16), out=tmp_path / "d", progress=False)
+        denoiser.train_denoiser(prof.with_recipe("denoiser", batch=16), out=tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="lr: 0.004 -> 0.001"):
-        denoiser.train_denoiser(prof.replace(denoiser_lr=1e-3), out=tmp_path / "d", progress=False)
+        denoiser.train_denoiser(prof.with_recipe("denoiser", lr=1e-3), out=tmp_path / "d", progress=False)
 
 
 def _get_model_in_a_process(profile, home, queue):
@@ -89,7 +90,7 @@ def test_two_processes_missing_the_same_model_train_it_once(test_profile, tmp_pa
     import multiprocessing as mp
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    prof = test_profile.replace(train_steps=40, guide_step=10)
+    prof = test_profile.with_recipe("denoiser", steps=40, guide_step=10)
     procs = [ctx.Process(target=_get_model_in_a_process, args=(prof, str(tmp_path), queue)) for _ in range(2)]
     for p in procs:
         p.start()

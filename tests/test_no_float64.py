@@ -21,7 +21,7 @@ from course_lib.diffusion.forward import simple_loss
 from course_lib.diffusion.guidance import guided
 from course_lib.diffusion.schedules import make_schedule
 from course_lib.networks.unet import UNet, UNetConfig
-from course_lib.training.loop import fit
+from course_lib.training.loop import LossByT, fit
 
 CPU = get_runtime("cpu")
 
@@ -66,7 +66,7 @@ def _fit(model, loss_fn, T=None):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(8, 1, 28, 28, generator=g) * 2 - 1
     return fit(model, loss_fn, lambda gen: x, steps=3, lr=1e-3, warmup_steps=1, batch_size=8, ema_decay=0.9,
-               config={"kind": "no-float64"}, runtime=CPU, progress=False, T=T)
+               config={"kind": "no-float64"}, runtime=CPU, hooks=[LossByT(T)] if T else [])
 
 
 def test_a_diffusion_models_training_steps_make_no_float64():
@@ -131,7 +131,7 @@ def test_the_loss_by_t_is_still_each_bins_mean(sync_every):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(8, 1, 28, 28, generator=g) * 2 - 1
     res = fit(model, loss, lambda gen: x, steps=5, lr=1e-3, warmup_steps=1, batch_size=8, ema_decay=0.9,
-              config={"kind": "no-float64"}, runtime=CPU, progress=False, T=schedule.T, t_bins=5,
+              config={"kind": "no-float64"}, runtime=CPU, hooks=[LossByT(schedule.T, bins=5)],
               sync_every=sync_every)
     t = torch.cat([s[0] for s in seen]).double()
     per = torch.cat([s[1] for s in seen]).double()

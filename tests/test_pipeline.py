@@ -14,12 +14,13 @@ from course_lib.networks.unet import TextCond, UNet, UNetConfig
 from course_lib.pipelines import text_to_image
 from course_lib.text.tokenizer import load_tokenizer
 from course_lib.training import text2image as T2I
+from course_lib.training.text2image import recipe_config as text2image_recipe
 
 PROFILE = get_profile("test")
 # the test profile's 300 steps learn too little to measure prompt-following reliably, so the trained-model
 # tests train 600 (about 45 s of one core; measured 33 % accuracy at w = 6 against 10 % by chance, z = 10.8;
 # 400 steps gave 19.5-21 %, too close to the threshold)
-TRAIN = PROFILE.replace(t2i_train_steps=600, checkpoint_every=1_000)
+TRAIN = PROFILE.replace(checkpoint_every=1_000).with_recipe("text2image", steps=600)
 
 
 def random_pipeline(seed: int = 0) -> text_to_image.TextToImage:
@@ -135,21 +136,21 @@ def trained(tmp_path_factory):
     """Train the text-to-image model (half, then resumed to the end) with the CLIP of the test profile."""
     rt = get_runtime("cpu")
     out = tmp_path_factory.mktemp("t2i") / "text2image"
-    half = T2I.train_text2image(TRAIN, out=out, runtime=rt, progress=False, stop_after=TRAIN.t2i_train_steps // 2)
-    assert half.step == TRAIN.t2i_train_steps // 2
+    half = T2I.train_text2image(TRAIN, out=out, runtime=rt, progress=False, stop_after=text2image_recipe(TRAIN).steps // 2)
+    assert half.step == text2image_recipe(TRAIN).steps // 2
     result = T2I.train_text2image(TRAIN, out=out, runtime=rt, progress=False)
     return result, out
 
 
 def test_training_resumes_and_the_folder_is_a_pipeline(trained):
     result, out = trained
-    assert result.resumed_from == TRAIN.t2i_train_steps // 2 and result.step == TRAIN.t2i_train_steps
+    assert result.resumed_from == text2image_recipe(TRAIN).steps // 2 and result.step == text2image_recipe(TRAIN).steps
     pipe = text_to_image.load_text2image(out, "cpu")
     assert pipe.default_steps == PROFILE.sample_steps
     assert all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(),
                                                  result.ema_model.state_dict().values()))
     with pytest.raises(ValueError, match="another model config"):
-        T2I.train_text2image(TRAIN.replace(channels=(8, 16)), out=out, progress=False)
+        T2I.train_text2image(TRAIN.with_recipe("denoiser", channels=(8, 16)), out=out, progress=False)
 
 
 def test_trained_model_follows_the_digit_in_prompts(trained, digit_accuracy_z):

@@ -77,7 +77,7 @@ def test_training_into_an_empty_folder_then_resuming_works(tmp_path, test_profil
     denoiser.train_class_model(test_profile, out=out, steps=2, progress=False)
     assert store.has_checkpoint(out)
     with pytest.raises(ValueError, match="checkpoint of the class model, not of denoiser"):
-        denoiser.train_denoiser(test_profile.replace(train_steps=2), out=out, progress=False)
+        denoiser.train_denoiser(test_profile.with_recipe("denoiser", steps=2), out=out, progress=False)
 
 
 # --------------------------------------------------------------------------- 5. interrupted checkpoint writes

@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from course_lib.exercises import lesson06
+from course_lib.measures.metrics import cosine_matrix
 from course_lib.text import tokenizer as T
 from course_lib.text import vocabulary as C
+from course_lib.training.toy import fit_word_vectors
 
 
 def test_shipped_tokenizer_matches_the_vocabulary():
@@ -64,11 +66,11 @@ def test_a_refused_long_prompt_is_quoted_short():
 
 
 def test_word_vectors_learn_meaning_not_the_word():
-    model, losses = T.fit_word_vectors(steps=150)
+    model, losses = fit_word_vectors(steps=150)
     assert losses[-1] < 0.3 * losses[0]
     ids, _ = T.encode(["seven", "7", "three", "thick", "bold", "thin"])
     v = model.embedding(ids[:, 1]).detach()                       # the word after <start>
-    sim = T.cosine_matrix(v)
+    sim = cosine_matrix(v)
     assert sim[0, 1] > 0.8 and sim[0, 1] > sim[0, 2] + 0.3        # "seven" ~ "7", not "three"
     assert sim[3, 4] > 0.8 and sim[3, 5] < 0.0                    # "thick" ~ "bold", opposite "thin"
 

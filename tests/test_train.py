@@ -1,5 +1,8 @@
 """The training loop and checkpoints: overfitting, exact resume, the NaN guard, atomic writes."""
+import inspect
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +11,16 @@ from safetensors.torch import load_file
 from course_lib import store
 from course_lib.config import get_runtime
 from course_lib.training import checkpoints
-from course_lib.training.loop import _restore_generator, ema_avg_fn, ema_multi_avg_fn, fit, warmup_cosine_lr
+from course_lib.training.loop import (
+    GuideSnapshot,
+    LossByT,
+    ProgressBar,
+    _restore_generator,
+    ema_avg_fn,
+    ema_multi_avg_fn,
+    fit,
+    warmup_cosine_lr,
+)
 
 CPU = get_runtime("cpu")
 
@@ -30,11 +42,11 @@ def tiny_problem(seed=0):
     return model, loss_fn, get_batch
 
 
-def run(out=None, steps=60, stop_after=None, config=None, **kw):
+def run(out=None, steps=60, stop_after=None, config=None, guide_step=None, **kw):
     model, loss_fn, get_batch = tiny_problem()
     return fit(model, loss_fn, get_batch, steps=steps, lr=1e-2, warmup_steps=5, batch_size=16, ema_decay=0.9,
                config=config or {"kind": "tiny", "width": 16}, out=out, checkpoint_every=20, runtime=CPU,
-               progress=False, stop_after=stop_after, **kw)
+               stop_after=stop_after, hooks=[GuideSnapshot(guide_step)] if guide_step else [], **kw)
 
 
 def test_loss_falls_well_below_its_start():
@@ -72,7 +84,7 @@ def train_with_a_nan(out, nan_call, **kw):
         loss = (m(x) - y).pow(2).mean()
         return loss * float("nan") if calls["n"] == nan_call else loss
     fit(model, loss_fn, get_batch, steps=50, lr=1e-2, warmup_steps=1, batch_size=16, ema_decay=0.9,
-        config={"k": 1}, out=out, checkpoint_every=20, runtime=CPU, progress=False, **kw)
+        config={"k": 1}, out=out, checkpoint_every=20, runtime=CPU, **kw)
 
 
 def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
@@ -197,3 +209,61 @@ def test_guide_step_outside_the_run_and_a_changed_step_count_are_refused(tmp_pat
     run(tmp_path / "s", steps=20)
     with pytest.raises(ValueError, match="20-step run"):
         run(tmp_path / "s", steps=40)
+
+
+# ------------------------------------------------------------------------------- fit with hooks, against main's
+BEFORE = Path(__file__).parent / "data" / "core_before"       # written by main's fit (e47df83): record.py
+
+
+def hooked_run(out, stop_after=None):
+    """record.py's run, through the hooks: a tiny model, loss by t (T = 10), a guide at step 4."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.SiLU(), torch.nn.Linear(8, 2))
+
+    def get_batch(g):
+        return torch.randn(8, 2, generator=g)
+
+    def loss_fn(m, x, g):
+        t = torch.randint(0, 10, (8,), generator=g)
+        noise = torch.randn(x.shape, generator=g)
+        per = (m(x + noise * (t[:, None] + 1) / 10) - noise).pow(2).mean(1)
+        return per.mean(), {"t": t, "per_example": per}
+    return fit(model, loss_fn, get_batch, steps=8, lr=1e-2, warmup_steps=2, batch_size=8, ema_decay=0.9,
+               config={"kind": "tiny-hooks", "width": 8}, meta={"kind": "tiny-hooks"}, out=out,
+               checkpoint_every=3, runtime=CPU, stop_after=stop_after,
+               hooks=[ProgressBar(enabled=False), LossByT(10), GuideSnapshot(4)])
+
+
+def _assert_equals_main(res):
+    want = json.loads((BEFORE / "fit_before.json").read_text())["full"]
+    for part, module in (("model", res.model), ("ema", res.ema_model)):
+        got = module.state_dict()
+        assert got.keys() == want[part].keys()
+        for k, v in want[part].items():
+            assert torch.equal(got[k].flatten(), torch.tensor(v, dtype=got[k].dtype)), (part, k)   # bit-identical
+    assert res.step == want["step"] and res.loss_by_t == want["loss_by_t"]
+    return want
+
+
+def test_fit_with_hooks_gives_mains_weights_bit_for_bit(tmp_path):
+    """The same seed gives the weights, losses and loss by t that fit gave before it took hooks."""
+    res = hooked_run(tmp_path / "new")
+    want = _assert_equals_main(res)
+    assert res.losses == want["losses"]
+    assert len(inspect.signature(fit).parameters) <= 20                 # was 26
+
+
+def test_a_checkpoint_written_before_the_hooks_resumes_to_the_same_run(tmp_path):
+    """main's fit stopped at step 5 of 8 (trainer/ and training.json in the old format); the new fit resumes
+    it and ends where main's uninterrupted run ended, with the same guide and the same training.json keys."""
+    old = tmp_path / "old"
+    shutil.copytree(BEFORE / "fit_before_ckpt", old)
+    saved_keys = set(store.read_training(old))
+    res = hooked_run(old)
+    assert res.resumed_from == 5
+    _assert_equals_main(res)
+    assert set(store.read_training(old)) == saved_keys
+    fresh = tmp_path / "fresh"
+    hooked_run(fresh)
+    guide_old, guide_new = load_file(str(old / store.GUIDE_FILE)), load_file(str(fresh / store.GUIDE_FILE))
+    assert all(torch.equal(guide_old[k], guide_new[k]) for k in guide_new)

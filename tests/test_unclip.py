@@ -18,7 +18,7 @@ from course_lib.pipelines import unclip
 from course_lib.training import unclip as unclip_training
 
 PROFILE = get_profile("test")
-TRAIN = PROFILE.replace(unclip_decoder_steps=40, unclip_prior_steps=400, checkpoint_every=1_000)
+TRAIN = PROFILE.replace(checkpoint_every=1_000).with_recipe("unclip", decoder_steps=40, prior_steps=400)
 
 
 # --------------------------------------------------------------------------- the decoder's conditioning

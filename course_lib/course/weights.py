@@ -43,7 +43,7 @@ def export(name: str, src: Path | None = None) -> Path:
 @torch.no_grad()
 def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
     """One quality measure per model (what ``bench/`` reports in full)."""
-    from ..registry import REGISTRY, get_model
+    from ..registry import REGISTRY, get_model, sampling_defaults
     model = REGISTRY[name][2](folder, rt.device)
     g = torch.Generator().manual_seed(0)
     if name == "classifier":
@@ -58,22 +58,23 @@ def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
         clf = get_model("classifier", profile, rt)
         n = profile.n_eval
         schedule = make_schedule(profile.schedule, profile.T, rt.device)
+        d = sampling_defaults(name, profile)
         if name == "class":                    # guided: DDIM with eta = 0
             labels = (torch.arange(n) % 10).to(rt.device)
-            x = sample(guided(model, profile.guidance), n, schedule, steps=profile.sample_steps, generator=g,
+            x = sample(guided(model, d["guidance"]), n, schedule, steps=d["steps"], generator=g,
                        cond=labels, device=rt.device)
             ev = evaluate_samples(clf, x, labels)
             return {"confident": round(float(ev["confident"]), 4), "accuracy": round(float(ev["accuracy"]), 4),
-                    "n": n, "sampler": f"ddim-{profile.sample_steps}", "guidance": profile.guidance}
+                    "n": n, "sampler": f"ddim-{d['steps']}", "guidance": d["guidance"]}
         # the denoiser: a cluster drawn per sample, ancestral sampling on a respaced chain (bench/)
-        steps = 2 * profile.sample_steps
+        steps = 2 * d["steps"]
         out = {"n": n, "sampler": f"ddpm-{steps}"}
         clusters = draw_clusters(model.cluster_sizes, n, torch.Generator().manual_seed(0), rt.device)
-        for key, w in (("confident_mixture", 1.0), ("confident", profile.self_guidance)):
+        for key, w in (("confident_mixture", 1.0), ("confident", d["guidance"])):
             x = sample(guided(model, w), n, schedule, sampler="ddpm", steps=steps,
                        generator=torch.Generator().manual_seed(0), cond=clusters, device=rt.device)
             out[key] = round(float(evaluate_samples(clf, x)["confident"]), 4)
-        out["self_guidance"] = profile.self_guidance
+        out["self_guidance"] = d["guidance"]
         return out
     if name == "flow":                         # lesson 12: guided Euler on the velocity
         from ..diffusion import flow
@@ -81,12 +82,13 @@ def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
         from ..measures.metrics import evaluate_samples
         clf = get_model("classifier", profile, rt)
         n = profile.n_eval
+        d = sampling_defaults(name, profile)
         labels = (torch.arange(n) % 10).to(rt.device)
-        x = flow.sample(guided(model, profile.flow_guidance), n, steps=profile.flow_steps, generator=g,
+        x = flow.sample(guided(model, d["guidance"]), n, steps=d["steps"], generator=g,
                         cond=labels, device=rt.device).clamp(-1, 1)
         ev = evaluate_samples(clf, x, labels)
         return {"confident": round(float(ev["confident"]), 4), "accuracy": round(float(ev["accuracy"]), 4),
-                "n": n, "sampler": f"euler-{profile.flow_steps}", "guidance": profile.flow_guidance}
+                "n": n, "sampler": f"euler-{d['steps']}", "guidance": d["guidance"]}
     if name == "clip":
         from ..training.clip import zero_shot_accuracy
         return {"zero_shot_accuracy": round(float(zero_shot_accuracy(model, profile, rt)), 4)}

@@ -14,7 +14,7 @@ extrapolation without any condition: away from a *weaker* version of the same mo
     eps_guided = eps_guide + w * (eps_model - eps_guide)
 
 where the guide makes the same kinds of mistakes, only more of them. Ours is the denoiser's own EMA weights
-early in training (``fit(guide_step=...)``), so it costs no extra training, only a second forward pass.
+early in training (``training.loop.GuideSnapshot``), so it costs no extra training, only a second forward pass.
 """
 from __future__ import annotations
 

@@ -12,6 +12,9 @@ need numbers. All of them come from one small convolutional classifier (the netw
                 analogue of FID: it is *not* comparable with FIDs computed with Inception features
     fid_floor   the same distance between two disjoint sets of N real test digits. FID is biased upwards at
                 small N (Chong & Forsyth 2020), so a sample FID means something only next to this floor.
+
+And one number about vectors rather than samples: ``cosine_matrix``, every row of one set against every row
+of another (word vectors in lesson 06, text encodings in lessons 08 and 09).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from ..data.mnist import load_mnist
 from ..networks.classifier import Classifier, classify, label_accuracy
 
 __all__ = ["CONFIDENT", "confident_fraction", "class_histogram", "sqrtm_psd", "gaussian_stats", "frechet_distance",
-           "fid_from_features", "real_images", "evaluate_samples"]
+           "fid_from_features", "real_images", "evaluate_samples", "cosine_matrix"]
 
 CONFIDENT = 0.9          # a sample counts as "a clear digit" when the classifier gives one class p >= 0.9
 
@@ -128,3 +131,11 @@ def evaluate_samples(clf: Classifier, samples: torch.Tensor, labels: torch.Tenso
         out["fid"] = fid_from_features(feats, real_feats[:N])
         out["fid_floor"] = fid_from_features(real_feats[:N], real_feats[N:])
     return out
+
+
+def cosine_matrix(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine similarity of every row of ``a`` (N, D) with every row of ``b`` (M, D): (N, M) in [-1, 1]."""
+    b = a if b is None else b
+    a = torch.nn.functional.normalize(a.float(), dim=-1)
+    b = torch.nn.functional.normalize(b.float(), dim=-1)
+    return a @ b.T

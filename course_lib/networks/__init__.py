@@ -6,6 +6,7 @@
     autoencoder     lesson 11's KL autoencoder
     prior           lesson 10's diffusion prior over CLIP vectors
     classifier      the course classifier every measure reads digits with
+    toy             the toys: lesson 03's 2-D denoiser, lesson 06's word vectors
 
 May import: the base (``store``, ``hub``, ``config``, ``paths``). Never ``diffusion/``, ``data/``,
 ``training/``, ``pipelines/`` or the registry (``tests/test_layout.py`` checks; its ``EXCEPTIONS`` names what

@@ -38,7 +38,7 @@ from torch import nn
 
 from .. import store
 
-__all__ = ["UNetConfig", "unet_config_from_profile", "TextCond", "timestep_embedding", "UNet", "unet_from_config",
+__all__ = ["UNetConfig", "TextCond", "timestep_embedding", "UNet", "unet_from_config",
            "load_unet"]
 
 
@@ -77,12 +77,6 @@ class UNetConfig:
         d.pop("kind", None)
         d["channels"] = tuple(d["channels"])
         return cls(**d)
-
-
-def unet_config_from_profile(profile, **changes) -> UNetConfig:
-    """The UNet size a profile asks for (``channels``, ``attention``, ``time_dim``, ``blocks``)."""
-    return UNetConfig(channels=tuple(profile.channels), attention=profile.attention, time_dim=profile.time_dim,
-                      blocks=profile.blocks, **changes)
 
 
 class TextCond(NamedTuple):

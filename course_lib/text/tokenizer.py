@@ -1,4 +1,4 @@
-"""Text: a word-level tokenizer for the captions' closed vocabulary, and toy word vectors (lesson 06).
+"""Text: a word-level tokenizer for the captions' closed vocabulary.
 
 The tokenizer is built with Hugging Face ``tokenizers`` and wrapped as a transformers
 ``PreTrainedTokenizerFast``, so CLIP's text model takes its output as it would take any tokenizer's:
@@ -30,7 +30,7 @@ from .. import paths
 from .vocabulary import ATTRIBUTES, VOCABULARY, all_captions, normalize_prompt, parse_prompt
 
 __all__ = ["SPECIAL_TOKENS", "MAX_LENGTH", "tokenizer_dir", "build_tokenizer", "save_tokenizer", "load_tokenizer",
-           "validate_prompt", "check_prompts", "encode", "WordVectors", "fit_word_vectors", "cosine_matrix"]
+           "validate_prompt", "check_prompts", "encode"]
 
 PAD, END, START = "<pad>", "<end>", "<start>"
 
@@ -160,63 +160,3 @@ def encode(prompts: str | list[str], max_length: int = MAX_LENGTH, tokenizer=Non
     tok = tokenizer if tokenizer is not None else load_tokenizer()
     enc = tok(prompts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
-
-
-# ---------------------------------------------------------------------------------- toy word vectors (06)
-class WordVectors(nn.Module):
-    """One learned vector per word; a caption's vector is the mean of its words' vectors (a bag of words).
-
-    Heads read the caption vector and predict its meaning: the digit (10 classes) and, per attribute,
-    which word was said (low / nothing / high).
-    """
-
-    def __init__(self, vocab_size: int, dim: int):
-        super().__init__()
-        self.embedding = nn.Embedding(vocab_size, dim)
-        self.digit_head = nn.Linear(dim, 10)
-        self.attribute_heads = nn.ModuleList([nn.Linear(dim, 3) for _ in ATTRIBUTES])
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids and mask -> (B, dim) mean of the word vectors (special tokens excluded by the mask)."""
-        m = attention_mask.float() * (input_ids >= len(SPECIAL_TOKENS)).float()    # (B, L) words only
-        v = self.embedding(input_ids)                                               # (B, L, dim)
-        return (v * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
-
-
-def fit_word_vectors(dim: int = 8, steps: int = 300, batch_size: int = 256, lr: float = 0.05,
-                     seed: int = 0) -> tuple[WordVectors, list[float]]:
-    """Learn word vectors from captions alone, by asking them to predict what each caption means.
-
-    Nothing tells the model that "seven" and "7" (or "thick" and "bold") mean the same; it finds out because
-    they predict the same digit (or attribute). Trained on ``captions.all_captions`` with cross-entropy.
-
-    Returns:
-        (the trained ``WordVectors``, the loss per step).
-    """
-    captions, content = all_captions()
-    enc = load_tokenizer()(captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]      # (K, L): every caption, all in the vocabulary
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)                                   # the initial vectors
-    model = WordVectors(len(SPECIAL_TOKENS) + len(VOCABULARY), dim)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        idx = torch.randint(len(captions), (batch_size,), generator=g)
-        h = model(ids[idx], mask[idx])
-        loss = nn.functional.cross_entropy(model.digit_head(h), content[idx, 0])
-        for k, head in enumerate(model.attribute_heads):
-            loss = loss + nn.functional.cross_entropy(head(h), content[idx, 1 + k] + 1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return model.eval(), losses
-
-
-def cosine_matrix(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """Cosine similarity of every row of ``a`` (N, D) with every row of ``b`` (M, D): (N, M) in [-1, 1]."""
-    b = a if b is None else b
-    a = nn.functional.normalize(a.float(), dim=-1)
-    b = nn.functional.normalize(b.float(), dim=-1)
-    return a @ b.T

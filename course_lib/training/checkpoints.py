@@ -157,7 +157,7 @@ def save_checkpoint(folder: str | os.PathLike, *, model: torch.nn.Module, ema: t
         training: JSON-able dict (must hold ``"config"``: the model config used for the same-config check).
         export: writes ``config.json`` and ``model.safetensors`` for the EMA weights (default: ours;
             CLIP passes transformers' ``save_pretrained``).
-        guide: a state dict saved as ``guide.safetensors`` (the early EMA weights ``fit(guide_step=...)``
+        guide: a state dict saved as ``guide.safetensors`` (the early EMA weights ``loop.GuideSnapshot``
             keeps for autoguidance), or None.
     """
     folder = Path(folder)

@@ -1,5 +1,6 @@
 """The course classifier's training run (through ``loop.fit``): random shifts, AdamW, the test accuracy.
 
+    ClassifierRecipe, PRESETS            its steps per profile; ``recipe_config(profile)``
     classifier_config, train_classifier, classifier_test_accuracy
 
 The network is ``networks/classifier.py``.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,17 +17,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import paths, store
-from ..config import Profile, Runtime, get_runtime
+from ..config import Profile, Runtime, get_runtime, recipe_preset
 from ..data.mnist import batch_indices, load_mnist
 from ..networks.classifier import Classifier, ClassifierConfig, classify, label_accuracy
-from .loop import TrainResult, fit
+from .loop import ProgressBar, TrainResult, fit
 
-__all__ = ["CLASSIFIER_LR", "MAX_SHIFT", "classifier_config", "random_shift", "train_classifier",
-           "classifier_test_accuracy"]
+__all__ = ["ClassifierRecipe", "PRESETS", "recipe_config", "CLASSIFIER_LR", "MAX_SHIFT", "classifier_config",
+           "random_shift", "train_classifier", "classifier_test_accuracy"]
 
 CLASSIFIER_LR = 2e-3     # AdamW learning rate for the classifier (a standard value for small convnets)
 
 MAX_SHIFT = 2            # augmentation: random shifts of up to 2 pixels (Simard et al. 2003 used distortions
+
+
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    """The classifier's training steps for one profile (batches of ``profile.batch_size``)."""
+    steps: int
+
+
+PRESETS: dict[str, ClassifierRecipe] = {
+    "test": ClassifierRecipe(steps=150), "cpu": ClassifierRecipe(steps=1_500), "gpu": ClassifierRecipe(steps=3_000),
+}
+
+
+def recipe_config(profile: Profile) -> ClassifierRecipe:
+    """This recipe's preset for ``profile``, with the profile's ``with_recipe("classifier", ...)`` changes."""
+    return recipe_preset(PRESETS, "classifier", profile)
 
 
 def classifier_config(profile: Profile) -> dict:
@@ -70,7 +88,7 @@ def train_classifier(profile: Profile, out=None, runtime: Runtime | None = None,
 
     Args:
         out: checkpoint folder (default ``paths.default_checkpoint("classifier")``); resumes from it.
-        steps: total steps (default ``profile.classifier_steps``), batches of ``profile.batch_size``.
+        steps: total steps (default the recipe's ``steps``), batches of ``profile.batch_size``.
         stop_after: stop after this many steps in this call (demos and tests).
     Returns:
         the ``TrainResult``; use its ``ema_model``. When training is complete, the test accuracy is printed
@@ -78,7 +96,7 @@ def train_classifier(profile: Profile, out=None, runtime: Runtime | None = None,
     """
     rt = runtime or get_runtime()
     out = Path(out) if out is not None else paths.default_checkpoint("classifier")
-    steps = steps or profile.classifier_steps
+    steps = steps or recipe_config(profile).steps
     cfg = classifier_config(profile)
     x, y = load_mnist("train", profile=profile, device=rt.device)
     torch.manual_seed(0)                       # the initial weights do not depend on what ran before
@@ -96,8 +114,8 @@ def train_classifier(profile: Profile, out=None, runtime: Runtime | None = None,
     result = fit(model, loss_fn, get_batch, steps=steps, lr=CLASSIFIER_LR,
                  warmup_steps=min(profile.warmup_steps, steps // 10), batch_size=profile.batch_size,
                  ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
-                 checkpoint_every=profile.checkpoint_every, runtime=rt, desc="train classifier",
-                 progress=progress, stop_after=stop_after, rng_device=rt.device)
+                 checkpoint_every=profile.checkpoint_every, runtime=rt, stop_after=stop_after,
+                 hooks=[ProgressBar("train classifier", progress)], rng_device=rt.device)
     if result.step >= steps:
         acc, n = classifier_test_accuracy(result.ema_model, profile, return_n=True)
         _record_accuracy(out, acc, n)

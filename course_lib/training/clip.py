@@ -4,6 +4,7 @@ Radford et al. (2021), Fig. 3: a batch of B digits and B captions, the B x B mat
 similarities read as logits, and a symmetric cross-entropy (``clip_loss``). The network is
 ``course_lib.networks.clip``'s; this module brings the data:
 
+    ClipRecipe, PRESETS   its sizes and steps per profile; ``recipe_config(profile)``
     clip_loss          the symmetric contrastive loss (Fig. 3), with several true captions per image
     make_batch_fn      the dataset: random training digits, a fresh random true caption each, the targets
     contrastive_step   ``fit``'s ``loss_fn``: encode both sides, compare every image with every caption
@@ -18,24 +19,51 @@ contrastive loss, as in Khosla et al. 2020, Eq. 2). With one true caption per im
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .. import paths, store
-from ..config import Profile, Runtime, get_runtime
+from ..config import Profile, Runtime, get_runtime, recipe_preset
 from ..data import captions
 from ..data.mnist import batch_indices, load_mnist, to_device
 from ..networks.clip import attribute_accuracy, build_clip, load_clip, save_clip, zero_shot_classify
 from ..text import vocabulary
 from ..text.tokenizer import MAX_LENGTH, SPECIAL_TOKENS, load_tokenizer
-from .loop import TrainResult, fit
+from .loop import ProgressBar, TrainResult, fit
 
-__all__ = ["clip_loss", "make_batch_fn", "contrastive_step", "train_clip", "get_clip", "zero_shot_accuracy",
-           "evaluate_clip", "LOGIT_SCALE_MAX"]
+__all__ = ["ClipRecipe", "PRESETS", "recipe_config", "clip_config_from_profile", "clip_loss", "make_batch_fn",
+           "contrastive_step", "train_clip", "get_clip", "zero_shot_accuracy", "evaluate_clip", "LOGIT_SCALE_MAX"]
 
 LOGIT_SCALE_MAX = math.log(100.0)               # Radford et al. (2021), Sec. 2.5: logits scaled by at most 100
+
+
+# ---------------------------------------------------------------------------------------------- the recipe
+@dataclass(frozen=True)
+class ClipRecipe:
+    """The course CLIP's sizes and training for one profile."""
+    dim: int                         # width of text and vision transformers
+    layers: int
+    heads: int
+    patch: int                       # vision patch size (28 must be divisible by it)
+    embed: int                       # shared embedding size
+    batch: int
+    steps: int
+    lr: float
+
+
+PRESETS: dict[str, ClipRecipe] = {
+    "test": ClipRecipe(dim=32, layers=1, heads=2, patch=7, embed=32, batch=100, steps=150, lr=2e-3),
+    "cpu": ClipRecipe(dim=64, layers=2, heads=4, patch=7, embed=64, batch=256, steps=2_000, lr=2e-3),
+    "gpu": ClipRecipe(dim=128, layers=4, heads=4, patch=4, embed=128, batch=512, steps=6_000, lr=5e-4),
+}
+
+
+def recipe_config(profile: Profile) -> ClipRecipe:
+    """This recipe's preset for ``profile``, with the profile's ``with_recipe("clip", ...)`` changes."""
+    return recipe_preset(PRESETS, "clip", profile)
 
 
 # ---------------------------------------------------------------------------------------------- the loss
@@ -119,9 +147,9 @@ def train_clip(profile: Profile, out: str | Path | None = None, runtime: Runtime
     """Train the course CLIP on captioned MNIST digits for the profile (resumes a same-config checkpoint).
 
     Args:
-        profile: sizes (``clip_*``, ``n_train``, ``warmup_steps``, ``ema_decay``, ``checkpoint_every``).
+        profile: sizes (its ``recipe_config``, ``n_train``, ``warmup_steps``, ``ema_decay``, ``checkpoint_every``).
         out: checkpoint folder (default ``paths.default_checkpoint("clip")``).
-        steps: total steps (default ``profile.clip_steps``).
+        steps: total steps (default the recipe's ``steps``).
 
     Returns:
         ``fit``'s ``TrainResult``; ``ema_model`` is the ``CLIPModel`` to use.
@@ -129,21 +157,22 @@ def train_clip(profile: Profile, out: str | Path | None = None, runtime: Runtime
     rt = runtime or get_runtime()
     out = Path(out) if out is not None else paths.default_checkpoint("clip")
     config = clip_config_from_profile(profile)
+    r = recipe_config(profile)
     x, y = load_mnist("train", profile=profile, quiet=not progress)
     measures = captions.measure_attributes(x)
     thresholds = captions.fit_thresholds(measures, y)
     bins = captions.attribute_bins(measures, y, thresholds)
     tokenizer = load_tokenizer()
-    get_batch = make_batch_fn(x, y, bins, tokenizer, profile.clip_batch, rt.device)
+    get_batch = make_batch_fn(x, y, bins, tokenizer, r.batch, rt.device)
     with torch.random.fork_rng(devices=[]):                                   # seeded initial weights,
         torch.manual_seed(0)                                                  # global RNG left as it was
         model = build_clip(config)
     meta = {"kind": "clip", "profile": profile.to_dict(), "data": f"MNIST train, first {len(y)} images",
             "thresholds": captions.thresholds_to_json(thresholds), "templates": list(vocabulary.TEMPLATES)}
-    result = fit(model, contrastive_step, get_batch, steps=steps or profile.clip_steps, lr=profile.clip_lr,
-                 warmup_steps=profile.warmup_steps, batch_size=profile.clip_batch, ema_decay=profile.ema_decay,
+    result = fit(model, contrastive_step, get_batch, steps=steps or r.steps, lr=r.lr,
+                 warmup_steps=profile.warmup_steps, batch_size=r.batch, ema_decay=profile.ema_decay,
                  config=config, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
-                 export=save_clip, desc="CLIP", progress=progress)
+                 export=save_clip, hooks=[ProgressBar("CLIP", progress)])
     _reset_position_ids(result.ema_model)
     return result
 
@@ -176,7 +205,7 @@ def get_clip(profile: Profile, runtime: Runtime | None = None, progress: bool = 
     for used in candidates:
         for folder in (user, shipped):
             training = _matching_checkpoint(folder, clip_config_from_profile(used))
-            if training is not None and training.get("step", 0) >= training.get("steps", used.clip_steps):
+            if training is not None and training.get("step", 0) >= training.get("steps", recipe_config(used).steps):
                 if used is not profile:
                     print(f"no finished {profile.name}-profile CLIP: using the {used.name}-profile one in {folder} "
                           f"(train the {profile.name} one with `python -m course_lib train clip --profile "
@@ -217,11 +246,12 @@ def evaluate_clip(model, tokenizer, images: torch.Tensor, labels: torch.Tensor,
 
 def clip_config_from_profile(profile: Profile) -> dict:
     """The JSON-able model config (what ``fit`` compares before resuming): sizes, vocabulary, caption scheme."""
-    if 28 % profile.clip_patch:
-        raise ValueError(f"clip_patch must divide 28, got {profile.clip_patch}")
-    if profile.clip_dim % profile.clip_heads:
-        raise ValueError(f"clip_dim ({profile.clip_dim}) must be divisible by clip_heads ({profile.clip_heads})")
-    return {"model": "clip", "dim": profile.clip_dim, "layers": profile.clip_layers, "heads": profile.clip_heads,
-            "patch": profile.clip_patch, "embed": profile.clip_embed, "image_size": 28, "num_channels": 1,
+    r = recipe_config(profile)
+    if 28 % r.patch:
+        raise ValueError(f"the CLIP's patch must divide 28, got {r.patch}")
+    if r.dim % r.heads:
+        raise ValueError(f"the CLIP's dim ({r.dim}) must be divisible by its heads ({r.heads})")
+    return {"model": "clip", "dim": r.dim, "layers": r.layers, "heads": r.heads,
+            "patch": r.patch, "embed": r.embed, "image_size": 28, "num_channels": 1,
             "vocabulary": list(SPECIAL_TOKENS + vocabulary.VOCABULARY), "max_length": MAX_LENGTH,
             "quantiles": list(captions.QUANTILES), "slant_margin": captions.SLANT_MARGIN}

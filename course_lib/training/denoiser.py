@@ -1,5 +1,9 @@
 """Lessons 03-05's runs: the unconditional denoiser (with its k-means clusters) and the class model.
 
+    DenoiserRecipe, PRESETS              their sizes and steps per profile (the UNet's sizes serve the
+                                         text, flow and unCLIP models too); ``recipe_config(profile)``
+    sampling_defaults                    how each samples by default (steps, guidance)
+    unet_config                          the UNet size a profile asks for
     denoiser_config, class_config        the UNet configs, from the profile
     train_denoiser, train_class_model    one run each through ``loop.fit`` (L_simple, labels dropped for
                                          classifier-free guidance: ``drop_labels``)
@@ -9,20 +13,84 @@ The UNet is ``networks/unet.py``; the registry (``registry.py``) finds, trains o
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .. import paths
-from ..config import Profile, Runtime, get_runtime
+from ..config import Profile, Runtime, get_runtime, recipe_preset
 from ..data.clusters import kmeans
 from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.forward import simple_loss
 from ..diffusion.schedules import make_schedule
-from ..networks.unet import unet_config_from_profile, unet_from_config
-from .loop import TrainResult, fit
+from ..networks.unet import UNetConfig, unet_from_config
+from .loop import GuideSnapshot, LossByT, ProgressBar, TrainResult, fit
 
-__all__ = ["drop_labels", "denoiser_config", "class_config", "train_denoiser", "train_class_model"]
+__all__ = ["DenoiserRecipe", "PRESETS", "recipe_config", "sampling_defaults", "unet_config", "drop_labels",
+           "denoiser_config", "class_config", "train_denoiser", "train_class_model"]
+
+
+# --------------------------------------------------------------------------- the recipe's presets
+@dataclass(frozen=True)
+class DenoiserRecipe:
+    """The denoiser's and the class model's sizes, steps and sampling defaults for one profile."""
+    # the denoising UNet (lesson 03); the class, text-to-image, flow and unCLIP decoder UNets use it too
+    channels: tuple[int, ...]        # channels per resolution level (after the space-to-depth stem)
+    attention: bool                  # self-attention at the lowest resolution
+    time_dim: int                    # width of the time embedding
+    blocks: int                      # residual blocks per level, on the way down and on the way up
+    # the unconditional denoiser (lessons 03-04)
+    steps: int                       # its training steps
+    batch: int                       # its batch size: on a CPU, more and smaller steps learn more per image
+    lr: float                        # its AdamW learning rate
+    guide_step: int                  # its EMA weights kept at this step, for autoguidance (lesson 04)
+    clusters: int                    # k-means clusters of the training digits it is told (no labels)
+    min_snr_gamma: float | None      # Min-SNR loss weighting (None: plain MSE)
+    self_guidance: float             # default guidance scale towards a sample's cluster (lessons 03-04)
+    autoguidance: float              # default autoguidance scale (lesson 04)
+    # the class-conditional model (lesson 05): the profile's batch size and learning rate
+    class_steps: int                 # its training steps
+    guidance: float                  # its default classifier-free guidance scale (diffusers' convention)
+
+
+PRESETS: dict[str, DenoiserRecipe] = {
+    "test": DenoiserRecipe(channels=(16, 32), attention=True, time_dim=64, blocks=1,
+                           steps=200, batch=64, lr=2e-3, guide_step=50, clusters=10, min_snr_gamma=5.0,
+                           self_guidance=2.0, autoguidance=2.0, class_steps=300, guidance=3.0),
+    # the denoiser: batches of 32 learn more per image than 128; a learning rate of 4e-3 measured best of
+    # 2e-3, 4e-3 and 8e-3 in one run each, by about 3 points (bench/README.md, "How the cpu recipe of the
+    # denoiser was chosen"); 4,900 steps fit in 10 minutes on 2 AVX2 cores (569 s; 5,200 took 615 s on
+    # 2026-11-26). Told which of 100 k-means clusters each digit is in, then guided towards a drawn cluster:
+    # 93.5 % of samples confident at w = 2 against 68 % for the same network without clusters
+    # (bench/README.md, "Self-guidance")
+    "cpu": DenoiserRecipe(channels=(32, 64), attention=False, time_dim=128, blocks=1,
+                          steps=4_900, batch=32, lr=4e-3, guide_step=1_400, clusters=100, min_snr_gamma=5.0,
+                          self_guidance=2.0, autoguidance=2.0, class_steps=4_000, guidance=3.0),
+    "gpu": DenoiserRecipe(channels=(64, 128), attention=True, time_dim=256, blocks=2,
+                          steps=8_000, batch=256, lr=1e-3, guide_step=1_000, clusters=100, min_snr_gamma=5.0,
+                          self_guidance=2.0, autoguidance=2.0, class_steps=8_000, guidance=3.0),
+}
+
+
+def recipe_config(profile: Profile) -> DenoiserRecipe:
+    """This recipe's preset for ``profile``, with the profile's ``with_recipe("denoiser", ...)`` changes."""
+    return recipe_preset(PRESETS, "denoiser", profile)
+
+
+def sampling_defaults(profile: Profile) -> dict[str, dict]:
+    """How each model of this recipe samples by default: {model name: {sampler, steps, guidance, ...}}."""
+    r = recipe_config(profile)
+    return {"denoiser": {"sampler": "ddim", "steps": profile.sample_steps, "guidance": r.self_guidance,
+                         "autoguidance": r.autoguidance},
+            "class": {"sampler": "ddim", "steps": profile.sample_steps, "guidance": r.guidance}}
+
+
+def unet_config(profile: Profile, **changes) -> UNetConfig:
+    """The UNet size a profile asks for (the recipe's ``channels``, ``attention``, ``time_dim``, ``blocks``)."""
+    r = recipe_config(profile)
+    return UNetConfig(channels=tuple(r.channels), attention=r.attention, time_dim=r.time_dim, blocks=r.blocks,
+                      **changes)
 
 
 # --------------------------------------------------------------------------- classifier-free guidance training
@@ -37,14 +105,15 @@ def drop_labels(labels: torch.Tensor, p_uncond: float, generator: torch.Generato
 def denoiser_config(profile: Profile) -> dict:
     """The unconditional denoiser: told the k-means cluster of each digit (``num_classes`` = clusters, found
     without labels, ``clusters.py``), or "no cluster" with probability ``p_uncond``."""
-    return {**unet_config_from_profile(profile, num_classes=profile.denoiser_clusters).to_dict(),
+    r = recipe_config(profile)
+    return {**unet_config(profile, num_classes=r.clusters).to_dict(),
             "T": profile.T, "schedule": profile.schedule, "n_train": profile.n_train,
-            "min_snr_gamma": profile.min_snr_gamma, "batch_size": profile.denoiser_batch,
-            "lr": profile.denoiser_lr, "clusters": "k-means on pixels, seed 0", "p_uncond": profile.p_uncond}
+            "min_snr_gamma": r.min_snr_gamma, "batch_size": r.batch,
+            "lr": r.lr, "clusters": "k-means on pixels, seed 0", "p_uncond": profile.p_uncond}
 
 
 def class_config(profile: Profile) -> dict:
-    return {**unet_config_from_profile(profile, num_classes=10).to_dict(), "T": profile.T,
+    return {**unet_config(profile, num_classes=10).to_dict(), "T": profile.T,
             "schedule": profile.schedule, "n_train": profile.n_train, "p_uncond": profile.p_uncond}
 
 
@@ -81,9 +150,9 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
 
     result = fit(model, loss_fn, get_batch, steps=steps, lr=lr, warmup_steps=profile.warmup_steps,
                  batch_size=batch_size, ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
-                 checkpoint_every=profile.checkpoint_every, runtime=rt, desc=f"train {name}",
-                 progress=progress, T=profile.T, stop_after=stop_after, seed=seed, guide_step=guide_step,
-                 rng_device=rt.device)
+                 checkpoint_every=profile.checkpoint_every, runtime=rt, stop_after=stop_after, seed=seed,
+                 hooks=[ProgressBar(f"train {name}", progress), LossByT(profile.T)]
+                 + ([GuideSnapshot(guide_step)] if guide_step is not None else []), rng_device=rt.device)
     if "cluster_sizes" in meta:                # as load_unet gives them, so the result samples the same way
         result.model.cluster_sizes = result.ema_model.cluster_sizes = torch.tensor(meta["cluster_sizes"])
     return result
@@ -93,21 +162,23 @@ def train_denoiser(profile: Profile, out=None, runtime: Runtime | None = None, s
                    progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train the unconditional denoiser for ``profile`` (resumes from ``out`` when it holds one).
 
-    It is told the k-means cluster of each training digit (``profile.denoiser_clusters`` clusters, found
-    without labels), or "no cluster" with probability ``profile.p_uncond``; the cluster sizes are saved in
+    It is told the k-means cluster of each training digit (the recipe's ``clusters``, found without
+    labels), or "no cluster" with probability ``profile.p_uncond``; the cluster sizes are saved in
     ``training.json`` (``cluster_sizes``), and ``load_unet`` sets them as ``model.cluster_sizes`` for
-    ``clusters.draw_clusters``. Batches hold ``profile.denoiser_batch`` images, at learning rate
-    ``profile.denoiser_lr``. The EMA weights after ``profile.guide_step`` steps are kept too
-    (``guide.safetensors``), for autoguidance; a run shorter than that keeps none.
+    ``clusters.draw_clusters``. Batches hold the recipe's ``batch`` images, at learning rate ``lr``. The
+    EMA weights after ``guide_step`` steps are kept too (``guide.safetensors``), for autoguidance; a run
+    shorter than that keeps none. ``steps`` defaults to the recipe's.
     """
-    steps = steps or profile.train_steps
-    guide_step = profile.guide_step if profile.guide_step < steps else None
+    r = recipe_config(profile)
+    steps = steps or r.steps
+    guide_step = r.guide_step if r.guide_step < steps else None
     return _train_unet("denoiser", denoiser_config(profile), profile, steps, out,
                        runtime, progress, stop_after, guide_step=guide_step)
 
 
 def train_class_model(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
                       progress: bool = True, stop_after: int | None = None) -> TrainResult:
-    """Train the class-conditional denoiser, dropping labels with probability ``profile.p_uncond``."""
-    return _train_unet("class", class_config(profile), profile, steps or profile.class_train_steps, out,
+    """Train the class-conditional denoiser, dropping labels with probability ``profile.p_uncond``
+    (``steps`` defaults to the recipe's ``class_steps``)."""
+    return _train_unet("class", class_config(profile), profile, steps or recipe_config(profile).class_steps, out,
                        runtime, progress, stop_after)

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from .. import paths, store
-from ..config import Profile, Runtime, autocast, get_runtime, inference_autocast
+from ..config import Profile, Runtime, autocast, get_runtime, inference_autocast, recipe_preset
 from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.forward import simple_loss
 from ..diffusion.guidance import guided
@@ -44,23 +45,60 @@ from ..networks.unet import UNet, UNetConfig, unet_from_config
 from ..pipelines.latent import LatentDiffusion, _config_of
 from . import checkpoints
 from .denoiser import drop_labels
-from .loop import TrainResult, fit
+from .denoiser import recipe_config as denoiser_recipe
+from .loop import LossByT, ProgressBar, TrainResult, fit
 
-__all__ = ["SCALE_IMAGES", "autoencoder_config", "autoencoder_loss", "measure_scaling_factor",
-           "measure_latent_bound", "train_autoencoder", "latent_config", "encode_dataset", "train_latent",
-           "reconstruct", "reconstruction_accuracy", "latent_quality", "step_costs", "scaling_factor_by_kl_weight"]
+__all__ = ["LatentRecipe", "PRESETS", "recipe_config", "sampling_defaults", "SCALE_IMAGES", "autoencoder_config",
+           "autoencoder_loss", "measure_scaling_factor", "measure_latent_bound", "train_autoencoder", "latent_config",
+           "encode_dataset", "train_latent", "reconstruct", "reconstruction_accuracy", "latent_quality", "step_costs",
+           "scaling_factor_by_kl_weight"]
 
 SCALE_IMAGES = 10_000        # training images the scaling factor is measured on (the first ones)
 
 LATENT_BOUND_QUANTILE = 0.999  # the latent bound holds this fraction of the scaled latents' values
 
 
+# --------------------------------------------------------------------------- the recipe
+@dataclass(frozen=True)
+class LatentRecipe:
+    """The autoencoder's and the latent model's sizes, steps and sampling defaults for one profile (the latent
+    UNet's attention, time width and blocks are the denoiser recipe's; its batch and lr the profile's)."""
+    latent_channels: int             # C of the 7x7xC latent (2 vs 4 measured: bench/README.md, "Latent diffusion")
+    ae_channels: tuple[int, ...]     # autoencoder widths at 28x28, 14x14 and 7x7
+    ae_steps: int                    # autoencoder training steps
+    ae_batch: int
+    ae_lr: float
+    ae_kl_weight: float              # weight of the KL term, per pixel as in Stable Diffusion (1e-6 there)
+    unet_channels: tuple[int, ...]   # the latent UNet's widths at 7x7 and 4x4
+    steps: int                       # its training steps (batch_size images each)
+    guidance: float                  # its default classifier-free guidance scale
+
+
+PRESETS: dict[str, LatentRecipe] = {
+    "test": LatentRecipe(latent_channels=4, ae_channels=(8, 16, 32), ae_steps=100, ae_batch=32, ae_lr=2e-3,
+                         ae_kl_weight=1e-4, unet_channels=(16, 32), steps=200, guidance=3.0),
+    "cpu": LatentRecipe(latent_channels=4, ae_channels=(16, 32, 64), ae_steps=600, ae_batch=128, ae_lr=2e-3,
+                        ae_kl_weight=1e-4, unet_channels=(32, 64), steps=4_000, guidance=3.0),
+    "gpu": LatentRecipe(latent_channels=4, ae_channels=(32, 64, 128), ae_steps=3_000, ae_batch=256, ae_lr=1e-3,
+                        ae_kl_weight=1e-4, unet_channels=(64, 128), steps=8_000, guidance=3.0),
+}
+
+
+def recipe_config(profile: Profile) -> LatentRecipe:
+    """This recipe's preset for ``profile``, with the profile's ``with_recipe("latent", ...)`` changes."""
+    return recipe_preset(PRESETS, "latent", profile)
+
+
+def sampling_defaults(profile: Profile) -> dict[str, dict]:
+    """How the latent model samples by default: {"latent": {sampler, steps, guidance}}."""
+    return {"latent": {"sampler": "ddim", "steps": profile.sample_steps, "guidance": recipe_config(profile).guidance}}
+
+
 # --------------------------------------------------------------------------- 1. the autoencoder
 def autoencoder_config(profile: Profile) -> dict:
-    return {**AutoencoderConfig(latent_channels=profile.ae_latent_channels,
-                                channels=tuple(profile.ae_channels)).to_dict(),
-            "n_train": profile.n_train, "kl_weight": profile.ae_kl_weight, "batch_size": profile.ae_batch,
-            "lr": profile.ae_lr}
+    r = recipe_config(profile)
+    return {**AutoencoderConfig(latent_channels=r.latent_channels, channels=tuple(r.ae_channels)).to_dict(),
+            "n_train": profile.n_train, "kl_weight": r.ae_kl_weight, "batch_size": r.ae_batch, "lr": r.ae_lr}
 
 
 def autoencoder_loss(model: Autoencoder, x: torch.Tensor, kl_weight: float, generator: torch.Generator
@@ -124,10 +162,10 @@ def train_autoencoder(profile: Profile, out=None, runtime: Runtime | None = None
                                                         indent=2))
 
     meta = {"kind": "autoencoder", "profile": profile.name, "data": f"MNIST train, {len(x)} images"}
-    return fit(model, loss_fn, get_batch, steps=steps or profile.ae_steps, lr=cfg["lr"],
+    return fit(model, loss_fn, get_batch, steps=steps or recipe_config(profile).ae_steps, lr=cfg["lr"],
                warmup_steps=profile.warmup_steps, batch_size=cfg["batch_size"], ema_decay=profile.ema_decay,
                config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
-               export=export, desc="train autoencoder", progress=progress, stop_after=stop_after,
+               export=export, stop_after=stop_after, hooks=[ProgressBar("train autoencoder", progress)],
                rng_device=rt.device)
 
 
@@ -166,9 +204,9 @@ def scaling_factor_by_kl_weight(profile: Profile, kl_weights=(1e-4, 1e-6), steps
 def latent_config(profile: Profile) -> dict:
     """The class-conditional UNet at 7x7 on C channels (no space-to-depth stem), the chain, and the
     autoencoder it works in (its config; the hash of its weights is added when training starts)."""
-    unet = UNetConfig(channels=tuple(profile.latent_unet_channels), attention=profile.attention,
-                      time_dim=profile.time_dim, blocks=profile.blocks, num_classes=10,
-                      in_channels=profile.ae_latent_channels, image_size=7, patch=1)
+    r, d = recipe_config(profile), denoiser_recipe(profile)
+    unet = UNetConfig(channels=tuple(r.unet_channels), attention=d.attention, time_dim=d.time_dim, blocks=d.blocks,
+                      num_classes=10, in_channels=r.latent_channels, image_size=7, patch=1)
     return {**unet.to_dict(), "kind": "latent", "T": profile.T, "schedule": profile.schedule,
             "n_train": profile.n_train, "p_uncond": profile.p_uncond, "autoencoder": autoencoder_config(profile)}
 
@@ -243,10 +281,10 @@ def train_latent(profile: Profile, out=None, runtime: Runtime | None = None, ste
     meta = {"kind": "latent", "profile": profile.name, "data": f"MNIST train, {len(x)} images, encoded",
             "autoencoder_sha256": sha, "scaling_factor": s,
             "encode_seconds": round(encode_seconds, 1)}
-    return fit(model, loss_fn, get_batch, steps=steps or profile.latent_train_steps, lr=profile.lr,
+    return fit(model, loss_fn, get_batch, steps=steps or recipe_config(profile).steps, lr=profile.lr,
                warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
                config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
-               export=export, desc="train latent", progress=progress, T=profile.T, stop_after=stop_after,
+               export=export, stop_after=stop_after, hooks=[ProgressBar("train latent", progress), LossByT(profile.T)],
                rng_device=rt.device)
 
 
@@ -272,19 +310,20 @@ def reconstruction_accuracy(model: Autoencoder, profile: Profile, runtime: Runti
 
 
 def latent_quality(model: LatentDiffusion, profile: Profile, runtime: Runtime | None = None) -> dict:
-    """``profile.n_eval`` guided samples (labels 0-9 in turn, DDIM ``profile.sample_steps``, w =
-    ``profile.guidance``), as ``weights.measure`` gives the pixel class model's."""
+    """``profile.n_eval`` guided samples (labels 0-9 in turn, with the recipe's ``sampling_defaults``: DDIM
+    steps and guidance w), as ``weights.measure`` gives the pixel class model's."""
     from ..measures.metrics import evaluate_samples
     from ..registry import get_model
     rt = runtime or get_runtime()
     clf = get_model("classifier", profile, rt, progress=False)
     n = profile.n_eval
+    d = sampling_defaults(profile)["latent"]
     labels = torch.arange(n) % 10
-    x = model.generate(labels=labels, guidance=profile.guidance, steps=profile.sample_steps,
+    x = model.generate(labels=labels, guidance=d["guidance"], steps=d["steps"],
                        generator=torch.Generator().manual_seed(0))
     ev = evaluate_samples(clf, x, labels)
     return {"confident": round(float(ev["confident"]), 4), "accuracy": round(float(ev["accuracy"]), 4),
-            "n": n, "sampler": f"ddim-{profile.sample_steps}", "guidance": profile.guidance}
+            "n": n, "sampler": f"ddim-{d['steps']}", "guidance": d["guidance"]}
 
 
 def step_costs(profile: Profile, runtime: Runtime | None = None, steps: int = 3, rounds: int = 1,
@@ -304,14 +343,14 @@ def step_costs(profile: Profile, runtime: Runtime | None = None, steps: int = 3,
     """
     from .denoiser import class_config
     rt = runtime or get_runtime()
-    w = profile.guidance if guidance is None else guidance
+    w = recipe_config(profile).guidance if guidance is None else guidance
     B = profile.batch_size
     schedule = make_schedule(profile.schedule, profile.T, rt.device)
     g = torch.Generator(device=rt.device).manual_seed(0)
     labels = (torch.arange(B) % 10).to(rt.device)
     t = torch.randint(0, profile.T, (B,), generator=g, device=rt.device)
     torch.manual_seed(0)
-    shapes = {"pixel": (1, 28, 28), "latent": (profile.ae_latent_channels, 7, 7)}
+    shapes = {"pixel": (1, 28, 28), "latent": (recipe_config(profile).latent_channels, 7, 7)}
     nets = {"pixel": unet_from_config(class_config(profile)).to(rt.device),
             "latent": unet_from_config(latent_config(profile)).to(rt.device)}
     opts = {name: torch.optim.AdamW(net.parameters(), lr=profile.lr) for name, net in nets.items()}

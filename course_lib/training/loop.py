@@ -7,6 +7,7 @@ text-to-image). It knows nothing about diffusion: a model, a loss function and a
         loss = loss_fn(model, batch, generator)        # under autocast (bf16 / fp16 / fp32)
         loss.backward(); clip_grad_norm_(1.0); AdamW.step()
         ema.update_parameters(model)                   # EMA, decay warmed up, its count kept in Python
+        hook.after_step(...) for each hook             # progress bar, loss by t, guide snapshot
         every N steps and at the end: atomic checkpoint
 
 AdamW is fused (one kernel for the whole update, on a CPU too). On a GPU the loop is kept from waiting on
@@ -14,10 +15,14 @@ the GPU: the noise generator lives there (``rng_device``; captions, drawn on the
 their own: ``batch_rng_device``), the losses are read every ``SYNC_EVERY`` steps rather than every step, and
 the EMA updates all tensors in one go, counting its updates in Python (torch's ``AveragedModel`` copies its
 counter between host and GPU at every update). The other waits: each checkpoint (it reads the losses and
-copies the weights to the host), the guide copy at ``guide_step``, and whatever a ``get_batch`` copies from
+copies the weights to the host), the guide copy (``GuideSnapshot``), and whatever a ``get_batch`` copies from
 the host (the CLIP and text-to-image batches are built there, then copied from pinned memory without
 waiting). With fp16 (a T4) the grad scaler hands its inf check to the fused AdamW, which waits for nothing.
 With ``COURSE_COMPILE=1`` the forward and backward pass run as CUDA graphs (``config.Runtime``).
+
+Whatever else a run does is a hook (``Hook``, passed in ``fit(hooks=[...])``): the progress bar
+(``ProgressBar``), the loss broken down by t (``LossByT``) and the EMA weights kept early for autoguidance
+(``GuideSnapshot``). The loop itself stays the recipe above.
 
 Resuming continues the run exactly: raw weights, EMA, optimizer moments, the generator and the CPU RNG
 are restored, and the learning rate is a pure function of the step, so on the CPU a resumed run reaches
@@ -30,7 +35,7 @@ import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,8 +48,11 @@ from . import checkpoints
 
 SYNC_EVERY = 25          # on a GPU, read the losses (and check them for NaN) every this many steps
                          # (the loop's only regular wait for the GPU: see the module docstring for the others)
+GRAD_CLIP = 1.0          # the gradient's global norm is clipped to this (every model of the course)
+WEIGHT_DECAY = 0.0       # AdamW's decoupled weight decay: none (the course's models are small and EMA-averaged)
 
-__all__ = ["TrainResult", "fit", "EMA", "ema_avg_fn", "ema_multi_avg_fn", "warmup_cosine_lr", "plot_losses"]
+__all__ = ["TrainResult", "fit", "Hook", "Run", "LossByT", "GuideSnapshot", "ProgressBar", "EMA",
+           "ema_avg_fn", "ema_multi_avg_fn", "warmup_cosine_lr"]
 
 
 def ema_avg_fn(decay: float) -> Callable:
@@ -147,24 +155,155 @@ class TrainResult:
     resumed_from: int = 0
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, mininterval=1.0, leave=True)
+# ------------------------------------------------------------------------------------------------ hooks
+@dataclass
+class Run:
+    """What a hook sees of the run ``fit`` is making (read it; only ``training`` may be written to)."""
+    steps: int                       # the whole run's
+    start: int                       # the step this call starts at (> 0 after a resume)
+    end: int                         # the step this call stops at
+    batch_size: int
+    out: Path | None
+    ema: "EMA"
+    losses: list[float]              # read so far (the whole run's, including before a resume)
+    saved: dict | None               # the training record resumed from, or None
+    training: dict                   # the record written to training.json at every checkpoint
+    t0: float = 0.0                  # when this call's first step began (time.perf_counter)
 
 
+class Hook:
+    """Something ``fit`` calls at fixed points of a run. Every method does nothing here: override the ones
+    you need. ``fit`` calls them in the order of its ``hooks`` list.
+
+        start(run)                     before the first step, after a resume restored the loop's state
+        after_step(run, step, extras)  after step ``step`` (0-based) updated the weights and the EMA;
+                                       ``extras`` is what ``loss_fn`` returned beside the loss
+        sync(run)                      when ``fit`` reads the losses back from the device (and before saving)
+        record(run) -> dict            entries for ``training.json``, at every checkpoint
+        tensors(run) -> dict           state dicts for ``save_checkpoint`` (``{"guide": ...}``), every checkpoint
+        finish(run, result)            after the last step; may fill in the ``TrainResult``
+        close()                        always, last, even when the run stops on an error
+    """
+
+    def start(self, run: Run) -> None: ...
+
+    def after_step(self, run: Run, step: int, extras: dict) -> None: ...
+
+    def sync(self, run: Run) -> None: ...
+
+    def record(self, run: Run) -> dict:
+        return {}
+
+    def tensors(self, run: Run) -> dict:
+        return {}
+
+    def finish(self, run: Run, result: "TrainResult") -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LossByT(Hook):
+    """The loss broken down by timestep: ``bins`` equal bins of t in [0, T), each bin's mean loss, from the
+    ``extras["t"]`` (B,) and ``extras["per_example"]`` (B,) that ``loss_fn`` returns. Summed on the host in
+    numpy's float64 and, between two reads, on the device in float32 (Apple's mps has no float64); saved in
+    ``training.json`` (``loss_by_t_sum``, ``loss_by_t_count``), so a resumed run goes on counting."""
+
+    def __init__(self, T: int, bins: int = 10):
+        self.T, self.n = T, bins
+        self.sums, self.counts = np.zeros(bins), np.zeros(bins)
+        self.dev: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def start(self, run: Run) -> None:
+        if run.saved is not None and "loss_by_t_sum" in run.saved:
+            self.sums = np.array(run.saved["loss_by_t_sum"], dtype=np.float64)
+            self.counts = np.array(run.saved["loss_by_t_count"], dtype=np.float64)
+
+    def after_step(self, run: Run, step: int, extras: dict) -> None:
+        if "t" not in extras or "per_example" not in extras:
+            return
+        t_ = extras["t"].detach()
+        if self.dev is None:
+            self.dev = (torch.zeros(self.n, device=t_.device), torch.zeros(self.n, device=t_.device))
+        b = (t_ * self.n // self.T).clamp(max=self.n - 1)
+        self.dev[0].index_add_(0, b, extras["per_example"].detach().float())
+        self.dev[1].index_add_(0, b, torch.ones_like(b, dtype=torch.float32))
+
+    def sync(self, run: Run) -> None:
+        if self.dev is not None:
+            self.sums[:] += self.dev[0].cpu().numpy()
+            self.counts[:] += self.dev[1].cpu().numpy()
+            self.dev = None
+
+    def record(self, run: Run) -> dict:
+        return {"loss_by_t_sum": self.sums.tolist(), "loss_by_t_count": self.counts.tolist()}
+
+    def finish(self, run: Run, result: "TrainResult") -> None:
+        if self.counts.sum() > 0:
+            centers = ((torch.arange(self.n) + 0.5) * self.T / self.n).tolist()
+            result.loss_by_t = {"t_mid": centers, "loss": (self.sums / np.maximum(self.counts, 1)).tolist()}
+
+
+class GuideSnapshot(Hook):
+    """Keep the EMA weights as they were after step ``step``, saved with every later checkpoint as
+    ``guide.safetensors``: the weaker, earlier self that autoguidance steers away from
+    (``guidance.autoguided``; Karras et al. 2024). It costs no training at all; a resume carries it along."""
+
+    def __init__(self, step: int):
+        self.step = step
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def start(self, run: Run) -> None:
+        if not 0 < self.step < run.steps:
+            raise ValueError(f"guide_step must be between 0 and steps={run.steps} (exclusive), got {self.step}")
+        run.training["guide_step"] = self.step
+        if run.saved is not None:
+            self.state = store.load_guide_state(run.out)
+
+    def after_step(self, run: Run, step: int, extras: dict) -> None:
+        if step + 1 == self.step:
+            self.state = {k: v.detach().cpu().clone() for k, v in run.ema.module.state_dict().items()}
+
+    def tensors(self, run: Run) -> dict:
+        return {"guide": self.state}
+
+
+class ProgressBar(Hook):
+    """A tqdm bar over the whole run (a resumed run starts part-way), with the mean of the last 50 losses and
+    the examples per second; nothing when ``enabled`` is False."""
+
+    def __init__(self, desc: str = "training", enabled: bool = True):
+        self.desc, self.enabled, self.bar = desc, enabled, None
+
+    def start(self, run: Run) -> None:
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=run.steps, initial=run.start, desc=self.desc, disable=not self.enabled,
+                        mininterval=1.0, leave=True)
+
+    def after_step(self, run: Run, step: int, extras: dict) -> None:
+        done = step + 1 - run.start
+        if (done % 10 == 0 or step + 1 == run.end) and run.losses:
+            rate = done * run.batch_size / (time.perf_counter() - run.t0)
+            recent = run.losses[-50:]
+            self.bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", img_s=f"{rate:.0f}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ------------------------------------------------------------------------------------------------ the loop
 def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torch.Generator], Any], *,
         steps: int, lr: float, warmup_steps: int, batch_size: int, ema_decay: float, config: dict,
         meta: dict | None = None, out: str | Path | None = None, checkpoint_every: int = 0,
-        runtime: Runtime | None = None, grad_clip: float = 1.0, weight_decay: float = 0.0, seed: int = 0,
-        export: Callable[[nn.Module, Path], None] | None = None, desc: str = "training",
-        progress: bool = True, t_bins: int = 10, T: int | None = None, stop_after: int | None = None,
-        guide_step: int | None = None, rng_device: torch.device | str | None = None,
+        runtime: Runtime | None = None, seed: int = 0, export: Callable[[nn.Module, Path], None] | None = None,
+        stop_after: int | None = None, hooks: Sequence[Hook] = (), rng_device: torch.device | str | None = None,
         batch_rng_device: torch.device | str | None = None, sync_every: int | None = None) -> TrainResult:
     """Train ``model`` with AdamW, warm-up + cosine LR, gradient clipping, EMA and mixed precision.
 
     Args:
-        loss_fn: ``loss_fn(model, batch, generator)`` returning the scalar loss, or ``(loss, extras)``
-            where ``extras`` may hold ``"t"`` (B,) and ``"per_example"`` (B,) to break the loss down by t.
+        loss_fn: ``loss_fn(model, batch, generator)`` returning the scalar loss, or ``(loss, extras)``;
+            ``extras`` goes to the hooks (``LossByT`` reads ``"t"`` and ``"per_example"``).
         get_batch: ``get_batch(generator)`` returning a batch already on the device.
         steps: total optimizer steps of the whole run (a resumed run stops at the same total).
         config: the model config (JSON-able). Resuming requires the saved one to be equal.
@@ -172,11 +311,8 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         out: checkpoint folder; resumes from it when it holds a checkpoint of the same run.
         checkpoint_every: also write a checkpoint every this many steps (0: only at the end).
         export: how to write the EMA model's ``config.json`` + ``model.safetensors`` (default: ours).
-        T: number of diffusion steps, to bin ``extras["t"]`` (loss by t).
         stop_after: stop (with a checkpoint) after this many steps in this call: for demos and tests.
-        guide_step: keep a copy of the EMA weights as they were after this step, saved with every later
-            checkpoint as ``guide.safetensors``: the weaker, earlier self that autoguidance steers away
-            from (``guidance.autoguided``). It costs no training at all.
+        hooks: what else the run does (``Hook``): ``ProgressBar``, ``LossByT``, ``GuideSnapshot``.
         rng_device: where the generator handed to ``get_batch`` and ``loss_fn`` lives (default: the CPU).
             On a GPU, a generator there lets a step draw its batch and noise without copying from the host.
         batch_rng_device: where the generator handed to ``get_batch`` lives, when it must differ from
@@ -202,30 +338,20 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
     model.to(rt.device)
     ema = EMA(model, ema_decay)
     # fused: one kernel for the whole update (on a 2-core CPU too: 2 ms a step instead of 9 for the cpu UNet)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY,
                             fused=rt.device.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler("cuda") if rt.use_grad_scaler else None
     gen = torch.Generator(device=rng_device or "cpu").manual_seed(seed)                 # loss_fn's (noise)
     batch_gen = gen                                                                     # get_batch's
     if batch_rng_device is not None and torch.device(batch_rng_device) != gen.device:
         batch_gen = torch.Generator(device=batch_rng_device).manual_seed(seed)
-    losses: list[float] = []
-    # the loss by t: summed on the host in numpy's float64, and between two reads on the device in float32
-    # (Apple's mps has no float64)
-    bins = np.zeros(t_bins), np.zeros(t_bins)
-    start, prior_seconds = 0, 0.0
+    start, prior_seconds, losses = 0, 0.0, []
     training = {"config": config, **(meta or {}), "steps": steps, "lr": lr, "warmup_steps": warmup_steps,
                 "batch_size": batch_size, "ema_decay": ema_decay, "seed": seed}
-    if guide_step is not None:
-        if not 0 < guide_step < steps:
-            raise ValueError(f"guide_step must be between 0 and steps={steps} (exclusive), got {guide_step}")
-        training["guide_step"] = guide_step
-    guide: dict[str, torch.Tensor] | None = None          # the EMA weights after guide_step, once reached
 
     saved = checkpoints.check_resumable(out, config, steps, meta)      # None: nothing to resume
     if saved is not None:
         rng = checkpoints.load_trainer_state(out, model=model, ema=ema, optimizer=opt)
-        guide = store.load_guide_state(out)
         _restore_generator(gen, rng["generator"], seed, start=int(saved["step"]))
         if batch_gen is not gen:
             _restore_generator(batch_gen, rng.get("batch_generator", torch.empty(0)), seed, start=int(saved["step"]))
@@ -233,9 +359,9 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         start = int(saved["step"])
         prior_seconds = float(saved.get("train_seconds", 0.0))
         losses = list(saved.get("losses", []))
-        if "loss_by_t_sum" in saved:
-            bins = (np.array(saved["loss_by_t_sum"], dtype=np.float64),
-                    np.array(saved["loss_by_t_count"], dtype=np.float64))
+    end = steps if stop_after is None else min(steps, start + stop_after)
+    run = Run(steps=steps, start=start, end=end, batch_size=batch_size, out=out, ema=ema, losses=losses,
+              saved=saved, training=training)
 
     train_model = model
     if rt.compile and rt.device.type == "cuda":     # the forward and backward pass; mode: Runtime.compile_mode
@@ -245,26 +371,21 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
 
     pending: list[tuple[int, torch.Tensor]] = []       # (step, loss on the device) not yet read
     sync_every = sync_every or (1 if rt.device.type == "cpu" else SYNC_EVERY)
-    dev_bins: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def flush() -> None:
-        """Read the pending losses (one transfer), stop at the first NaN or inf, fold in the loss by t."""
-        nonlocal dev_bins
+        """Read the pending losses (one transfer), stop at the first NaN or inf; then the hooks' sync."""
         if pending:
             values = torch.stack([v for _, v in pending]).float().cpu().tolist()
             for (s_, _), v in zip(pending, values):
                 if not math.isfinite(v):
-                    bar.close()
                     raise FloatingPointError(
                         f"the loss became {v} at step {s_}. Last good checkpoint: "
                         f"{last_good or 'none (no checkpoint was written yet)'}. Check the data range and the "
                         f"learning rate (lr={lr}), then resume from that checkpoint.")
             losses.extend(values)
             pending.clear()
-        if dev_bins is not None:
-            bins[0][:] += dev_bins[0].cpu().numpy()
-            bins[1][:] += dev_bins[1].cpu().numpy()
-            dev_bins = None
+        for h in hooks:
+            h.sync(run)
 
     def save(step: int) -> None:
         nonlocal last_good
@@ -272,77 +393,68 @@ def fit(model: nn.Module, loss_fn: Callable[..., Any], get_batch: Callable[[torc
         if out is None:
             return
         training.update(step=step, losses=[round(v, 6) for v in losses],
-                        train_seconds=round(prior_seconds + time.perf_counter() - t0, 1),
-                        loss_by_t_sum=bins[0].tolist(), loss_by_t_count=bins[1].tolist(),
-                        device=rt.device.type, precision=rt.precision)
+                        train_seconds=round(prior_seconds + time.perf_counter() - run.t0, 1))
+        tensors: dict = {}
+        for h in hooks:
+            training.update(h.record(run))
+            tensors.update(h.tensors(run))
+        training.update(device=rt.device.type, precision=rt.precision)
         checkpoints.save_checkpoint(out, model=model, ema=ema, optimizer=opt,
                                     rng={"generator": gen.get_state(), "cpu": torch.get_rng_state(),
                                          **({} if batch_gen is gen else {"batch_generator": batch_gen.get_state()})},
-                                    training=training, export=export, guide=guide)
+                                    training=training, export=export, **tensors)
         last_good = str(out)
 
-    end = steps if stop_after is None else min(steps, start + stop_after)
-    model.train()
-    t0 = time.perf_counter()
-    bar = _progress(steps, start, desc, progress)
-    step = start
-    for step in range(start, end):
-        for g in opt.param_groups:
-            g["lr"] = warmup_cosine_lr(step, steps, lr, warmup_steps)
-        batch = get_batch(batch_gen)
-        if graphs:
-            torch.compiler.cudagraph_mark_step_begin()    # a new step: the graphs' last outputs may be reused
-        with autocast(rt):
-            res = loss_fn(train_model, batch, gen)
-        loss, extras = (res if isinstance(res, tuple) else (res, {}))
-        pending.append((step, loss.detach()))
-        if len(pending) >= sync_every:
-            flush()                                    # on a CPU every step: a NaN stops before its update
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
-        ema.update_parameters(model)
-        if guide_step is not None and step + 1 == guide_step:
-            guide = {k: v.detach().cpu().clone() for k, v in ema.module.state_dict().items()}
-        if T and "t" in extras and "per_example" in extras:
-            t_ = extras["t"].detach()
-            if dev_bins is None:
-                dev_bins = (torch.zeros(t_bins, device=t_.device), torch.zeros(t_bins, device=t_.device))
-            b = (t_ * t_bins // T).clamp(max=t_bins - 1)
-            dev_bins[0].index_add_(0, b, extras["per_example"].detach().float())
-            dev_bins[1].index_add_(0, b, torch.ones_like(b, dtype=torch.float32))
-        done = step + 1 - start
-        if (done % 10 == 0 or step + 1 == end) and losses:
-            rate = done * batch_size / (time.perf_counter() - t0)
-            recent = losses[-50:]
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", img_s=f"{rate:.0f}")
-        bar.update(1)
-        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < end:
-            save(step + 1)
-    flush()
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize(rt.device)
-    bar.close()
-    seconds = time.perf_counter() - t0
-    n_done = (end - start)
-    if n_done > 0 or (out is not None and not store.has_checkpoint(out)):
-        save(end)
-    model.eval()
-    ema.module.eval()
-    by_t = {}
-    if bins[1].sum() > 0:
-        centers = ((torch.arange(t_bins) + 0.5) * (T or t_bins) / t_bins).tolist()
-        by_t = {"t_mid": centers, "loss": (bins[0] / np.maximum(bins[1], 1)).tolist()}
-    return TrainResult(model, ema.module, losses, end, seconds,
-                       n_done * batch_size / seconds if seconds > 0 and n_done else 0.0, by_t, out, start)
+    try:
+        for h in hooks:
+            h.start(run)
+        model.train()
+        run.t0 = time.perf_counter()
+        for step in range(start, end):
+            for g in opt.param_groups:
+                g["lr"] = warmup_cosine_lr(step, steps, lr, warmup_steps)
+            batch = get_batch(batch_gen)
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()    # a new step: the graphs' last outputs may be reused
+            with autocast(rt):
+                res = loss_fn(train_model, batch, gen)
+            loss, extras = (res if isinstance(res, tuple) else (res, {}))
+            pending.append((step, loss.detach()))
+            if len(pending) >= sync_every:
+                flush()                                    # on a CPU every step: a NaN stops before its update
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+                opt.step()
+            ema.update_parameters(model)
+            for h in hooks:
+                h.after_step(run, step, extras)
+            if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < end:
+                save(step + 1)
+        flush()
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize(rt.device)
+        seconds = time.perf_counter() - run.t0
+        n_done = (end - start)
+        if n_done > 0 or (out is not None and not store.has_checkpoint(out)):
+            save(end)
+        model.eval()
+        ema.module.eval()
+        result = TrainResult(model, ema.module, losses, end, seconds,
+                             n_done * batch_size / seconds if seconds > 0 and n_done else 0.0, {}, out, start)
+        for h in hooks:
+            h.finish(run, result)
+        return result
+    finally:
+        for h in hooks:
+            h.close()
 
 
 def _restore_generator(gen: torch.Generator, state: torch.Tensor, seed: int, start: int) -> None:
@@ -356,36 +468,3 @@ def _restore_generator(gen: torch.Generator, state: torch.Tensor, seed: int, sta
                       f"re-seeding at step {start}, so this resumed run will not repeat an uninterrupted one "
                       f"exactly", stacklevel=3)
         gen.manual_seed(seed * 1_000_003 + start)
-
-
-def plot_losses(result: TrainResult | dict, smooth: int = 50):
-    """The loss curve (raw and smoothed) and, when available, the loss broken down by t."""
-    import matplotlib.pyplot as plt
-    losses = result.losses if isinstance(result, TrainResult) else result["losses"]
-    by_t = result.loss_by_t if isinstance(result, TrainResult) else _by_t_from_training(result)
-    ncols = 2 if by_t else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.2), squeeze=False)
-    ax = axes[0, 0]
-    ax.plot(losses, alpha=0.3, label="per step")
-    if len(losses) >= smooth:
-        k = torch.ones(smooth) / smooth
-        sm = torch.nn.functional.conv1d(torch.tensor(losses).view(1, 1, -1), k.view(1, 1, -1)).flatten()
-        ax.plot(range(smooth - 1, len(losses)), sm.tolist(), label=f"mean of {smooth}")
-    ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
-    ax.legend()
-    if by_t:
-        axes[0, 1].bar(by_t["t_mid"], by_t["loss"], width=0.8 * (by_t["t_mid"][1] - by_t["t_mid"][0]))
-        axes[0, 1].set(xlabel="t", ylabel="mean loss", title="loss by timestep t")
-    fig.tight_layout()
-    return fig
-
-
-def _by_t_from_training(training: dict) -> dict:
-    if "loss_by_t_sum" not in training:
-        return {}
-    s, c = training["loss_by_t_sum"], training["loss_by_t_count"]
-    if not sum(c):
-        return {}
-    n = len(s)
-    T = training.get("config", {}).get("T", n)
-    return {"t_mid": [(i + 0.5) * T / n for i in range(n)], "loss": [a / max(b, 1) for a, b in zip(s, c)]}

@@ -3,6 +3,8 @@ course's one loop (``train.fit``) on DDPM's simple loss; then measuring whether 
 
 The pipeline itself (``TextEncoder``, ``TextToImage``) is ``course_lib.pipelines.text_to_image``'s; this module brings the data:
 
+    Text2ImageRecipe, PRESETS   both models' steps and sampling defaults per profile; ``recipe_config(profile)``,
+                        ``sampling_defaults(profile)`` (written into each model folder's ``config.json``)
     text2image_config   the model config: the UNet with cross-attention, the schedule, the caption scheme, the CLIP
     CaptionTable        the frozen encoder's output for every caption training can draw, computed once
     train_text2image    the run: a fresh random true caption per digit per batch, dropped with p_uncond
@@ -17,6 +19,7 @@ is finite (``captions.all_captions``), so the frozen encoder's outputs are compu
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,31 +29,62 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import paths
-from ..config import Profile, Runtime, get_runtime
+from ..config import Profile, Runtime, get_runtime, recipe_preset
 from ..data import captions
 from ..data.mnist import batch_indices, load_mnist, to_device
 from ..diffusion.forward import simple_loss
 from ..diffusion.schedules import make_schedule
 from ..networks.text_encoders import MAX_LENGTH as LM_MAX_LENGTH
 from ..networks.text_encoders import TEXT_LAYER, WIDTH, TextEncoder, encoder_spec, load_language_encoder
-from ..networks.unet import TextCond, UNet, UNetConfig, unet_config_from_profile
+from ..networks.unet import TextCond, UNet, UNetConfig
 from ..pipelines.text_to_image import TextToImage, load_text_side, write_pipeline, write_unet
 from ..text import vocabulary
 from ..text.tokenizer import MAX_LENGTH
 from ..text.vocabulary import ATTRIBUTE_PAIRS, DIGIT_WORDS, attribute_prompts, digit_prompts, parse_prompt
 from . import checkpoints
 from .clip import clip_config_from_profile, get_clip
-from .loop import TrainResult, fit
+from .denoiser import unet_config
+from .loop import LossByT, ProgressBar, TrainResult, fit
 
-__all__ = ["P_MENTION", "QUICK_N", "CaptionTable", "text2image_config", "train_text2image", "fit_captioned",
-           "train_demo", "prompt_accuracy", "attribute_control", "NAME", "HELD_OUT_TEMPLATES",
-           "HELD_OUT_ATTRIBUTES", "HELD_OUT_WORDS", "held_out_prompts", "held_out_pair", "training_templates",
-           "text2image_lm_config", "train_text2image_lm", "digit_free_prompts", "probe_queries",
-           "nearest_caption_probe"]
+__all__ = ["Text2ImageRecipe", "PRESETS", "recipe_config", "sampling_defaults", "P_MENTION", "QUICK_N",
+           "CaptionTable", "text2image_config", "train_text2image", "fit_captioned", "train_demo", "prompt_accuracy",
+           "attribute_control", "NAME", "HELD_OUT_TEMPLATES", "HELD_OUT_ATTRIBUTES", "HELD_OUT_WORDS",
+           "held_out_prompts", "held_out_pair", "training_templates", "text2image_lm_config", "train_text2image_lm",
+           "digit_free_prompts", "probe_queries", "nearest_caption_probe"]
 
 P_MENTION = 0.5          # each attribute word an image has is said with this probability (captions default)
 
 QUICK_N = 200            # images in a quick measure: an accuracy near 90 % has a standard error of ~2 points
+
+
+# ---------------------------------------------------------------------------------------------- the recipe
+@dataclass(frozen=True)
+class Text2ImageRecipe:
+    """Both text-to-image models' training and sampling defaults for one profile (their UNet's sizes are the
+    denoiser recipe's, ``denoiser.unet_config``; batches and learning rate the profile's)."""
+    steps: int                       # lesson 08's model (the course CLIP's text side, frozen)
+    lm_steps: int                    # lesson 09's model (a frozen pretrained language model)
+    lm_templates: int                # caption templates lesson 09's trains on (vocabulary.TEMPLATES[:k]): each
+                                     # caption is encoded once before training, ~4 ms a caption on one core
+    guidance: float                  # default classifier-free guidance scale of both
+
+
+PRESETS: dict[str, Text2ImageRecipe] = {
+    "test": Text2ImageRecipe(steps=300, lm_steps=300, lm_templates=1, guidance=3.0),
+    "cpu": Text2ImageRecipe(steps=4_000, lm_steps=2_400, lm_templates=6, guidance=3.0),
+    "gpu": Text2ImageRecipe(steps=10_000, lm_steps=10_000, lm_templates=6, guidance=3.0),
+}
+
+
+def recipe_config(profile: Profile) -> Text2ImageRecipe:
+    """This recipe's preset for ``profile``, with the profile's ``with_recipe("text2image", ...)`` changes."""
+    return recipe_preset(PRESETS, "text2image", profile)
+
+
+def sampling_defaults(profile: Profile) -> dict[str, dict]:
+    """How each model of this recipe samples by default: {model name: {sampler, steps, guidance}}."""
+    one = {"sampler": "ddim", "steps": profile.sample_steps, "guidance": recipe_config(profile).guidance}
+    return {"text2image": dict(one), NAME: dict(one)}
 
 
 # ---------------------------------------------------------------------------------------------- the caption table
@@ -85,21 +119,23 @@ class CaptionTable:
         return TextCond(*(part[rows] for part in self.cond))
 
 
+def _sampling(profile: Profile, name: str) -> dict:
+    """The ``"sampling"`` entry a model folder's ``config.json`` has held so far: steps and guidance."""
+    d = sampling_defaults(profile)[name]
+    return {"steps": d["steps"], "guidance": d["guidance"]}
+
+
 # ---------------------------------------------------------------------------------------------- training
 def text2image_config(profile: Profile, clip_config: dict | None = None) -> dict:
     """The JSON-able model config (``fit`` compares it before resuming): the UNet with cross-attention of the
     text width, the diffusion schedule, the caption scheme and the config of the CLIP it depends on
     (``clip_config``, default: the profile's own CLIP)."""
     clip_cfg = clip_config if clip_config is not None else clip_config_from_profile(profile)
-    unet = unet_config_from_profile(profile, context_dim=clip_cfg["dim"])
+    unet = unet_config(profile, context_dim=clip_cfg["dim"])
     return {**unet.to_dict(), "model": "text2image", "T": profile.T, "schedule": profile.schedule,
             "n_train": profile.n_train, "p_uncond": profile.p_uncond, "p_mention": P_MENTION,
             "text_layer": TEXT_LAYER, "pooled": "end token, final LayerNorm, unprojected",
             "max_length": MAX_LENGTH, "clip": clip_cfg}
-
-
-def _sampling_defaults(profile: Profile) -> dict:
-    return {"steps": profile.sample_steps, "guidance": profile.guidance}
 
 
 def train_text2image(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
@@ -118,7 +154,7 @@ def train_text2image(profile: Profile, out=None, runtime: Runtime | None = None,
 
     Args:
         out: checkpoint folder (default ``paths.default_checkpoint("text2image")``); resumes from it.
-        steps: total steps (default ``profile.t2i_train_steps``).
+        steps: total steps (default the recipe's ``steps``).
         stop_after: stop (with a checkpoint) after this many steps in this call.
         clip: the frozen CLIP to build on (see above); None: the profile's own.
     Returns:
@@ -142,10 +178,10 @@ def train_text2image(profile: Profile, out=None, runtime: Runtime | None = None,
             "thresholds": captions.thresholds_to_json(thresholds), "templates": list(vocabulary.TEMPLATES)}
 
     def export(unet: nn.Module, folder: Path) -> None:
-        write_pipeline(folder, unet, encoder, tokenizer, {**cfg, "sampling": _sampling_defaults(profile)})
+        write_pipeline(folder, unet, encoder, tokenizer, {**cfg, "sampling": _sampling(profile, "text2image")})
 
     return fit_captioned(cfg, profile, x, y, encoder, tokenizer, thresholds, export, meta, out, rt,
-                         steps or profile.t2i_train_steps, progress, stop_after)
+                         steps or recipe_config(profile).steps, progress, stop_after)
 
 
 def fit_captioned(cfg: dict, profile: Profile, x: torch.Tensor, y: torch.Tensor, encoder: nn.Module, tokenizer,
@@ -185,7 +221,8 @@ def fit_captioned(cfg: dict, profile: Profile, x: torch.Tensor, y: torch.Tensor,
     return fit(model, loss_fn, get_batch, steps=steps, lr=profile.lr,
                warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
                config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=runtime,
-               export=export, desc=f"train {meta['kind']}", progress=progress, T=profile.T, stop_after=stop_after,
+               export=export, stop_after=stop_after,
+               hooks=[ProgressBar(f"train {meta['kind']}", progress), LossByT(profile.T)],
                rng_device=runtime.device, batch_rng_device="cpu")    # noise on the device, captions on the host
 
 
@@ -194,7 +231,7 @@ def train_demo(profile: Profile, clip, runtime: Runtime | None = None, progress:
     """Lesson 08's own training run: ``profile.lesson_train_steps`` steps on ``clip`` (the CLIP the lesson
     loaded, see ``train_text2image``), into ``paths.default_checkpoint("text2image-demo")``.
 
-    When that is at least the full run (``t2i_train_steps``) and ``clip`` is the profile's own CLIP, the demo
+    When that is at least the full run (the recipe's ``steps``) and ``clip`` is the profile's own CLIP, the demo
     *is* the full run, into the default checkpoint, where ``get_model("text2image", profile)`` then finds it.
     Otherwise ``get_model`` loads a finished model (the profile's, else its fallback's). Either way the lesson
     trains text-to-image once.
@@ -203,12 +240,13 @@ def train_demo(profile: Profile, clip, runtime: Runtime | None = None, progress:
         (the ``TrainResult``, the folder it was written to).
     """
     own = clip[2].get("config") == clip_config_from_profile(profile)
-    if profile.lesson_train_steps >= profile.t2i_train_steps and own:
+    full = recipe_config(profile).steps
+    if profile.lesson_train_steps >= full and own:
         out = paths.default_checkpoint("text2image")
         return train_text2image(profile, out=out, runtime=runtime, progress=progress, clip=clip), out
     out = paths.default_checkpoint("text2image-demo")
-    steps = min(profile.lesson_train_steps, profile.t2i_train_steps)
-    return train_text2image(profile.replace(t2i_train_steps=steps), out=out, runtime=runtime, progress=progress,
+    steps = min(profile.lesson_train_steps, full)
+    return train_text2image(profile.with_recipe("text2image", steps=steps), out=out, runtime=runtime, progress=progress,
                             clip=clip), out
 
 
@@ -327,14 +365,15 @@ def held_out_pair(name: str):
 
 # ---------------------------------------------------------------------------------------------- training
 def training_templates(profile: Profile) -> tuple[str, ...]:
-    """The caption templates this profile trains on: the first ``profile.lm_templates`` of ``captions.TEMPLATES``."""
-    return vocabulary.TEMPLATES[:profile.lm_templates]
+    """The caption templates this profile trains on: the first ``lm_templates`` (the recipe's) of
+    ``captions.TEMPLATES``."""
+    return vocabulary.TEMPLATES[:recipe_config(profile).lm_templates]
 
 
 def text2image_lm_config(profile: Profile) -> dict:
     """The JSON-able model config (``fit`` compares it before resuming): the UNet with cross-attention to the
     language model's 384-wide token states, the schedule, the caption templates and the encoder (name, sha256)."""
-    unet = unet_config_from_profile(profile, context_dim=WIDTH)
+    unet = unet_config(profile, context_dim=WIDTH)
     return {**unet.to_dict(), "model": NAME, "T": profile.T, "schedule": profile.schedule,
             "n_train": profile.n_train, "p_uncond": profile.p_uncond, "p_mention": P_MENTION,
             "max_length": LM_MAX_LENGTH, "templates": list(training_templates(profile)), "text_encoder": encoder_spec()}
@@ -347,7 +386,7 @@ def train_text2image_lm(profile: Profile, out=None, runtime: Runtime | None = No
     Args:
         out: checkpoint folder (default ``paths.default_checkpoint("text2image-lm")``); it is also a pipeline
             folder (``language_encoder.load_text2image_lm``): ``config.json`` and the UNet's EMA weights.
-        steps: total steps (default ``profile.lm_train_steps``).
+        steps: total steps (default the recipe's ``lm_steps``).
         stop_after: stop (with a checkpoint) after this many steps in this call.
     Returns:
         ``fit``'s ``TrainResult``; ``training.json`` records ``caption_seconds`` (encoding every caption
@@ -370,10 +409,10 @@ def train_text2image_lm(profile: Profile, out=None, runtime: Runtime | None = No
             "captions": len(texts), "caption_tokens": longest}
 
     def export(unet: nn.Module, folder: Path) -> None:
-        write_unet(folder, unet, {**cfg, "sampling": _sampling_defaults(profile)})
+        write_unet(folder, unet, {**cfg, "sampling": _sampling(profile, NAME)})
 
     return fit_captioned(cfg, profile, x, y, encoder, tokenizer, thresholds, export, meta, out, rt,
-                         steps or profile.lm_train_steps, progress, stop_after, templates, longest)
+                         steps or recipe_config(profile).lm_steps, progress, stop_after, templates, longest)
 
 
 # ---------------------------------------------------------------------------------------------- probing the encoder

@@ -2,6 +2,8 @@
 text embedding, the digit's image embedding), both through the course's one loop (``train.fit``); then the
 measures of lesson 10 (image variations; prompt accuracy and attributes reuse ``text2image_training``).
 
+    UnclipRecipe, PRESETS  its steps, prior sizes and sampling defaults per profile; ``recipe_config(profile)``,
+                         ``sampling_defaults(profile)`` (written into the folder's ``config.json``)
     unclip_config        the model config: decoder UNet, prior MLP, schedules, the CLIP they are built on
     check_unclip_target  refuse, before any compute, a folder training must not write into
     train_unclip         the run: CLIP embeddings computed once, then the decoder, then the prior (resuming)
@@ -17,31 +19,67 @@ import dataclasses
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from .. import paths, store
-from ..config import Profile, Runtime, get_runtime
+from ..config import Profile, Runtime, get_runtime, recipe_preset
 from ..data import captions
 from ..data.mnist import batch_indices, load_mnist, to_device
 from ..diffusion.forward import q_sample, simple_loss
 from ..diffusion.schedules import Schedule, make_schedule
 from ..networks.clip import embed_images, embed_text, save_clip
 from ..networks.prior import DiffusionPrior, PriorConfig, embed_scale
-from ..networks.unet import UNet, UNetConfig, unet_config_from_profile
+from ..networks.unet import UNet, UNetConfig
 from ..pipelines.unclip import UnCLIP
 from ..text import vocabulary
 from . import checkpoints
 from .clip import clip_config_from_profile, get_clip
-from .loop import TrainResult, fit
+from .denoiser import unet_config
+from .loop import LossByT, ProgressBar, TrainResult, fit
 from .text2image import P_MENTION
 
-__all__ = ["PRIOR_GUIDANCE", "unclip_config", "drop_rows", "check_unclip_target", "train_unclip",
-           "variation_measures", "prior_loss"]
+__all__ = ["UnclipRecipe", "PRESETS", "recipe_config", "sampling_defaults", "PRIOR_GUIDANCE", "unclip_config",
+           "drop_rows", "check_unclip_target", "train_unclip", "variation_measures", "prior_loss"]
 
 PRIOR_GUIDANCE = 1.0     # the prior's default guidance w: plain conditional (bench/unclip.py also measures 2 and 4)
+
+
+# ---------------------------------------------------------------------------------------------- the recipe
+@dataclass(frozen=True)
+class UnclipRecipe:
+    """unCLIP's decoder and prior for one profile (the decoder's UNet sizes are the denoiser recipe's,
+    ``denoiser.unet_config``; its batch size and learning rate the profile's)."""
+    decoder_steps: int               # the decoder UNet's training steps (batches of the profile's batch_size)
+    prior_steps: int                 # the diffusion prior's training steps
+    prior_batch: int                 # its batch size (an MLP over 64-d vectors: a step costs little)
+    prior_width: int                 # its hidden width
+    prior_blocks: int                # its residual MLP blocks
+    guidance: float                  # the decoder's default classifier-free guidance scale
+
+
+PRESETS: dict[str, UnclipRecipe] = {
+    "test": UnclipRecipe(decoder_steps=100, prior_steps=300, prior_batch=128, prior_width=128, prior_blocks=2,
+                         guidance=3.0),
+    "cpu": UnclipRecipe(decoder_steps=4_000, prior_steps=3_000, prior_batch=256, prior_width=256, prior_blocks=3,
+                        guidance=3.0),
+    "gpu": UnclipRecipe(decoder_steps=10_000, prior_steps=20_000, prior_batch=1_024, prior_width=512,
+                        prior_blocks=4, guidance=3.0),
+}
+
+
+def recipe_config(profile: Profile) -> UnclipRecipe:
+    """This recipe's preset for ``profile``, with the profile's ``with_recipe("unclip", ...)`` changes."""
+    return recipe_preset(PRESETS, "unclip", profile)
+
+
+def sampling_defaults(profile: Profile) -> dict[str, dict]:
+    """How unCLIP samples by default: {"unclip": {sampler, steps, guidance, prior_steps, prior_guidance}}."""
+    return {"unclip": {"sampler": "ddim", "steps": profile.sample_steps, "guidance": recipe_config(profile).guidance,
+                       "prior_steps": profile.sample_steps, "prior_guidance": PRIOR_GUIDANCE}}
 
 
 def unclip_config(profile: Profile, clip_config: dict | None = None) -> dict:
@@ -49,12 +87,13 @@ def unclip_config(profile: Profile, clip_config: dict | None = None) -> dict:
     config with ``embed_dim``, so ``models.load_unet`` reads it), the prior, and the CLIP they depend on."""
     clip_cfg = clip_config if clip_config is not None else clip_config_from_profile(profile)
     D = clip_cfg["embed"]
-    decoder = {**unet_config_from_profile(profile, embed_dim=D).to_dict(), "T": profile.T,
+    r = recipe_config(profile)
+    decoder = {**unet_config(profile, embed_dim=D).to_dict(), "T": profile.T,
                "schedule": profile.schedule, "n_train": profile.n_train, "p_uncond": profile.p_uncond,
-               "batch_size": profile.batch_size, "steps": profile.unclip_decoder_steps}
-    prior = {**PriorConfig(embed_dim=D, width=profile.unclip_prior_width, blocks=profile.unclip_prior_blocks
+               "batch_size": profile.batch_size, "steps": r.decoder_steps}
+    prior = {**PriorConfig(embed_dim=D, width=r.prior_width, blocks=r.prior_blocks
                            ).to_dict(), "T": profile.T, "schedule": profile.schedule, "p_uncond": profile.p_uncond,
-             "batch_size": profile.unclip_prior_batch, "steps": profile.unclip_prior_steps,
+             "batch_size": r.prior_batch, "steps": r.prior_steps,
              "embed_scale": embed_scale(D), "prediction": "x0", "p_mention": P_MENTION}
     return {"model": "unclip", "decoder": decoder, "prior": prior, "clip": clip_cfg}
 
@@ -66,9 +105,9 @@ def drop_rows(vectors: torch.Tensor, p_uncond: float, generator: torch.Generator
     return torch.where(drop[:, None], torch.zeros_like(vectors), vectors)
 
 
-def _sampling_defaults(profile: Profile) -> dict:
-    return {"steps": profile.sample_steps, "guidance": profile.guidance, "prior_steps": profile.sample_steps,
-            "prior_guidance": PRIOR_GUIDANCE}
+def _sampling(profile: Profile) -> dict:
+    """The ``"sampling"`` entry the folder's ``config.json`` has held so far."""
+    return {k: v for k, v in sampling_defaults(profile)["unclip"].items() if k != "sampler"}
 
 
 # ---------------------------------------------------------------------------------------------- the folder
@@ -114,7 +153,7 @@ def train_unclip(profile: Profile, out=None, runtime: Runtime | None = None, ste
     5. ``out/config.json`` and ``out/training.json`` (written when both are finished): the pipeline folder.
 
     Args:
-        steps: the decoder's total steps (default ``profile.unclip_decoder_steps``; the prior's are the profile's).
+        steps: the decoder's total steps (default the recipe's ``decoder_steps``; the prior's are the recipe's).
         stop_after: stop (with checkpoints) after this many steps of each part in this call.
     Returns:
         the decoder's ``TrainResult`` with ``out`` the pipeline folder, ``seconds`` both parts' time, ``step``
@@ -123,7 +162,7 @@ def train_unclip(profile: Profile, out=None, runtime: Runtime | None = None, ste
     rt = runtime or get_runtime()
     out = Path(out) if out is not None else paths.default_checkpoint("unclip")
     if steps is not None:
-        profile = profile.replace(unclip_decoder_steps=steps)
+        profile = profile.with_recipe("unclip", decoder_steps=steps)
     check_unclip_target(out)
     t_start = time.perf_counter()
     if clip is None and (out / "clip" / "config.json").is_file():
@@ -168,8 +207,8 @@ def train_unclip(profile: Profile, out=None, runtime: Runtime | None = None, ste
     dec = fit(decoder, decoder_loss, decoder_batch, steps=dcfg["steps"], lr=profile.lr,
               warmup_steps=profile.warmup_steps, batch_size=dcfg["batch_size"], ema_decay=profile.ema_decay,
               config=dcfg, meta={**meta, "part": "decoder"}, out=out / "decoder",
-              checkpoint_every=profile.checkpoint_every, runtime=rt, desc="train unclip decoder", progress=progress,
-              T=dcfg["T"], stop_after=stop_after, rng_device=rt.device)
+              checkpoint_every=profile.checkpoint_every, runtime=rt, stop_after=stop_after,
+              hooks=[ProgressBar("train unclip decoder", progress), LossByT(dcfg["T"])], rng_device=rt.device)
     if dec.step < dcfg["steps"]:
         return dataclasses.replace(dec, out=out)
 
@@ -205,14 +244,14 @@ def train_unclip(profile: Profile, out=None, runtime: Runtime | None = None, ste
     pri = fit(prior, prior_step, prior_batch, steps=pcfg["steps"], lr=profile.lr,
               warmup_steps=profile.warmup_steps, batch_size=pcfg["batch_size"], ema_decay=profile.ema_decay,
               config=pcfg, meta=pmeta, out=out / "prior", checkpoint_every=profile.checkpoint_every, runtime=rt,
-              desc="train unclip prior", progress=progress, T=pcfg["T"], stop_after=stop_after,
+              stop_after=stop_after, hooks=[ProgressBar("train unclip prior", progress), LossByT(pcfg["T"])],
               rng_device="cpu")
     if pri.step < pcfg["steps"]:
         return dataclasses.replace(dec, out=out, seconds=dec.seconds + pri.seconds)
 
     # 5. the pipeline folder's own files: what from_pretrained and find_matching read
     d_tr, p_tr = store.read_training(out / "decoder"), store.read_training(out / "prior")
-    (out / "config.json").write_text(json.dumps({**cfg, "sampling": _sampling_defaults(profile)}, indent=2))
+    (out / "config.json").write_text(json.dumps({**cfg, "sampling": _sampling(profile)}, indent=2))
     _write_json_atomic(out / "training.json", {
         "kind": "unclip", "profile": profile.name, "config": cfg, "steps": dcfg["steps"], "step": d_tr["step"],
         "data": meta["data"], "train_seconds": round(d_tr.get("train_seconds", 0) + p_tr.get("train_seconds", 0), 1),
