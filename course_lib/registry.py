@@ -1,109 +1,191 @@
-"""The course's trained models, in one registry: how each is trained, found and loaded.
+"""The course's trained models, in one registry: one ``ModelSpec`` per name, the only list of model names.
 
-    name         what                                             lesson
-    classifier   small MNIST classifier used to *measure* samples   04
-    denoiser     unconditional UNet, eps-prediction, told k-means   03-04
-                 clusters of the digits (no labels)
-    class        class-conditional UNet (classifier-free guidance)  05
-    clip         CLIP on captioned digits (transformers classes)    07
-    text2image   text-conditional UNet + the frozen CLIP text side  08
-    flow         class-conditional UNet, flow matching (velocity)   12
-    unclip       decoder from CLIP image embeddings + diffusion     10
-                 prior from text embeddings (DALL-E 2's recipe)
-    autoencoder  KL autoencoder, 28x28x1 <-> 7x7xC latents          11
-    latent       class-conditional UNet on the autoencoder's latents  11
+    name           what                                                 lesson  pipeline (load_pipeline)
+    classifier     small MNIST classifier used to *measure* samples      04     -
+    denoiser       unconditional UNet told k-means clusters (no labels)  03-04  DenoiserPipeline
+    class          class-conditional UNet (classifier-free guidance)     05     ClassToImage
+    clip           CLIP on captioned digits (transformers classes)       07     -
+    text2image     text-conditional UNet + the frozen CLIP text side     08     TextToImage
+    text2image-lm  the same with a frozen language model: any words      09     TextToImageLM
+    unclip         CLIP image-embedding decoder + diffusion prior        10     UnCLIP
+    autoencoder    KL autoencoder, 28x28x1 <-> 7x7xC latents             11     -
+    latent         class-conditional UNet on the autoencoder's latents   11     LatentDiffusion
+    flow           class-conditional UNet, flow matching (velocity)      12     FlowToImage
+
+``MODELS`` is read by the command line (its choices), ``make weights``, the course book, the tests and the
+benchmarks. Each ``ModelSpec`` names its recipe (config, train and sampling-defaults functions in
+``training/``), the pipeline that samples it, what it builds on (``needs``) and how ``make weights``
+measures it. Modules are imported only when a spec's function is first called, so reading the names needs
+no torch.
 
 ``get_model(name, profile)`` is what lessons call: the user's checkpoint if it matches the profile's config
 and finished training, else the shipped reference weights if they match, else (``find_usable``) the finished
 model of the profile's ``fallback`` (the ``gpu`` profile's is ``cpu``: its shipped weights, with a one-line
 note, so a fresh Colab runtime does not retrain in every lesson what the lesson only uses), else it trains
-(resuming any partial checkpoint). The diffusion models train on ``forward.simple_loss`` through ``train.fit``.
+(resuming any partial checkpoint). It returns the pipeline for text2image, text2image-lm, unclip and latent,
+and the network for the others (the denoiser, class and flow UNets, which lessons 03-05 and 12 sample step by
+step). ``load_pipeline(name_or_folder)`` returns the pipeline of any of the seven generative models.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
-import torch
+from . import paths
 
-from . import paths, store
-from .config import PROFILES, Profile, Runtime, get_runtime
-from .networks.unet import load_unet
-from .pipelines.text_to_image import TextToImage, load_text2image_lm
-from .training.denoiser import class_config, denoiser_config, train_class_model, train_denoiser
-
-__all__ = ["load_text_to_image", "REGISTRY", "find_matching", "find_usable", "train_missing", "get_guide",
-           "get_model"]
+__all__ = ["ModelSpec", "MODELS", "GENERATIVE", "TEXT_TO_IMAGE", "SAMPLEABLE", "find_matching", "find_usable",
+           "train_missing", "get_guide", "get_model", "finished_folder", "load_pipeline", "pipeline_class"]
 
 
 # --------------------------------------------------------------------------- the registry
-def _lazy(module: str, attr: str) -> Callable:
-    def call(*args, **kwargs):
-        return getattr(importlib.import_module(f"course_lib.{module}"), attr)(*args, **kwargs)
-    return call
+class _Lazy:
+    """``course_lib.<module>.<attr>``, imported on first use; calling it calls the attribute."""
+
+    def __init__(self, module: str, attr: str):
+        self.module, self.attr = module, attr
+
+    def get(self) -> Any:
+        return getattr(importlib.import_module(f"course_lib.{self.module}"), self.attr)
+
+    def __call__(self, *args, **kwargs):
+        return self.get()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"course_lib.{self.module}.{self.attr}"
 
 
-# name -> (config_fn(profile), train_fn(profile, out, runtime, steps, progress), load_fn(path, device))
-REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
-    "classifier": (_lazy("training.classifier", "classifier_config"),
-                   _lazy("training.classifier", "train_classifier"), _lazy("networks.classifier", "load_classifier")),
-    "denoiser": (denoiser_config, train_denoiser, lambda path, device: load_unet(path, device)[0]),
-    "class": (class_config, train_class_model, lambda path, device: load_unet(path, device)[0]),
-    "clip": (_lazy("training.clip", "clip_config_from_profile"), _lazy("training.clip", "train_clip"),
-             _lazy("networks.clip", "load_clip")),
-    "text2image": (_lazy("training.text2image", "text2image_config"),
-                   _lazy("training.text2image", "train_text2image"),
-                   _lazy("pipelines.text_to_image", "load_text2image")),
-    "text2image-lm": (_lazy("training.text2image", "text2image_lm_config"),
-                      _lazy("training.text2image", "train_text2image_lm"),
-                      _lazy("pipelines.text_to_image", "load_text2image_lm")),
-    "flow": (_lazy("training.flow", "flow_config"), _lazy("training.flow", "train_flow"),
-             _lazy("training.flow", "load_flow")),
-    "unclip": (_lazy("training.unclip", "unclip_config"), _lazy("training.unclip", "train_unclip"),
-               _lazy("pipelines.unclip", "load_unclip")),
-    "autoencoder": (_lazy("training.latent", "autoencoder_config"), _lazy("training.latent", "train_autoencoder"),
-                    _lazy("networks.autoencoder", "load_autoencoder")),
-    "latent": (_lazy("training.latent", "latent_config"), _lazy("training.latent", "train_latent"),
-               _lazy("pipelines.latent", "load_latent")),
-}
+def _lazy(module: str, attr: str) -> _Lazy:
+    return _Lazy(module, attr)
 
 
-def _steps_for(name: str, profile: Profile) -> int:
-    return {"classifier": profile.classifier_steps, "denoiser": profile.train_steps,
-            "class": profile.class_train_steps, "clip": profile.clip_steps,
-            "text2image": profile.t2i_train_steps, "text2image-lm": profile.lm_train_steps,
-            "flow": profile.flow_train_steps, "unclip": profile.unclip_decoder_steps,
-            "autoencoder": profile.ae_steps, "latent": profile.latent_train_steps}[name]
+@dataclass(frozen=True)
+class ModelSpec:
+    """One trained model of the course.
+
+    Attributes:
+        name, lesson, what: the registry name, the lesson that trains it, the model in words.
+        config: ``config(profile) -> dict``, the model config training writes (``find_matching`` compares it).
+        train: ``train(profile, out, runtime, steps, progress) -> TrainResult``.
+        steps_field: the ``Profile`` field of its training steps (``steps(profile)``).
+        sampling: ``sampling(profile) -> dict``, the sampling defaults training writes into the folder's
+            ``config.json`` (generative models only).
+        pipeline: the pipeline class (``from_pretrained``) of a generative model, else None.
+        load: what ``get_model`` returns, ``load(folder, device)`` (default: the pipeline).
+        needs: the models it builds on (``latent`` -> ``autoencoder``, ``text2image`` -> ``clip``).
+        measure: how ``make weights`` measures it (a key of ``course.weights.MEASURES``).
+    """
+    name: str
+    lesson: str
+    what: str
+    config: _Lazy
+    train: _Lazy
+    steps_field: str
+    measure: str
+    sampling: _Lazy | None = None
+    pipeline: _Lazy | None = None
+    network: Any = None
+    needs: tuple[str, ...] = ()
+
+    def steps(self, profile) -> int:
+        """The profile's training steps for this model."""
+        return getattr(profile, self.steps_field)
+
+    def load(self, folder: str | Path, device="cpu"):
+        """What ``get_model`` returns: the network (``network``) or else the pipeline, from ``folder``."""
+        if self.network is not None:
+            return self.network(folder, device)
+        return self.pipeline.get().from_pretrained(folder, device)
 
 
-def find_matching(name: str, profile: Profile) -> Path | None:
+def _unet(folder: str | Path, device="cpu"):
+    """The UNet of a denoiser or class model folder (EMA weights, eval mode), as lessons 03-05 sample it."""
+    from .networks.unet import load_unet
+    return load_unet(folder, device)[0]
+
+
+_SPECS = (
+    ModelSpec("classifier", "04", "small MNIST classifier used to measure samples",
+              _lazy("training.classifier", "classifier_config"), _lazy("training.classifier", "train_classifier"),
+              "classifier_steps", "test_accuracy", network=_lazy("networks.classifier", "load_classifier")),
+    ModelSpec("denoiser", "03", "unconditional UNet told k-means clusters of the digits (no labels)",
+              _lazy("training.denoiser", "denoiser_config"), _lazy("training.denoiser", "train_denoiser"),
+              "train_steps", "clusters", sampling=_lazy("training.denoiser", "denoiser_sampling"),
+              pipeline=_lazy("pipelines.class_to_image", "DenoiserPipeline"),
+              network=_unet),
+    ModelSpec("class", "05", "class-conditional UNet (classifier-free guidance)",
+              _lazy("training.denoiser", "class_config"), _lazy("training.denoiser", "train_class_model"),
+              "class_train_steps", "labels", sampling=_lazy("training.denoiser", "class_sampling"),
+              pipeline=_lazy("pipelines.class_to_image", "ClassToImage"),
+              network=_unet),
+    ModelSpec("clip", "07", "CLIP on captioned digits (transformers classes)",
+              _lazy("training.clip", "clip_config_from_profile"), _lazy("training.clip", "train_clip"),
+              "clip_steps", "zero_shot", network=_lazy("networks.clip", "load_clip")),
+    ModelSpec("text2image", "08", "text-conditional UNet and the frozen CLIP text side",
+              _lazy("training.text2image", "text2image_config"), _lazy("training.text2image", "train_text2image"),
+              "t2i_train_steps", "prompts", sampling=_lazy("training.text2image", "text2image_sampling"),
+              pipeline=_lazy("pipelines.text_to_image", "TextToImage"), needs=("clip",)),
+    ModelSpec("text2image-lm", "09", "text-conditional UNet and a frozen language model: any English words",
+              _lazy("training.text2image", "text2image_lm_config"),
+              _lazy("training.text2image", "train_text2image_lm"), "lm_train_steps", "prompts",
+              sampling=_lazy("training.text2image", "text2image_sampling"),
+              pipeline=_lazy("pipelines.text_to_image", "TextToImageLM")),
+    ModelSpec("unclip", "10", "decoder from CLIP image embeddings and a diffusion prior (DALL-E 2's recipe)",
+              _lazy("training.unclip", "unclip_config"), _lazy("training.unclip", "train_unclip"),
+              "unclip_decoder_steps", "prompts_and_shortcut", sampling=_lazy("training.unclip", "unclip_sampling"),
+              pipeline=_lazy("pipelines.unclip", "UnCLIP"), needs=("clip",)),
+    ModelSpec("autoencoder", "11", "KL autoencoder, 28x28x1 <-> 7x7xC latents",
+              _lazy("training.latent", "autoencoder_config"), _lazy("training.latent", "train_autoencoder"),
+              "ae_steps", "reconstruction", network=_lazy("networks.autoencoder", "load_autoencoder")),
+    ModelSpec("latent", "11", "class-conditional UNet on the autoencoder's latents",
+              _lazy("training.latent", "latent_config"), _lazy("training.latent", "train_latent"),
+              "latent_train_steps", "labels", sampling=_lazy("training.latent", "latent_sampling"),
+              pipeline=_lazy("pipelines.latent", "LatentDiffusion"), needs=("autoencoder",)),
+    ModelSpec("flow", "12", "class-conditional UNet trained by flow matching (it predicts a velocity)",
+              _lazy("training.flow", "flow_config"), _lazy("training.flow", "train_flow"),
+              "flow_train_steps", "labels", sampling=_lazy("training.flow", "flow_sampling"),
+              pipeline=_lazy("pipelines.class_to_image", "FlowToImage"),
+              network=_lazy("training.flow", "load_flow")),
+)
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+GENERATIVE = tuple(name for name, spec in MODELS.items() if spec.pipeline is not None)
+TEXT_TO_IMAGE = tuple(name for name, spec in MODELS.items() if spec.measure.startswith("prompts"))  # `generate`
+SAMPLEABLE = tuple(name for name in GENERATIVE if name not in TEXT_TO_IMAGE)                           # `sample`
+
+
+def _spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def find_matching(name: str, profile) -> Path | None:
     """A finished model for ``profile``: the user's checkpoint, then the shipped weights; None if neither
     matches the profile's config (and, for the user's, has trained all its steps)."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(REGISTRY)}")
-    cfg = REGISTRY[name][0](profile)
+    from . import store
+    spec = _spec(name)
+    cfg = spec.config(profile)
     for folder in (paths.default_checkpoint(name), paths.weights_dir() / name):
         try:
             tr = store.read_training(folder)
         except FileNotFoundError:
             continue
         if (store.config_difference(tr.get("config"), cfg) is None
-                and tr.get("steps") == _steps_for(name, profile) and tr.get("step", 0) >= tr["steps"]):
+                and tr.get("steps") == spec.steps(profile) and tr.get("step", 0) >= tr["steps"]):
             return folder
     return None
 
 
-def find_usable(name: str, profile: Profile) -> tuple[Path, Profile] | None:
+def find_usable(name: str, profile) -> tuple[Path, Any] | None:
     """A finished model to *use* under ``profile``: ``find_matching`` for the profile itself, else for its
     ``fallback`` profile (same T and schedule, so samples come out of the same chain). None if neither.
 
     Returns:
         (folder, the profile it was trained for), or None.
     """
+    from .config import PROFILES
     folder = find_matching(name, profile)
     if folder is not None:
         return folder, profile
@@ -116,7 +198,7 @@ def find_usable(name: str, profile: Profile) -> tuple[Path, Profile] | None:
     return None
 
 
-def fallback_note(name: str, profile: Profile, used: Profile, folder: Path) -> str:
+def fallback_note(name: str, profile, used, folder: Path) -> str:
     """The one line a lesson prints when it uses another profile's model."""
     return (f"no finished {profile.name}-profile {name!r} model: using the {used.name}-profile one in {folder} "
             f"(train the {profile.name} one with `python -m course_lib train {name} --profile {profile.name}`)")
@@ -139,8 +221,7 @@ def _training_lock(name: str):
         yield
 
 
-def train_missing(name: str, profile: Profile, runtime: Runtime | None = None, progress: bool = True
-                  ) -> tuple[Path, bool]:
+def train_missing(name: str, profile, runtime=None, progress: bool = True) -> tuple[Path, bool]:
     """The finished model ``name`` for ``profile``: found, or trained now (resuming a partial checkpoint)
     into ``paths.default_checkpoint(name)`` while holding that model's training lock.
 
@@ -152,18 +233,21 @@ def train_missing(name: str, profile: Profile, runtime: Runtime | None = None, p
         if folder is not None:
             return folder, False
         print(f"no finished {name!r} model for the {profile.name!r} profile yet: training one "
-              f"({_steps_for(name, profile)} steps) into {paths.default_checkpoint(name)}")
-        REGISTRY[name][1](profile, None, runtime or get_runtime(), None, progress)
+              f"({MODELS[name].steps(profile)} steps) into {paths.default_checkpoint(name)}")
+        from .config import get_runtime
+        MODELS[name].train(profile, None, runtime or get_runtime(), None, progress)
         return paths.default_checkpoint(name), True
 
 
-def get_guide(profile: Profile, runtime: Runtime | None = None):
+def get_guide(profile, runtime=None):
     """The denoiser's guide for autoguidance: the same network's EMA weights early in its training
     (``profile.guide_step``), from the same checkpoint ``get_model("denoiser", ...)`` finds.
 
     Raises:
         FileNotFoundError: no finished denoiser for ``profile``, or one trained without a guide.
     """
+    from .config import get_runtime
+    from .networks.unet import load_unet
     rt = runtime or get_runtime()
     found = find_usable("denoiser", profile)
     folder = found[0] if found is not None else None
@@ -173,18 +257,19 @@ def get_guide(profile: Profile, runtime: Runtime | None = None):
     return load_unet(folder, rt.device, guide=True)[0]
 
 
-def get_model(name: str, profile: Profile, runtime: Runtime | None = None, train_if_missing: bool = True,
-              progress: bool = True, path: str | Path | None = None):
+def get_model(name: str, profile, runtime=None, train_if_missing: bool = True, progress: bool = True,
+              path: str | Path | None = None):
     """The model ``name`` for ``profile``, ready to use (EMA weights, eval mode, on the runtime's device).
 
     Lookup: ``path`` if given; else the user's finished checkpoint or the shipped weights for this
     profile's config; else those of ``profile.fallback`` (``find_usable``, with a one-line note); else, when
     ``train_if_missing``, train it now for ``profile`` (resuming a partial checkpoint).
     """
+    from .config import get_runtime
+    spec = _spec(name)
     rt = runtime or get_runtime()
-    found = None if path is not None else find_usable(name, profile)            # checks the name too
+    found = None if path is not None else find_usable(name, profile)
     folder = Path(path) if path is not None else (found[0] if found is not None else None)
-    load_fn = REGISTRY[name][2]
     if folder is None:
         if not train_if_missing:
             looked = f"{paths.default_checkpoint(name)} and {paths.weights_dir() / name}"
@@ -198,16 +283,64 @@ def get_model(name: str, profile: Profile, runtime: Runtime | None = None, train
         print(fallback_note(name, profile, found[1], folder))              # one line: whose model it is
     else:
         print(f"using the {name!r} model in {folder}")
-    return load_fn(folder, rt.device)
+    return spec.load(folder, rt.device)
 
 
-def load_text_to_image(path: str | Path, device: torch.device | str = "cpu") -> TextToImage:
-    """Any text-to-image pipeline, by what its ``config.json`` says (``"model"``): lesson 08's, this one, or
-    lesson 10's unCLIP."""
-    path = Path(path)
-    cfg_path = path / "config.json"
-    model = json.loads(cfg_path.read_text()).get("model") if cfg_path.is_file() else None
-    if model == "unclip":
-        from .pipelines.unclip import load_unclip
-        return load_unclip(path, device)
-    return load_text2image_lm(path, device) if model == "text2image-lm" else TextToImage.from_pretrained(path, device)
+def pipeline_class(folder: str | Path) -> type:
+    """The pipeline class of a model folder, by what its ``config.json`` says (``store.read_model_config``).
+
+    Raises:
+        FileNotFoundError: no ``config.json``. CheckpointError: an unreadable one, or a model that draws no
+            digits (the classifier, CLIP, the autoencoder), in one line.
+    """
+    from . import store
+    _, kind = store.read_model_config(folder)
+    spec = MODELS.get("denoiser" if kind == "unet" else kind)       # "unet": a plain unconditional UNet
+    if spec is None or spec.pipeline is None:
+        raise store.CheckpointError(f"{folder} holds {'an' if kind[:1] in 'aeiou' else 'a'} {kind} model, which "
+                                    f"draws no digits: pass one of the generative models "
+                                    f"({', '.join(GENERATIVE)}), e.g. data/weights/class")
+    return spec.pipeline.get()
+
+
+def finished_folder(name: str) -> Path:
+    """The folder ``load_pipeline(name)`` uses: the user's checkpoint if it finished training, else the
+    shipped weights (an interrupted run is not silently preferred: resume it first)."""
+    from . import store
+    mine = paths.default_checkpoint(name)
+    if (mine / "training.json").is_file():
+        tr = store.read_training(mine)
+        if tr.get("step", 0) >= tr.get("steps", float("inf")):
+            return mine
+        print(f"note: {mine} has not finished training (step {tr.get('step')} of {tr.get('steps')}); using the "
+              f"shipped weights (resume it with python -m course_lib train {name})")
+    return paths.weights_dir() / name
+
+
+def load_pipeline(name_or_folder: str | Path, device=None):
+    """The pipeline of a generative model, ready to call: ``load_pipeline("class")(labels=[3, 7])``.
+
+    Args:
+        name_or_folder: a registry name (the user's finished checkpoint, else the shipped weights; nothing is
+            trained) or a model folder (its ``config.json`` says which pipeline).
+        device: default: the runtime's (``config.get_runtime``).
+    Returns: the pipeline (``DenoiserPipeline``, ``ClassToImage``, ``FlowToImage``, ``LatentDiffusion``,
+        ``TextToImage``, ``TextToImageLM`` or ``UnCLIP``).
+    """
+    from .config import get_runtime
+    device = get_runtime().device if device is None else device
+    if isinstance(name_or_folder, str) and name_or_folder in MODELS:
+        spec = MODELS[name_or_folder]
+        if spec.pipeline is None:
+            raise ValueError(f"{spec.name!r} draws no digits: load_pipeline takes one of {', '.join(GENERATIVE)}; "
+                             f"get_model({spec.name!r}, profile) loads the {spec.name} itself")
+        folder = finished_folder(spec.name)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"no finished {spec.name!r} model in {paths.default_checkpoint(spec.name)} or "
+                                    f"{folder}: train one with `python -m course_lib train {spec.name}`")
+        return spec.pipeline.get().from_pretrained(folder, device)
+    folder = Path(name_or_folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{name_or_folder} is neither a model name ({', '.join(GENERATIVE)}) nor a model "
+                                f"folder")
+    return pipeline_class(folder).from_pretrained(folder, device)

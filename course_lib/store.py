@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 
 from . import paths
 
-__all__ = ["CheckpointError", "read_json", "atomic_folder", "has_checkpoint", "GUIDE_FILE", "load_guide_state",
+__all__ = ["CheckpointError", "read_json", "read_config", "model_kind", "read_model_config", "atomic_folder", "has_checkpoint", "GUIDE_FILE", "load_guide_state",
            "read_training", "load_weights"]
 
 
@@ -90,6 +90,46 @@ def read_config(folder: str | os.PathLike, kind: str, what: str, example: str, n
         raise CheckpointError(f"{path} is not {what}'s config (kind {found!r}); pass {what}'s folder "
                               f"(e.g. {example})")
     return cfg
+
+
+def model_kind(cfg: Any) -> str | None:
+    """What a model folder holds, from its ``config.json`` alone: a registry name (``"class"``, ``"unclip"``,
+    ...), ``"unet"`` (an unconditional UNet without clusters), or None (no kind this course knows)."""
+    if not isinstance(cfg, dict):
+        return None
+    if cfg.get("model") in ("text2image", "text2image-lm", "unclip"):
+        return cfg["model"]
+    if cfg.get("model_type") == "clip":
+        return "clip"
+    kind = cfg.get("kind", "unet" if "channels" in cfg else None)     # early UNet configs named no kind
+    if kind in ("latent", "autoencoder", "classifier"):
+        return kind
+    if kind == "unet":
+        if cfg.get("objective") == "flow":
+            return "flow"
+        if cfg.get("clusters"):
+            return "denoiser"
+        return "class" if cfg.get("num_classes") else "unet"
+    return None
+
+
+def read_model_config(folder: str | os.PathLike, example: str = "data/weights/class") -> tuple[dict, str]:
+    """Any model folder's ``config.json`` and what it holds (``model_kind``): the one reader every loader and
+    the command line use.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` in ``folder``.
+        CheckpointError: not valid JSON, or a config of no kind this course knows (one line each).
+    """
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no model at {folder} (looked for {path}); pass a model folder such as {example}")
+    cfg = read_json(path)
+    kind = model_kind(cfg)
+    if kind is None:
+        raise CheckpointError(f"{path} describes no model this course knows (no 'kind' or 'model' in it); pass a "
+                              f"model folder such as {example}")
+    return cfg, kind
 
 
 def read_tensors(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """Lessons 03-05's runs: the unconditional denoiser (with its k-means clusters) and the class model.
 
     denoiser_config, class_config        the UNet configs, from the profile
+    denoiser_sampling, class_sampling    the sampling defaults their folders' config.json keeps
     train_denoiser, train_class_model    one run each through ``loop.fit`` (L_simple, labels dropped for
                                          classifier-free guidance: ``drop_labels``)
 
@@ -20,9 +21,11 @@ from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.forward import simple_loss
 from ..diffusion.schedules import make_schedule
 from ..networks.unet import unet_config_from_profile, unet_from_config
+from .checkpoints import export_config
 from .loop import TrainResult, fit
 
-__all__ = ["drop_labels", "denoiser_config", "class_config", "train_denoiser", "train_class_model"]
+__all__ = ["drop_labels", "denoiser_config", "class_config", "denoiser_sampling", "class_sampling", "train_denoiser",
+           "train_class_model"]
 
 
 # --------------------------------------------------------------------------- classifier-free guidance training
@@ -48,9 +51,19 @@ def class_config(profile: Profile) -> dict:
             "schedule": profile.schedule, "n_train": profile.n_train, "p_uncond": profile.p_uncond}
 
 
+def denoiser_sampling(profile: Profile) -> dict:
+    """The denoiser folder's sampling defaults: DDIM, self-guidance towards a drawn cluster."""
+    return {"sampler": "ddim", "steps": profile.sample_steps, "guidance": profile.self_guidance}
+
+
+def class_sampling(profile: Profile) -> dict:
+    """The class model folder's sampling defaults: DDIM, classifier-free guidance."""
+    return {"sampler": "ddim", "steps": profile.sample_steps, "guidance": profile.guidance}
+
+
 # --------------------------------------------------------------------------- training
 def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime, progress, stop_after,
-                seed: int = 0, guide_step: int | None = None) -> TrainResult:
+                seed: int = 0, guide_step: int | None = None, sampling: dict | None = None) -> TrainResult:
     """Train a UNet on (image, condition) pairs, the condition dropped to "none" with probability
     ``cfg["p_uncond"]``: the label for the class model, the k-means cluster for the denoiser."""
     rt = runtime or get_runtime()
@@ -83,7 +96,7 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
                  batch_size=batch_size, ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
                  checkpoint_every=profile.checkpoint_every, runtime=rt, desc=f"train {name}",
                  progress=progress, T=profile.T, stop_after=stop_after, seed=seed, guide_step=guide_step,
-                 rng_device=rt.device)
+                 rng_device=rt.device, export=export_config({**cfg, "sampling": sampling}) if sampling else None)
     if "cluster_sizes" in meta:                # as load_unet gives them, so the result samples the same way
         result.model.cluster_sizes = result.ema_model.cluster_sizes = torch.tensor(meta["cluster_sizes"])
     return result
@@ -103,11 +116,11 @@ def train_denoiser(profile: Profile, out=None, runtime: Runtime | None = None, s
     steps = steps or profile.train_steps
     guide_step = profile.guide_step if profile.guide_step < steps else None
     return _train_unet("denoiser", denoiser_config(profile), profile, steps, out,
-                       runtime, progress, stop_after, guide_step=guide_step)
+                       runtime, progress, stop_after, guide_step=guide_step, sampling=denoiser_sampling(profile))
 
 
 def train_class_model(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
                       progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train the class-conditional denoiser, dropping labels with probability ``profile.p_uncond``."""
     return _train_unet("class", class_config(profile), profile, steps or profile.class_train_steps, out,
-                       runtime, progress, stop_after)
+                       runtime, progress, stop_after, sampling=class_sampling(profile))

@@ -17,6 +17,7 @@ from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.flow import TIME_SCALE, flow_loss
 from ..networks.unet import UNet, load_unet, unet_config_from_profile, unet_from_config
 from .denoiser import drop_labels
+from .checkpoints import export_config
 from .loop import TrainResult, fit
 
 __all__ = ["flow_config", "train_flow", "load_flow", "train_toy_flow", "TIME"]
@@ -28,6 +29,11 @@ def flow_config(profile: Profile) -> dict:
     """The class model's UNet (``models.class_config``) told it predicts a velocity on the straight path."""
     return {**unet_config_from_profile(profile, num_classes=10).to_dict(), "objective": "flow", "time": TIME,
             "time_scale": TIME_SCALE, "n_train": profile.n_train, "p_uncond": profile.p_uncond}
+
+
+def flow_sampling(profile: Profile) -> dict:
+    """The flow model folder's sampling defaults: Euler on the guided velocity."""
+    return {"sampler": "euler", "steps": profile.flow_steps, "guidance": profile.flow_guidance}
 
 
 def train_flow(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
@@ -56,7 +62,7 @@ def train_flow(profile: Profile, out=None, runtime: Runtime | None = None, steps
                warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
                config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
                desc="train flow", progress=progress, T=int(TIME_SCALE), stop_after=stop_after, seed=seed,
-               rng_device=rt.device)
+               rng_device=rt.device, export=export_config({**cfg, "sampling": flow_sampling(profile)}))
 
 
 def load_flow(path: str | Path, device: torch.device | str = "cpu") -> UNet:

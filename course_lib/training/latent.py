@@ -238,7 +238,8 @@ def train_latent(profile: Profile, out=None, runtime: Runtime | None = None, ste
     def export(inner: UNet, folder: Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()},
                   str(folder / "model.safetensors"))
-        (folder / "config.json").write_text(json.dumps({**cfg, "autoencoder_sha256": sha}, indent=2))
+        (folder / "config.json").write_text(json.dumps({**cfg, "autoencoder_sha256": sha,
+                                                        "sampling": latent_sampling(profile)}, indent=2))
 
     meta = {"kind": "latent", "profile": profile.name, "data": f"MNIST train, {len(x)} images, encoded",
             "autoencoder_sha256": sha, "scaling_factor": s,
@@ -269,6 +270,11 @@ def reconstruction_accuracy(model: Autoencoder, profile: Profile, runtime: Runti
     x, y = load_mnist("test", profile=profile, device=rt.device, quiet=True)
     acc = label_accuracy(classify(clf, reconstruct(model.to(rt.device), x))[0], y)
     return (acc, label_accuracy(classify(clf, x)[0], y)) if return_original else acc
+
+
+def latent_sampling(profile: Profile) -> dict:
+    """The latent model folder's sampling defaults: DDIM on the latents, classifier-free guidance."""
+    return {"sampler": "ddim", "steps": profile.sample_steps, "guidance": profile.guidance}
 
 
 def latent_quality(model: LatentDiffusion, profile: Profile, runtime: Runtime | None = None) -> dict:

@@ -98,7 +98,8 @@ def text2image_config(profile: Profile, clip_config: dict | None = None) -> dict
             "max_length": MAX_LENGTH, "clip": clip_cfg}
 
 
-def _sampling_defaults(profile: Profile) -> dict:
+def text2image_sampling(profile: Profile) -> dict:
+    """A text-to-image folder's sampling defaults (either text encoder)."""
     return {"steps": profile.sample_steps, "guidance": profile.guidance}
 
 
@@ -142,7 +143,7 @@ def train_text2image(profile: Profile, out=None, runtime: Runtime | None = None,
             "thresholds": captions.thresholds_to_json(thresholds), "templates": list(vocabulary.TEMPLATES)}
 
     def export(unet: nn.Module, folder: Path) -> None:
-        write_pipeline(folder, unet, encoder, tokenizer, {**cfg, "sampling": _sampling_defaults(profile)})
+        write_pipeline(folder, unet, encoder, tokenizer, {**cfg, "sampling": text2image_sampling(profile)})
 
     return fit_captioned(cfg, profile, x, y, encoder, tokenizer, thresholds, export, meta, out, rt,
                          steps or profile.t2i_train_steps, progress, stop_after)
@@ -370,7 +371,7 @@ def train_text2image_lm(profile: Profile, out=None, runtime: Runtime | None = No
             "captions": len(texts), "caption_tokens": longest}
 
     def export(unet: nn.Module, folder: Path) -> None:
-        write_unet(folder, unet, {**cfg, "sampling": _sampling_defaults(profile)})
+        write_unet(folder, unet, {**cfg, "sampling": text2image_sampling(profile)})
 
     return fit_captioned(cfg, profile, x, y, encoder, tokenizer, thresholds, export, meta, out, rt,
                          steps or profile.lm_train_steps, progress, stop_after, templates, longest)

@@ -66,7 +66,8 @@ def drop_rows(vectors: torch.Tensor, p_uncond: float, generator: torch.Generator
     return torch.where(drop[:, None], torch.zeros_like(vectors), vectors)
 
 
-def _sampling_defaults(profile: Profile) -> dict:
+def unclip_sampling(profile: Profile) -> dict:
+    """The unCLIP folder's sampling defaults: the decoder's and the prior's."""
     return {"steps": profile.sample_steps, "guidance": profile.guidance, "prior_steps": profile.sample_steps,
             "prior_guidance": PRIOR_GUIDANCE}
 
@@ -212,7 +213,7 @@ def train_unclip(profile: Profile, out=None, runtime: Runtime | None = None, ste
 
     # 5. the pipeline folder's own files: what from_pretrained and find_matching read
     d_tr, p_tr = store.read_training(out / "decoder"), store.read_training(out / "prior")
-    (out / "config.json").write_text(json.dumps({**cfg, "sampling": _sampling_defaults(profile)}, indent=2))
+    (out / "config.json").write_text(json.dumps({**cfg, "sampling": unclip_sampling(profile)}, indent=2))
     _write_json_atomic(out / "training.json", {
         "kind": "unclip", "profile": profile.name, "config": cfg, "steps": dcfg["steps"], "step": d_tr["step"],
         "data": meta["data"], "train_seconds": round(d_tr.get("train_seconds", 0) + p_tr.get("train_seconds", 0), 1),
