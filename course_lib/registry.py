@@ -32,7 +32,7 @@ import contextlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import paths
 
@@ -75,7 +75,8 @@ class ModelSpec:
         pipeline: the pipeline class (``from_pretrained``) of a generative model, else None.
         load: what ``get_model`` returns, ``load(folder, device)`` (default: the pipeline).
         needs: the models it builds on (``latent`` -> ``autoencoder``, ``text2image`` -> ``clip``).
-        measure: how ``make weights`` measures it (a key of ``course.weights.MEASURES``).
+        measure: how ``make weights`` measures it, ``measure(model, profile, runtime) -> dict``.
+        takes: what its pipeline's call is conditioned on: "labels", "prompts" or "n" (None: no pipeline).
     """
     name: str
     lesson: str
@@ -83,7 +84,8 @@ class ModelSpec:
     config: _Lazy
     train: _Lazy
     steps_field: str
-    measure: str
+    measure: Callable
+    takes: str | None = None
     sampling: _Lazy | None = None
     pipeline: _Lazy | None = None
     network: Any = None
@@ -100,6 +102,63 @@ class ModelSpec:
         return self.pipeline.get().from_pretrained(folder, device)
 
 
+# --------------------------------------------------------------------------- how `make weights` measures each
+def measure_labels(pipe, profile, rt) -> dict:
+    """The class, flow and latent models: ``profile.n_eval`` images for labels 0-9 in turn, sampled by the
+    pipeline with its folder's defaults (seed 0): how many are confident, and of the asked digit."""
+    import torch
+
+    from .measures.metrics import evaluate_samples
+    clf = get_model("classifier", profile, rt, progress=False)
+    labels = torch.arange(profile.n_eval) % 10
+    ev = evaluate_samples(clf, pipe(labels=labels, seed=0), labels)
+    s = pipe.sampling
+    return {"confident": round(float(ev["confident"]), 4), "accuracy": round(float(ev["accuracy"]), 4),
+            "n": profile.n_eval, "sampler": f"{s['sampler']}-{s['steps']}", "guidance": s["guidance"]}
+
+
+def measure_clusters(pipe, profile, rt) -> dict:
+    """The denoiser: ancestral sampling on a respaced chain (twice the folder's steps, as ``bench/``), without
+    guidance (the plain mixture) and with the folder's self-guidance towards each drawn cluster."""
+    from .measures.metrics import evaluate_samples
+    clf = get_model("classifier", profile, rt, progress=False)
+    steps, w = 2 * pipe.sampling["steps"], pipe.sampling["guidance"]
+    out = {"n": profile.n_eval, "sampler": f"ddpm-{steps}"}
+    for key, scale in (("confident_mixture", 1.0), ("confident", w)):
+        x = pipe(profile.n_eval, sampler="ddpm", steps=steps, guidance=scale, seed=0)
+        out[key] = round(float(evaluate_samples(clf, x)["confident"]), 4)
+    out["self_guidance"] = w
+    return out
+
+
+def measure_prompts(pipe, profile, rt) -> dict:
+    """The text-to-image models: how often the classifier reads the digit a prompt names."""
+    from .training.text2image import prompt_accuracy
+    return {"prompt_digit_accuracy": round(float(prompt_accuracy(pipe, profile, rt)), 4)}
+
+
+def measure_prompts_and_shortcut(pipe, profile, rt) -> dict:
+    """unCLIP: prompt accuracy through the prior, and through the text-embedding shortcut."""
+    from .training.text2image import prompt_accuracy
+    return {**measure_prompts(pipe, profile, rt),
+            "text_shortcut_accuracy": round(float(prompt_accuracy(pipe.using("text"), profile, rt)), 4)}
+
+
+def measure_test_accuracy(model, profile, rt) -> dict:
+    from .training.classifier import classifier_test_accuracy
+    return {"test_accuracy": round(classifier_test_accuracy(model, profile), 4)}
+
+
+def measure_zero_shot(model, profile, rt) -> dict:
+    from .training.clip import zero_shot_accuracy
+    return {"zero_shot_accuracy": round(float(zero_shot_accuracy(model, profile, rt)), 4)}
+
+
+def measure_reconstruction(model, profile, rt) -> dict:
+    from .training.latent import reconstruction_accuracy
+    return {"reconstruction_accuracy": round(reconstruction_accuracy(model, profile, rt), 4)}
+
+
 def _unet(folder: str | Path, device="cpu"):
     """The UNet of a denoiser or class model folder (EMA weights, eval mode), as lessons 03-05 sample it."""
     from .networks.unet import load_unet
@@ -109,50 +168,52 @@ def _unet(folder: str | Path, device="cpu"):
 _SPECS = (
     ModelSpec("classifier", "04", "small MNIST classifier used to measure samples",
               _lazy("training.classifier", "classifier_config"), _lazy("training.classifier", "train_classifier"),
-              "classifier_steps", "test_accuracy", network=_lazy("networks.classifier", "load_classifier")),
+              "classifier_steps", measure_test_accuracy, network=_lazy("networks.classifier", "load_classifier")),
     ModelSpec("denoiser", "03", "unconditional UNet told k-means clusters of the digits (no labels)",
               _lazy("training.denoiser", "denoiser_config"), _lazy("training.denoiser", "train_denoiser"),
-              "train_steps", "clusters", sampling=_lazy("training.denoiser", "denoiser_sampling"),
-              pipeline=_lazy("pipelines.class_to_image", "DenoiserPipeline"),
+              "train_steps", measure_clusters, sampling=_lazy("training.denoiser", "denoiser_sampling"),
+              pipeline=_lazy("pipelines.class_to_image", "DenoiserPipeline"), takes="n",
               network=_unet),
     ModelSpec("class", "05", "class-conditional UNet (classifier-free guidance)",
               _lazy("training.denoiser", "class_config"), _lazy("training.denoiser", "train_class_model"),
-              "class_train_steps", "labels", sampling=_lazy("training.denoiser", "class_sampling"),
-              pipeline=_lazy("pipelines.class_to_image", "ClassToImage"),
+              "class_train_steps", measure_labels, sampling=_lazy("training.denoiser", "class_sampling"),
+              pipeline=_lazy("pipelines.class_to_image", "ClassToImage"), takes="labels",
               network=_unet),
     ModelSpec("clip", "07", "CLIP on captioned digits (transformers classes)",
               _lazy("training.clip", "clip_config_from_profile"), _lazy("training.clip", "train_clip"),
-              "clip_steps", "zero_shot", network=_lazy("networks.clip", "load_clip")),
+              "clip_steps", measure_zero_shot, network=_lazy("networks.clip", "load_clip")),
     ModelSpec("text2image", "08", "text-conditional UNet and the frozen CLIP text side",
               _lazy("training.text2image", "text2image_config"), _lazy("training.text2image", "train_text2image"),
-              "t2i_train_steps", "prompts", sampling=_lazy("training.text2image", "text2image_sampling"),
-              pipeline=_lazy("pipelines.text_to_image", "TextToImage"), needs=("clip",)),
+              "t2i_train_steps", measure_prompts, sampling=_lazy("training.text2image", "text2image_sampling"),
+              pipeline=_lazy("pipelines.text_to_image", "TextToImage"), takes="prompts", needs=("clip",)),
     ModelSpec("text2image-lm", "09", "text-conditional UNet and a frozen language model: any English words",
               _lazy("training.text2image", "text2image_lm_config"),
-              _lazy("training.text2image", "train_text2image_lm"), "lm_train_steps", "prompts",
+              _lazy("training.text2image", "train_text2image_lm"), "lm_train_steps", measure_prompts,
               sampling=_lazy("training.text2image", "text2image_sampling"),
-              pipeline=_lazy("pipelines.text_to_image", "TextToImageLM")),
-    ModelSpec("unclip", "10", "decoder from CLIP image embeddings and a diffusion prior (DALL-E 2's recipe)",
-              _lazy("training.unclip", "unclip_config"), _lazy("training.unclip", "train_unclip"),
-              "unclip_decoder_steps", "prompts_and_shortcut", sampling=_lazy("training.unclip", "unclip_sampling"),
-              pipeline=_lazy("pipelines.unclip", "UnCLIP"), needs=("clip",)),
+              pipeline=_lazy("pipelines.text_to_image", "TextToImageLM"), takes="prompts"),
     ModelSpec("autoencoder", "11", "KL autoencoder, 28x28x1 <-> 7x7xC latents",
               _lazy("training.latent", "autoencoder_config"), _lazy("training.latent", "train_autoencoder"),
-              "ae_steps", "reconstruction", network=_lazy("networks.autoencoder", "load_autoencoder")),
+              "ae_steps", measure_reconstruction, network=_lazy("networks.autoencoder", "load_autoencoder")),
     ModelSpec("latent", "11", "class-conditional UNet on the autoencoder's latents",
               _lazy("training.latent", "latent_config"), _lazy("training.latent", "train_latent"),
-              "latent_train_steps", "labels", sampling=_lazy("training.latent", "latent_sampling"),
-              pipeline=_lazy("pipelines.latent", "LatentDiffusion"), needs=("autoencoder",)),
+              "latent_train_steps", measure_labels, sampling=_lazy("training.latent", "latent_sampling"),
+              pipeline=_lazy("pipelines.latent", "LatentDiffusion"), takes="labels",
+              needs=("autoencoder",)),
     ModelSpec("flow", "12", "class-conditional UNet trained by flow matching (it predicts a velocity)",
               _lazy("training.flow", "flow_config"), _lazy("training.flow", "train_flow"),
-              "flow_train_steps", "labels", sampling=_lazy("training.flow", "flow_sampling"),
-              pipeline=_lazy("pipelines.class_to_image", "FlowToImage"),
+              "flow_train_steps", measure_labels, sampling=_lazy("training.flow", "flow_sampling"),
+              pipeline=_lazy("pipelines.class_to_image", "FlowToImage"), takes="labels",
               network=_lazy("training.flow", "load_flow")),
+    ModelSpec("unclip", "10", "decoder from CLIP image embeddings and a diffusion prior (DALL-E 2's recipe)",
+              _lazy("training.unclip", "unclip_config"), _lazy("training.unclip", "train_unclip"),
+              "unclip_decoder_steps", measure_prompts_and_shortcut,
+              sampling=_lazy("training.unclip", "unclip_sampling"), pipeline=_lazy("pipelines.unclip", "UnCLIP"),
+              takes="prompts", needs=("clip",)),
 )
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 GENERATIVE = tuple(name for name, spec in MODELS.items() if spec.pipeline is not None)
-TEXT_TO_IMAGE = tuple(name for name, spec in MODELS.items() if spec.measure.startswith("prompts"))  # `generate`
-SAMPLEABLE = tuple(name for name in GENERATIVE if name not in TEXT_TO_IMAGE)                           # `sample`
+TEXT_TO_IMAGE = tuple(name for name, spec in MODELS.items() if spec.takes == "prompts")      # `generate`
+SAMPLEABLE = tuple(name for name in GENERATIVE if name not in TEXT_TO_IMAGE)               # `sample`
 
 
 def _spec(name: str) -> ModelSpec:
