@@ -213,7 +213,7 @@ def _check_sample_options(args, folder: Path, kind: str | None, cfg: dict, label
     if kind in TEXT_TO_IMAGE:
         raise CommandError(f"{name} holds {_a(kind)} model, which draws digits for prompts: use python -m "
                            f"course_lib generate \"a thin two\" --checkpoint {name} -o grid.png")
-    if kind in ("clip", "autoencoder", "classifier"):
+    if kind in MODELS and MODELS[kind].pipeline is None:          # the classifier, CLIP, the autoencoder
         raise CommandError(f"{name} holds {_a(kind)} model, which does not sample digits: pass the denoiser or a "
                            f"class, flow or latent model (e.g. data/weights/class)")
     flow = kind == "flow"
