@@ -16,7 +16,7 @@
     links         regenerate the README's lesson table (Colab links) and each lesson's set-up cell; --check
 
 A refused input prints one line starting with "error:" and exits with status 2, as a wrong option does.
-`sample` and `generate` load the model's pipeline (course_lib.load_pipeline) and call it: the images are
+The sample and generate commands load the model's pipeline (course_lib.load_pipeline) and call it: the images are
 those of load_pipeline(FOLDER)(labels=..., steps=..., seed=...) in Python, and the sampling defaults
 (sampler, steps, guidance) are the model folder's, which the options override.
 """
