@@ -21,15 +21,15 @@ and Stable Diffusion (Rombach et al. 2022, Sec. 3.3), at MNIST size:
 - **Classifier-free guidance** (Ho & Salimans 2022): training replaces the caption by the empty prompt with
   probability ``p_uncond``; the "no condition" at sampling is the encoding of the empty prompt
   (``<start> <end>``), padded to the same length L so both halves batch together (``guidance.Guided``).
-- **Captions are fresh every batch** in training (``course_lib.training.text2image``: ``captions.random_captions``
+- **Captions are fresh every batch** in training (``course_lib.training.text2image``: ``data.captions.random_captions``
   from measured attribute bins, the frozen encoder's outputs computed once into a ``CaptionTable``).
 
 This module is the network side and what is done with it, and knows no data and no training loop:
-``TextEncoder``, ``TextToImage`` (``from_pretrained`` / ``save_pretrained``, checked prompts, paired-noise
-sampling), the prompt sets, ``cross_attention_maps`` and ``prompt_widget``. Training and measuring on the
-digits (``train_text2image``, ``prompt_accuracy``, ``attribute_control``) are in
-``course_lib.training.text2image``. ``captions`` is used here for text only: its vocabulary and
-``parse_prompt`` (the prompt checks and the digit a prompt names).
+``TextToImage`` and ``TextToImageLM`` (``from_pretrained`` / ``save_pretrained``, checked prompts, paired-noise
+sampling), ``cross_attention_maps`` and ``prompt_widget``; the text encoders are ``networks/text_encoders.py``.
+Training and measuring on the digits (``train_text2image``, ``prompt_accuracy``, ``attribute_control``) are in
+``course_lib.training.text2image``. ``text.vocabulary`` gives the words and ``parse_prompt`` (the prompt checks
+and the digit a prompt names).
 
 A pipeline folder (``save_pretrained`` / ``from_pretrained``; also a training checkpoint folder, written by
 ``fit``'s ``export`` hook, so training resumes in it; ``pipelines/base.py`` has what all pipelines share):
@@ -193,9 +193,10 @@ class TextToImage(Pipeline):
         Args:
             prompts: one prompt or a list (checked first: see ``check_prompts``).
             n_per_prompt: images per prompt (>= 1).
-            steps: sampling steps (default: the pipeline's, from the profile it was trained under).
+            steps: sampling steps (default: the pipeline's, from its folder's ``config.json``).
             guidance: classifier-free guidance scale w (0 unconditional, 1 conditional; default: the pipeline's).
-            sampler: "ddim" or "ddpm" (default: the pipeline's). eta: the sampler's noise (None: its default). clip_x0: see ``samplers``.
+            sampler: "ddim" or "ddpm" (default: the pipeline's). eta: the sampler's noise (None: its default).
+            clip_x0: see ``samplers``.
             seed: seeds the start noises (and any step noise).
             callback: passed to the sampler (called once per step per batch).
         Returns:
@@ -235,7 +236,7 @@ class TextToImage(Pipeline):
                              ) -> tuple[torch.Tensor, torch.Tensor]:
         """``__call__`` plus the digit each image was asked for: (images, labels (N,) long).
 
-        The label of a prompt is the digit it names (``captions.parse_prompt``); a prompt that names none
+        The label of a prompt is the digit it names (``vocabulary.parse_prompt``); a prompt that names none
         ("a thick digit") gets label -1: it is generated, but there is no right answer to score.
         """
         prompts = self.check_prompts(prompts)

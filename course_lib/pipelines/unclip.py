@@ -18,18 +18,18 @@ diffusion prior from the CLIP *text* embedding to an image embedding, and image 
   (CLIP's loss only ranks them), so a decoder that learned from image embeddings is fed a vector it never saw
   when given a text embedding directly.
 
-This module is the networks and what is done with them, and knows no data and no training loop: ``PriorConfig``,
-``DiffusionPrior``, ``prior_loss``, ``prior_sample``, ``UnCLIP`` (``from_pretrained`` / ``save_pretrained``,
-checked prompts and images, paired-noise sampling, ``variations``), ``nearest_embeddings``. Training and
-measuring are in ``course_lib.training.unclip``.
+This module is the pipeline, and knows no data and no training loop: ``prior_sample``, ``UnCLIP``
+(``from_pretrained`` / ``save_pretrained``, checked prompts and images, paired-noise sampling, ``variations``),
+``nearest_embeddings``. The prior network is ``networks/prior.py``; training it (``prior_loss``) and measuring
+are in ``course_lib.training.unclip``; what all pipelines share is ``pipelines/base.py``.
 
 A pipeline folder (``save_pretrained``; also what ``train_unclip`` writes, sub-checkpoints resuming in place):
 
     config.json          {"model": "unclip", the decoder, prior and CLIP configs, sampling defaults}
-    training.json        the finished run (what ``models.find_matching`` reads)
-    decoder/             config.json (a UNet's, flat: ``models.load_unet`` reads it) + model.safetensors
+    training.json        the finished run (what ``registry.find_matching`` reads)
+    decoder/             config.json (a UNet's, flat: ``networks.unet.load_unet`` reads it) + model.safetensors
     prior/               config.json (``PriorConfig`` + T, schedule) + model.safetensors
-    clip/                the frozen course CLIP it was trained on (``clip.save_clip``), with its tokenizer
+    clip/                the frozen course CLIP it was trained on (``networks.clip.save_clip``), with its tokenizer
 """
 from __future__ import annotations
 
@@ -221,7 +221,7 @@ class UnCLIP(Pipeline):
     # ------------------------------------------------------------------ embeddings
     def check_prompts(self, prompts: str | Sequence[str]) -> list[str]:
         """The prompts as a list, after the course CLIP's checks (``text.validate_prompt``: known words, length;
-        ``captions.parse_prompt``: one digit, no opposite words); nothing is computed before this passes.
+        ``vocabulary.parse_prompt``: one digit, no opposite words); nothing is computed before this passes.
         ``None`` or anything but a string or a list of strings is a one-line ValueError, not a TypeError."""
         return check_prompts(check_prompt_type(prompts), self.max_length, self.vocabulary)
 
