@@ -168,3 +168,12 @@ def test_the_registry_is_the_only_list_of_model_names():
     for spec in registry.MODELS.values():                # each names what it builds on, and it is registered
         assert set(spec.needs) <= set(names) and spec.lesson.isdigit()
         assert (spec.pipeline is None) == (spec.sampling is None) == (spec.takes is None)
+
+
+def test_make_weights_measures_a_model_through_its_pipeline_with_the_folders_defaults():
+    from course_lib.config import get_profile, get_runtime
+    from course_lib.course.weights import measure
+    sampling = json.loads((WEIGHTS / "flow" / "config.json").read_text())["sampling"]
+    out = measure("flow", WEIGHTS / "flow", get_profile("cpu").replace(n_eval=10), get_runtime("cpu"))
+    assert out["n"] == 10 and 0 <= out["accuracy"] <= 1
+    assert out["sampler"] == f"{sampling['sampler']}-{sampling['steps']}" and out["guidance"] == sampling["guidance"]
