@@ -177,3 +177,15 @@ def test_make_weights_measures_a_model_through_its_pipeline_with_the_folders_def
     out = measure("flow", WEIGHTS / "flow", get_profile("cpu").replace(n_eval=10), get_runtime("cpu"))
     assert out["n"] == 10 and 0 <= out["accuracy"] <= 1
     assert out["sampler"] == f"{sampling['sampler']}-{sampling['steps']}" and out["guidance"] == sampling["guidance"]
+
+
+@pytest.mark.parametrize("name", ["class", "flow"])
+def test_training_writes_the_sampling_defaults_that_load_pipeline_reads(name, tmp_path):
+    from course_lib.config import PROFILES, get_runtime
+    spec, profile = registry.MODELS[name], PROFILES["test"].replace(n_train=200)
+    spec.train(profile, tmp_path / name, get_runtime("cpu"), 2, False)
+    saved = json.loads((tmp_path / name / "config.json").read_text())["sampling"]
+    assert saved == spec.sampling(profile)
+    pipe = load_pipeline(tmp_path / name)
+    assert type(pipe) is spec.pipeline.get() and pipe.sampling == saved
+    assert pipe(labels=[1, 2], steps=2, seed=0).shape == (2, 1, 28, 28)
