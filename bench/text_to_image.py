@@ -41,7 +41,6 @@ from course_lib.networks.classifier import classify  # noqa: E402
 from course_lib.registry import find_matching, get_model  # noqa: E402
 from course_lib.text.vocabulary import ATTRIBUTE_PAIRS, benchmark_prompts  # noqa: E402
 from course_lib.training.text2image import attribute_control, prompt_accuracy  # noqa: E402
-from course_lib.training.text2image import recipe_config as text2image_recipe  # noqa: E402
 
 SEED = 0
 SWEEP = (1.0, 2.0, 3.0, 5.0)        # guidance scales of the quick accuracy sweep (prompts "zero".."9", bare)
@@ -86,8 +85,7 @@ def digit_accuracy(pipe, clf, profile, rt, n: int, prompts=None, kind=_kind
     k = max(1, n // len(prompts))
     _sync(rt)
     t0 = time.perf_counter()
-    images, labels = pipe.generate_with_labels(prompts, k, steps=profile.sample_steps, guidance=text2image_recipe(profile).guidance,
-                                               seed=SEED)
+    images, labels = pipe.generate_with_labels(prompts, k, seed=SEED)     # the model folder's steps and guidance
     _sync(rt)
     seconds = time.perf_counter() - t0
     right = (classify(clf, images)[0].argmax(1) == labels).float()
@@ -131,7 +129,7 @@ def main() -> None:
         if "fid_over_floor" in t:
             targets[f"fid<={t['fid_over_floor']}x_floor"] = fid["fid"] <= t["fid_over_floor"] * fid["fid_floor"]
     common.save("text_to_image", profile, rt, {
-        "n": n, "sample_steps": profile.sample_steps, "guidance": text2image_recipe(profile).guidance, "train": train,
+        "n": n, "sample_steps": pipe.default_steps, "guidance": pipe.default_guidance, "train": train,
         "digits": digits, "fid": fid, "attributes": attributes, "quick_accuracy_by_guidance": sweep,
         "seconds_per_image": round(seconds / len(images), 5), "targets_met": targets})
 

@@ -22,21 +22,21 @@ import common  # noqa: E402
 
 from course_lib.store import read_training  # noqa: E402
 from course_lib.config import get_runtime  # noqa: E402
-from course_lib.registry import REGISTRY, _steps_for  # noqa: E402
+from course_lib.registry import MODELS  # noqa: E402
 
 
 def extra(p):
     p.add_argument("--steps", type=int, default=60, help="steps timed per model (default 60)")
-    p.add_argument("--models", nargs="*", default=list(REGISTRY), help="default: all")
+    p.add_argument("--models", nargs="*", default=list(MODELS), help="default: all")
     p.add_argument("--compare", choices=("fp32", "bf16", "fp16"), default=None,
                    help="also time every model in this precision and record the speed-up")
 
 
 def time_model(name, profile, rt, steps, tmp) -> dict:
-    train_fn = REGISTRY[name][1]
+    train_fn = MODELS[name].train
     res = train_fn(profile, Path(tmp) / f"{name}-{rt.precision}", rt, steps, False)
     batch = read_training(Path(tmp) / f"{name}-{rt.precision}")["batch_size"]      # as the model trained
-    full = _steps_for(name, profile)
+    full = MODELS[name].steps(profile)
     return {"examples_per_s": round(res.items_per_s, 1), "batch_size": batch, "profile_steps": full,
             "timed_steps": steps, "estimated_full_training_s": round(full * batch / res.items_per_s, 1)}
 

@@ -36,7 +36,7 @@ from course_lib.measures.metrics import class_histogram, evaluate_samples, real_
 from course_lib.networks.classifier import classify  # noqa: E402
 from course_lib.data.clusters import draw_clusters  # noqa: E402
 from course_lib.diffusion.guidance import autoguided, guided  # noqa: E402
-from course_lib.registry import REGISTRY, find_matching, get_guide, get_model  # noqa: E402
+from course_lib.registry import find_matching, get_guide, get_model  # noqa: E402
 from course_lib.store import read_training  # noqa: E402
 from course_lib.diffusion.samplers import sample  # noqa: E402
 from course_lib.diffusion.schedules import make_schedule  # noqa: E402

@@ -6,7 +6,8 @@ Folders by role; each folder's ``__init__`` says what it may import, and ``tests
     paths                   where data, checkpoints and shipped weights live; output paths checked first
     hub                     the Hugging Face Hub, with a deadline
     store                   model folders: safetensors + JSON, atomic writes, CheckpointError, read_training
-    registry                every model by name: find it, train what is missing, load it (get_model)
+    registry                every model by name (ModelSpec): find it, train what is missing, get_model,
+                            load_pipeline
     plotting                image grids, strips and animations
     exercises               automatic checks for the lessons' exercises
 
@@ -42,6 +43,8 @@ Folders by role; each folder's ``__init__`` says what it may import, and ``tests
     training/flow           the flow-matching model's run
     training/toy            the 2-D toy of lesson 02; lesson 06's word vectors
 
+    pipelines/base          what every pipeline shares: the folder's kind, sampling defaults, seed, output
+    pipelines/class_to_image  DenoiserPipeline, ClassToImage, FlowToImage (the pixel-space UNet models)
     pipelines/text_to_image TextToImage and TextToImageLM (from_pretrained, sampling; no data)
     pipelines/unclip        UnCLIP: prior + decoder, variations
     pipelines/latent        LatentDiffusion: autoencoder + latent UNet
@@ -53,14 +56,15 @@ Folders by role; each folder's ``__init__`` says what it may import, and ``tests
     course/weights          `make weights`: train, measure and export the reference weights
     course/links            the README's "Open in Colab" links, from one repository URL
 
-``from course_lib import setup`` (and the other names of ``config`` below) works as before, but torch is
-imported only when one of them is first used, so ``python -m course_lib --help`` starts without it.
+``from course_lib import setup`` (and the other names of ``config`` below, and ``load_pipeline``) works as
+before, but torch is imported only when one of them is first used, so ``python -m course_lib --help`` starts without it.
 """
 from importlib import import_module
 
 __version__ = "0.1.0"
 
-_LAZY = {name: "config" for name in ("Profile", "get_profile", "get_runtime", "seed_everything", "setup")}
+_LAZY = {**{name: "config" for name in ("Profile", "get_profile", "get_runtime", "seed_everything", "setup")},
+         "load_pipeline": "registry"}
 __all__ = [*_LAZY, "__version__"]
 
 

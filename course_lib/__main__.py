@@ -1,7 +1,7 @@
 """The course's command line: python -m course_lib COMMAND --help shows each command's options.
 
-    train MODEL   train one model, or resume its interrupted training; MODEL is one of
-                  classifier, denoiser, class, clip, text2image, text2image-lm, autoencoder, latent, flow, unclip
+    train MODEL   train one model, or resume its interrupted training; MODEL is one of the registry's names
+                  (course_lib/registry.py: classifier, denoiser, class, clip, text2image, ...)
     sample        draw digits from the denoiser or a class, flow or latent model, for example
                     sample --checkpoint data/weights/class --labels all -n 16 --sampler ddim -o grid.png
                     sample --checkpoint data/weights/flow --labels 3 --sampler heun --guidance 2 -o threes.png
@@ -12,24 +12,25 @@
                     generate "a thin two" --model unclip -n 8 -o grid.png
     weights       train every model for the active profile and refresh data/weights/
     course        train what is missing, execute every lesson into build/, render the course book
-    info          the active profile, device, precision, sampling defaults and folders
+    info          the active profile, device, precision, each model's sampling defaults and the folders
     links         regenerate the README's lesson table (Colab links) and each lesson's set-up cell; --check
 
 A refused input prints one line starting with "error:" and exits with status 2, as a wrong option does.
+The sample and generate commands load the model's pipeline (course_lib.load_pipeline) and call it: the images are
+those of load_pipeline(FOLDER)(labels=..., steps=..., seed=...) in Python, and the sampling defaults
+(sampler, steps, guidance) are the model folder's, which the options override.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from pathlib import Path
 
-MODEL_NAMES = ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "autoencoder", "latent",
-               "flow", "unclip")
-TEXT_TO_IMAGE = ("text2image", "text2image-lm", "unclip")          # the models `generate` can use
-SAMPLEABLE = ("denoiser", "class", "flow", "latent", "unet")       # the models `sample` can use
+from .registry import MODELS, SAMPLEABLE, TEXT_TO_IMAGE     # the names, without torch
+
+MODEL_NAMES = tuple(MODELS)                              # `train` and `weights`
 FLOW_SAMPLER_NAMES = ("euler", "heun")                   # the ODE solvers of a flow model (lesson 12)
 MAX_SEED = 2 ** 63 - 1                                   # what torch.Generator.manual_seed takes
 
@@ -98,47 +99,20 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _model_kind(cfg: dict) -> str | None:
-    """What a model folder holds, read from its config alone (no torch, no weights): one of ``MODEL_NAMES``,
-    ``"unet"`` (an unconditional UNet without clusters), or None (no kind this course knows)."""
-    if cfg.get("model") in TEXT_TO_IMAGE:
-        return cfg["model"]
-    if cfg.get("model_type") == "clip":
-        return "clip"
-    kind = cfg.get("kind", "unet" if "channels" in cfg else None)     # early UNet configs named no kind
-    if kind in ("latent", "autoencoder", "classifier"):
-        return kind
-    if kind == "unet":
-        if cfg.get("objective") == "flow":
-            return "flow"
-        if cfg.get("clusters"):
-            return "denoiser"
-        return "class" if cfg.get("num_classes") else "unet"
-    return None
-
-
 def _a(word: str) -> str:
     """``an unclip``, ``a flow``: the article for a model's name."""
     return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _model_folder(given: str) -> tuple[Path, str, dict]:
-    """``--checkpoint``: the folder (``~`` expanded), what it holds (``_model_kind``) and its config; a one-line
+    """``--checkpoint``: the folder (``~`` expanded), what it holds (``store.model_kind``) and its config; a one-line
     error if it holds no ``config.json``, an unreadable one, or one of no kind this course knows."""
+    from .store import read_model_config
     folder = Path(given).expanduser()
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CommandError(f"no model at {given} (looked for {path}); pass a model folder such as "
-                           f"data/weights/class")
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        from .store import read_json  # its error names the file and the fix
-        cfg = read_json(path)
-    kind = _model_kind(cfg) if isinstance(cfg, dict) else None
-    if kind is None:
-        raise CommandError(f"{path} describes no model this course knows (no 'kind' or 'model' in it); pass a "
-                           f"model folder such as data/weights/class")
+        cfg, kind = read_model_config(folder)
+    except FileNotFoundError as e:
+        raise CommandError(str(e)) from None
     return folder, kind, cfg
 
 
@@ -159,12 +133,18 @@ def _profile_and_runtime(args):
 
 def cmd_info(args) -> int:
     from . import paths
+    from .registry import GENERATIVE, finished_folder
+    from .store import CheckpointError, read_json
     profile, rt = _profile_and_runtime(args)
-    from .registry import sampling_defaults
-    d = {name: sampling_defaults(name, profile) for name in ("class", "latent", "flow", "denoiser")}
-    print(f"sampling defaults: guidance {d['class']['guidance']:g} (class model), {d['latent']['guidance']:g} "
-          f"(latent model), {d['flow']['guidance']:g} (flow, {d['flow']['steps']} steps), self-guidance "
-          f"{d['denoiser']['guidance']:g} (the denoiser)")
+    print("sampling defaults (each model folder's config.json; --sampler, --steps and --guidance override them):")
+    for name in GENERATIVE:
+        folder = finished_folder(name)
+        try:
+            sampling = read_json(folder / "config.json").get("sampling") if (folder / "config.json").is_file() else None
+        except (CheckpointError, AttributeError):
+            sampling = None
+        told = ", ".join(f"{k} {v}" for k, v in sampling.items()) if isinstance(sampling, dict) else "none recorded"
+        print(f"  {name:<14} {told}  ({folder})")
     print(f"course root: {paths.root()}\ncheckpoints: {paths.checkpoints_dir()}\n"
           f"shipped weights: {paths.weights_dir()}")
     return 0
@@ -172,13 +152,11 @@ def cmd_info(args) -> int:
 
 def cmd_train(args) -> int:
     from . import paths
-    from .registry import REGISTRY, with_steps
     from .training.checkpoints import check_training_target
-    from .training.loop import TrainResult
     profile, rt = _profile_and_runtime(args)
+    spec = MODELS[args.model]
     if args.steps is not None:
-        profile = with_steps(args.model, profile, args.steps)
-    _, train_fn, _ = REGISTRY[args.model]
+        profile = spec.with_steps(profile, args.steps)
     out = Path(args.out).expanduser().resolve() if args.out else paths.default_checkpoint(args.model)
     if args.model == "unclip":                          # decoder/ and prior/ sub-checkpoints
         from .training.unclip import check_unclip_target
@@ -186,7 +164,7 @@ def cmd_train(args) -> int:
     else:
         check_training_target(out)                      # before the data, the clusters or any step
     try:
-        res: TrainResult = train_fn(profile, out, rt, None, not args.no_progress)
+        res = spec.train(profile, out, rt, None, not args.no_progress)
     except FloatingPointError as e:                     # a NaN loss: not a refused input (status 1)
         raise SystemExit(f"error: {e}")
     last = sum(res.losses[-50:]) / max(1, len(res.losses[-50:]))
@@ -216,13 +194,11 @@ def _parse_labels(text: str | None, n: int) -> list[int] | None:
 
 
 def _write(images, labels, out: Path, nrow: int | None = None, note: str = "") -> None:
-    """Write checked, finite samples to ``out`` (the path ``paths.check_output_file`` returned): a grid
-    (``.png``) or ``(images, labels)`` tensors (``.pt``)."""
+    """Write a pipeline's images (checked finite, in [-1, 1]) to ``out`` (the path ``paths.check_output_file``
+    returned): a grid (``.png``) or ``(images, labels)`` tensors (``.pt``)."""
     import torch
 
-    from .diffusion.samplers import check_finite
     from .plotting import save_grid
-    check_finite(images)                                # NaN images are an error, never a file
     if out.suffix == ".png":
         save_grid(images, out, **({} if nrow is None else {"nrow": nrow}))
     else:
@@ -237,11 +213,12 @@ def _check_sample_options(args, folder: Path, kind: str | None, cfg: dict, label
     if kind in TEXT_TO_IMAGE:
         raise CommandError(f"{name} holds {_a(kind)} model, which draws digits for prompts: use python -m "
                            f"course_lib generate \"a thin two\" --checkpoint {name} -o grid.png")
-    if kind in ("clip", "autoencoder", "classifier"):
+    if kind in MODELS and MODELS[kind].pipeline is None:          # the classifier, CLIP, the autoencoder
         raise CommandError(f"{name} holds {_a(kind)} model, which does not sample digits: pass the denoiser or a "
                            f"class, flow or latent model (e.g. data/weights/class)")
     flow = kind == "flow"
-    sampler = args.sampler or ("euler" if flow else "ddim")
+    saved = cfg.get("sampling") if isinstance(cfg.get("sampling"), dict) else {}
+    sampler = args.sampler or saved.get("sampler") or ("euler" if flow else "ddim")     # the folder's default
     if flow and sampler not in FLOW_SAMPLER_NAMES:
         raise CommandError(f"{name} is a flow-matching model (it predicts a velocity): use --sampler euler or "
                            f"heun, not {sampler} (ddim and ddpm sample DDPM models)")
@@ -282,105 +259,48 @@ def cmd_sample(args) -> int:
     folder, kind, cfg = _model_folder(args.checkpoint)
     labels = _parse_labels(args.labels, args.n)
     sampler = _check_sample_options(args, folder, kind, cfg, labels)
-    if kind == "latent":                                # lesson 11: sample latents, decode them
-        return _sample_latent(args, folder, out, labels, sampler)
-    import torch
-
-    from .data.clusters import draw_clusters
-    from .diffusion.flow import sample as flow_sample
-    from .diffusion.guidance import autoguided, guided
-    from .diffusion.samplers import sample
-    from .diffusion.schedules import make_schedule
-    from .networks.unet import load_unet
-    from .registry import sampling_defaults
-    from .store import CheckpointError
-    profile, rt = _profile_and_runtime(args)
-    try:
-        model, cfg = load_unet(folder, rt.device)
-        sizes = getattr(model, "cluster_sizes", None)      # the denoiser's k-means clusters
-        if args.autoguidance is not None:
-            model = autoguided(model, load_unet(folder, rt.device, guide=True)[0], args.autoguidance)
-    except (FileNotFoundError, CheckpointError) as e:
-        raise CommandError(str(e)) from None
-    flow = cfg.get("objective") == "flow"
-    n = len(labels) if labels is not None else args.n
-    g = torch.Generator().manual_seed(args.seed)
-    cond = None
-    if labels is not None:
-        default_w = sampling_defaults("flow" if flow else "class", profile)["guidance"]
-        model = guided(model, args.guidance if args.guidance is not None else default_w)
-        labels = cond = torch.tensor(labels).to(rt.device)
-    elif cfg.get("clusters"):              # the denoiser: a k-means cluster per sample, then self-guidance
-        cond = draw_clusters(sizes, n, g, rt.device)
-        if args.autoguidance is None:
-            model = guided(model, args.guidance if args.guidance is not None
-                           else sampling_defaults("denoiser", profile)["guidance"])
+    pipe, rt = _load_pipeline(args, folder)
     frames, captions = [], []
 
     def keep(step: dict) -> None:                       # the reverse process, for --strip
         frames.append(step["x_t"].detach().cpu())
-        captions.append(f"t={step['t']:.2f}" if flow else f"t={step['t']}")
+        captions.append(f"t={step['t']:.2f}" if kind == "flow" else f"t={step['t']}")
+    options = dict(steps=args.steps, guidance=args.guidance, sampler=sampler, eta=args.eta, seed=args.seed,
+                   callback=keep if strip else None)
     t0 = time.perf_counter()
-    if flow:                                            # lesson 12: integrate the velocity from t = 1 to 0
-        steps = args.steps or sampling_defaults("flow", profile)["steps"]
-        images = flow_sample(model, n, sampler=sampler, steps=steps,
-                             generator=g, cond=cond, device=rt.device, callback=keep if strip else None)
-    else:
-        schedule = make_schedule(cfg["schedule"], cfg["T"], rt.device)
-        images = sample(model, n, schedule, sampler=sampler, steps=args.steps, eta=args.eta,
-                        generator=g, cond=cond, device=rt.device, callback=keep if strip else None)
-    print(f"sampled {n} images from {_describe_model(folder)} with {sampler} in {time.perf_counter() - t0:.1f} s")
-    _write(images, labels, out)
+    if kind in ("denoiser", "unet"):                    # n images, guided towards drawn clusters (or autoguided)
+        images = pipe(args.n, autoguidance=args.autoguidance, **options)
+    else:                                               # one image per label, or n unconditional ones
+        images = pipe(labels=labels, n=None if labels is not None else args.n, **options)
+    where = " in latent space, decoded," if kind == "latent" else ""
+    print(f"sampled {len(images)} images from {_describe_model(folder)} with {sampler}{where} in "
+          f"{time.perf_counter() - t0:.1f} s")
+    _write(images, None if labels is None else _tensor(labels), out)
     if strip:
         import matplotlib.pyplot as plt
 
         from .plotting import show_strip
-        fig = show_strip(frames + [images.cpu()], captions + ["x0"], n=min(n, 8), max_frames=11)
+        fig = show_strip(frames + [images], captions + ["x0"], n=min(len(images), 8), max_frames=11)
         fig.savefig(strip, dpi=100)
         plt.close(fig)
         print(f"saved the reverse process ({len(frames)} steps, 11 shown) to {strip}")
     return 0
 
 
-def _sample_latent(args, folder: Path, out: Path, labels, sampler: str) -> int:
-    """``sample`` for a latent diffusion model: guided latents, decoded by its autoencoder (lesson 11)."""
+def _tensor(values):
     import torch
+    return torch.tensor(values)
 
-    from .pipelines.latent import load_latent
-    from .registry import sampling_defaults
+
+def _load_pipeline(args, folder: Path):
+    """``load_pipeline(folder)`` on the runtime's device; a missing or damaged file is a one-line error."""
+    from .registry import load_pipeline
     from .store import CheckpointError
-    profile, rt = _profile_and_runtime(args)
+    _, rt = _profile_and_runtime(args)
     try:
-        model = load_latent(folder, rt.device)
+        return load_pipeline(folder, rt.device), rt
     except (FileNotFoundError, CheckpointError) as e:
         raise CommandError(str(e)) from None
-    labels = None if labels is None else torch.tensor(labels)
-    t0 = time.perf_counter()
-    w = args.guidance if args.guidance is not None else sampling_defaults("latent", profile)["guidance"]
-    images = model.generate(n=args.n, labels=labels, guidance=w, steps=args.steps, sampler=sampler, eta=args.eta,
-                            generator=torch.Generator().manual_seed(args.seed))
-    print(f"sampled {len(images)} images from {_describe_model(folder)} with {sampler} "
-          f"in latent space, decoded, in {time.perf_counter() - t0:.1f} s")
-    _write(images, labels, out)
-    return 0
-
-
-def _text2image_folder(checkpoint: str | None, name: str = "text2image") -> Path:
-    """``--checkpoint`` if given; else the user's text-to-image checkpoint (model ``name``) if it finished
-    training, else the shipped weights (an interrupted run in checkpoints/ is not silently preferred: resume
-    it first)."""
-    from . import paths
-    from .store import read_json
-    if checkpoint is not None:
-        return paths.find_model(name, Path(checkpoint).expanduser())
-    mine = paths.default_checkpoint(name)
-    if (mine / "training.json").is_file():
-        tr = read_json(mine / "training.json")
-        if tr.get("step", 0) >= tr.get("steps", float("inf")):
-            return mine
-        print(f"note: {mine} has not finished training (step {tr.get('step')} of {tr.get('steps')}); using the "
-              f"shipped weights (resume it with python -m course_lib train {name})")
-    return paths.find_model(name, paths.weights_dir() / name)
 
 
 def _check_generate_options(args) -> str:
@@ -394,7 +314,7 @@ def _check_generate_options(args) -> str:
     if not (Path(name).expanduser() / "config.json").is_file():
         return args.model or "text2image"               # paths.find_model says where it looked
     _, kind, _ = _model_folder(name)
-    if kind in SAMPLEABLE:
+    if kind in (*SAMPLEABLE, "unet"):
         raise CommandError(f"{name} holds {_a(kind if kind != 'unet' else 'UNet')} model, which takes no prompt: "
                            f"use python -m course_lib sample --checkpoint {name} -o grid.png")
     if kind not in TEXT_TO_IMAGE:
@@ -408,19 +328,19 @@ def _check_generate_options(args) -> str:
 
 def cmd_generate(args) -> int:
     from . import paths
+    from .registry import finished_folder
     out = paths.check_output_file(args.out)             # before loading or sampling anything
     model_name = _check_generate_options(args)
-    from .registry import load_text_to_image
-    profile, rt = _profile_and_runtime(args)
-    try:
-        folder = _text2image_folder(args.checkpoint, model_name)
-        pipe = load_text_to_image(folder, device=rt.device)       # lesson 08's, 09's or 10's, by its config.json
-        print(f"model: {_describe_model(folder)}")
-        t0 = time.perf_counter()
-        images, labels = pipe.generate_with_labels(args.prompts, n_per_prompt=args.n, steps=args.steps,
-                                                   guidance=args.guidance, seed=args.seed, sampler=args.sampler)
+    try:                                                # --checkpoint, else a finished checkpoint, else shipped
+        folder = paths.find_model(model_name, Path(args.checkpoint).expanduser() if args.checkpoint is not None
+                                  else finished_folder(model_name))
     except FileNotFoundError as e:
         raise CommandError(str(e)) from None
+    pipe, rt = _load_pipeline(args, folder)             # lesson 08's, 09's or 10's, by its config.json
+    print(f"model: {_describe_model(folder)}")
+    t0 = time.perf_counter()
+    images, labels = pipe.generate_with_labels(args.prompts, n_per_prompt=args.n, steps=args.steps,
+                                               guidance=args.guidance, seed=args.seed, sampler=args.sampler)
     print(f"generated {len(images)} images for {len(args.prompts)} prompt(s) in {time.perf_counter() - t0:.1f} s")
     if out.suffix == ".png":
         _write(images, labels, out, nrow=args.n, note=" (one row per prompt)")
@@ -490,10 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a model folder: the denoiser, or a class, flow or latent model (e.g. data/weights/class)")
     sp.add_argument("-n", "--n", type=_positive_int, default=16, help="number of images (default 16)")
     sp.add_argument("--steps", type=_positive_int, default=None,
-                    help="sampling steps (default: the sampler's, or the profile's flow_steps for flow models)")
+                    help="sampling steps (default: the model's, from its folder's config.json)")
     sp.add_argument("--sampler", choices=("ddpm", "ddim") + FLOW_SAMPLER_NAMES, default=None,
-                    help="ddim (default) or ddpm for the denoiser, class and latent models; euler (default) or "
-                         "heun for flow models")
+                    help="ddim or ddpm for the denoiser, class and latent models; euler or heun for flow "
+                         "models (default: the model's, ddim or euler)")
     sp.add_argument("--eta", type=_non_negative_float, default=None,
                     help="the noise of each step: DDIM's eta (default 0, deterministic) or DDPM's variance scale "
                          "(default 1); not for flow models")
@@ -501,9 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", help="class, flow or latent models: 'all' (0 to 9 in turn) or digits like 0,1,7")
     sp.add_argument("--guidance", type=_scale, default=None, metavar="W",
                     help="guidance scale w (0: unconditional, 1: conditional, larger: stronger). With --labels: "
-                         "towards the label (default: the profile's, which python -m course_lib info shows); "
-                         "for the denoiser: towards a drawn k-means cluster (default: the profile's "
-                         "self_guidance; 1: none)")
+                         "towards the label; for the denoiser: towards a drawn k-means cluster (1: none). "
+                         "Default: the model's, which python -m course_lib info shows")
     sp.add_argument("-o", "--out", required=True, metavar="FILE", help="FILE.png (a grid) or FILE.pt (images, labels)")
     sp.add_argument("--autoguidance", type=_scale, default=None, metavar="W",
                     help="the denoiser only: autoguidance scale w (e.g. 2), which steers away from the model's "
@@ -526,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--guidance", type=_scale, default=None, metavar="W",
                     help="guidance scale w (default: the model's)")
     sp.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's)")
-    sp.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="default ddim")
+    sp.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="default: the model's (ddim)")
     sp.add_argument("--seed", type=_seed, default=0,
                     help="the same seed gives every prompt the same start noises (default 0)")
     sp.add_argument("-o", "--out", required=True, metavar="FILE",

@@ -1,7 +1,8 @@
-"""Checkpoints: one folder per model, safetensors only (nothing is ever unpickled).
+"""Model folders: one folder per model, safetensors and JSON only (nothing is ever unpickled).
 
     <folder>/
-        config.json             the model's config (ours, or transformers' for CLIP): enough to rebuild it
+        config.json             the model's config (ours, or transformers' for CLIP): enough to rebuild it,
+                                and for a generative model its sampling defaults ("sampling")
         model.safetensors       the weights to use: the EMA average (what sampling and lessons load)
         guide.safetensors       (optional) the EMA weights early in the run, for autoguidance
         training.json           profile, step, total steps, data source, loss history, the model config again
@@ -13,13 +14,16 @@
 
 A write goes to a temporary sibling folder first, which then replaces the old one by renaming, so an
 interrupted write leaves the previous checkpoint intact; the next training start recovers the newest complete
-checkpoint from those siblings and removes them (``recover_interrupted_write``). The shipped reference
-weights in ``data/weights/`` keep only ``config.json``, ``model.safetensors`` and ``training.json``.
+checkpoint from those siblings and removes them (``training.checkpoints.recover_interrupted_write``). The
+shipped reference weights in ``data/weights/`` keep only ``config.json``, ``model.safetensors`` and
+``training.json``.
 
 Nothing the user made is ever deleted: training writes only into a new or empty folder, or into a checkpoint
-of its own (``check_training_target``), and never into the shipped ``data/weights/`` (``make weights``
-refreshes those by copying). A file that cannot be read raises ``CheckpointError``, one line naming the
-file and what to do.
+of its own (``training.checkpoints.check_training_target``), and never into the shipped ``data/weights/``
+(``make weights`` refreshes those by copying). A file that cannot be read raises ``CheckpointError``, one line naming the
+file and what to do. ``read_model_config`` is the one reader of a folder's ``config.json`` for loading: it says
+what the folder holds (``model_kind``: a registry name), so the pipelines and the command line never parse it
+themselves.
 """
 from __future__ import annotations
 
@@ -35,8 +39,8 @@ from safetensors.torch import load_file
 
 from . import paths
 
-__all__ = ["CheckpointError", "read_json", "atomic_folder", "has_checkpoint", "GUIDE_FILE", "load_guide_state",
-           "read_training", "load_weights"]
+__all__ = ["CheckpointError", "read_json", "read_config", "model_kind", "read_model_config", "atomic_folder",
+           "has_checkpoint", "GUIDE_FILE", "load_guide_state", "read_training", "load_weights"]
 
 
 class CheckpointError(ValueError):
@@ -90,6 +94,46 @@ def read_config(folder: str | os.PathLike, kind: str, what: str, example: str, n
         raise CheckpointError(f"{path} is not {what}'s config (kind {found!r}); pass {what}'s folder "
                               f"(e.g. {example})")
     return cfg
+
+
+def model_kind(cfg: Any) -> str | None:
+    """What a model folder holds, from its ``config.json`` alone: a registry name (``"class"``, ``"unclip"``,
+    ...), ``"unet"`` (an unconditional UNet without clusters), or None (no kind this course knows)."""
+    if not isinstance(cfg, dict):
+        return None
+    if cfg.get("model") in ("text2image", "text2image-lm", "unclip"):
+        return cfg["model"]
+    if cfg.get("model_type") == "clip":
+        return "clip"
+    kind = cfg.get("kind", "unet" if "channels" in cfg else None)     # early UNet configs named no kind
+    if kind in ("latent", "autoencoder", "classifier"):
+        return kind
+    if kind == "unet":
+        if cfg.get("objective") == "flow":
+            return "flow"
+        if cfg.get("clusters"):
+            return "denoiser"
+        return "class" if cfg.get("num_classes") else "unet"
+    return None
+
+
+def read_model_config(folder: str | os.PathLike, example: str = "data/weights/class") -> tuple[dict, str]:
+    """Any model folder's ``config.json`` and what it holds (``model_kind``): the one reader every loader and
+    the command line use.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` in ``folder``.
+        CheckpointError: not valid JSON, or a config of no kind this course knows (one line each).
+    """
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no model at {folder} (looked for {path}); pass a model folder such as {example}")
+    cfg = read_json(path)
+    kind = model_kind(cfg)
+    if kind is None:
+        raise CheckpointError(f"{path} describes no model this course knows (no 'kind' or 'model' in it); pass a "
+                              f"model folder such as {example}")
+    return cfg, kind
 
 
 def read_tensors(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

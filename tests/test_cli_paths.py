@@ -31,7 +31,7 @@ def no_compute(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("compute started before the bad input was refused")
     for module, name in ((samplers, "sample"), (flow, "sample"), (unet, "load_unet"), (denoiser, "fit"),
-                         (latent, "load_latent"), (registry, "load_text_to_image"),
+                         (latent, "load_latent"), (registry, "load_pipeline"),
                          (book, "run_course")):
         monkeypatch.setattr(module, name, boom)
 

@@ -2,6 +2,7 @@
 model instead of training one, lesson 08 trains text-to-image once, ``samplers.sample`` runs the network in
 bounded batches under autocast without changing what a seed gives, and a training step has no per-step
 host transfer (on the CPU: the EMA counter and the generators; on CUDA: counted with the sync debug mode)."""
+import dataclasses
 import warnings
 
 import pytest
@@ -34,13 +35,13 @@ def empty_home(tmp_path, monkeypatch):
 def _no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was trained")
-    for name, (cfg, _, load) in list(registry.REGISTRY.items()):
-        monkeypatch.setitem(registry.REGISTRY, name, (cfg, refuse, load))
+    for name, spec in list(registry.MODELS.items()):
+        monkeypatch.setitem(registry.MODELS, name, dataclasses.replace(spec, train=refuse))
     monkeypatch.setattr(clip_training, "train_clip", refuse)
 
 
 # --------------------------------------------------------------------------- 1. nothing retrained per lesson
-@pytest.mark.parametrize("name", list(registry.REGISTRY))
+@pytest.mark.parametrize("name", list(registry.MODELS))
 def test_under_gpu_a_lesson_finds_the_cpu_profiles_model_instead_of_training(name, empty_home, monkeypatch, capsys):
     assert registry.find_matching(name, GPU) is None                     # no gpu weights are shipped
     folder, used = registry.find_usable(name, GPU)
@@ -216,7 +217,7 @@ def test_text_to_image_draws_noise_on_the_device_and_captions_on_the_host(monkey
 def test_on_cuda_a_training_step_makes_no_sync(train, empty_home):
     rt = get_runtime("cuda")
     prof = PROFILES["test"].replace(n_train=500)
-    fn = registry.REGISTRY[train][1]
+    fn = registry.MODELS[train].train
 
     def syncs(steps):
         fn(prof, empty_home / f"{train}-{steps}", rt, steps, False)    # warm-up and data caches

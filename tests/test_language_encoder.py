@@ -190,7 +190,7 @@ def test_save_load_round_trip_gives_identical_images_and_ships_no_encoder(pipe, 
     loaded = text_to_image.TextToImageLM.from_pretrained(folder)
     assert torch.equal(loaded(["a fat seven", "the numeral 2"], n_per_prompt=2, seed=1), before)
     assert loaded.config == pipe.config and loaded.default_steps == 3
-    assert type(registry.load_text_to_image(folder)) is text_to_image.TextToImageLM
+    assert type(registry.load_pipeline(folder)) is text_to_image.TextToImageLM
 
 
 def test_a_checkpoint_of_another_encoder_or_model_is_refused(pipe, tmp_path):

@@ -204,6 +204,7 @@ def test_a_damaged_user_autoencoder_is_named_not_taken_for_another_one(trained, 
 
 
 def test_registry_entries_match_the_profile():
-    from course_lib.registry import REGISTRY, _steps_for
+    from course_lib.registry import MODELS
     assert latent_training.latent_config(PROFILE)["in_channels"] == latent_recipe(PROFILE).latent_channels
-    assert _steps_for("autoencoder", PROFILE) == latent_recipe(PROFILE).ae_steps and "latent" in REGISTRY
+    assert MODELS["autoencoder"].steps(PROFILE) == latent_recipe(PROFILE).ae_steps
+    assert MODELS["latent"].needs == ("autoencoder",)

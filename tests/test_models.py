@@ -101,7 +101,7 @@ def test_two_processes_missing_the_same_model_train_it_once(test_profile, tmp_pa
     assert trained == [False, True]
 
 
-@pytest.mark.parametrize("name", sorted(registry.REGISTRY))
+@pytest.mark.parametrize("name", sorted(registry.MODELS))
 def test_every_shipped_model_matches_the_cpu_profile(name):
     """A change to a config (a new UNet field, a new profile setting) must not orphan the shipped weights:
     each is still what ``find_matching`` returns for the ``cpu`` profile the lessons use on a laptop."""

@@ -36,39 +36,40 @@ def test_every_models_config_and_steps_are_those_recorded_before_the_move(profil
     """tests/data/core_before/recipes_before.json was written by main's code (e47df83, its record.py)."""
     prof = PROFILES[profile]
     models = {k: v for k, v in BEFORE[profile].items() if not k.startswith("_")}
-    assert set(models) == set(registry.REGISTRY)
+    assert set(models) == set(registry.MODELS)
     for name, want in models.items():
-        got = {"config": registry.REGISTRY[name][0](prof), "steps": registry._steps_for(name, prof)}
+        got = {"config": registry.MODELS[name].config(prof), "steps": registry.MODELS[name].steps(prof)}
         assert json.loads(json.dumps(got)) == want, name
 
 
 @pytest.mark.parametrize("profile", ["test", "cpu", "gpu"])
 def test_sampling_defaults_are_the_old_profiles_values(profile):
     prof, old = PROFILES[profile], BEFORE[profile]["_sampling"]
-    d = {name: registry.sampling_defaults(name, prof)
+    d = {name: registry.MODELS[name].sampling(prof)
          for name in ("denoiser", "class", "flow", "latent", "text2image", "text2image-lm", "unclip")}
-    assert d["denoiser"]["guidance"] == old["self_guidance"] and d["denoiser"]["autoguidance"] == old["autoguidance"]
+    assert d["denoiser"]["guidance"] == old["self_guidance"]
+    assert denoiser.recipe_config(prof).autoguidance == old["autoguidance"]
     assert d["flow"] == {"sampler": "euler", "steps": old["flow_steps"], "guidance": old["flow_guidance"]}
     for name in ("class", "latent", "text2image", "text2image-lm", "unclip"):
         assert d[name]["guidance"] == old["guidance"] and d[name]["steps"] == old["sample_steps"], name
         assert d[name]["sampler"] == "ddim"
     with pytest.raises(ValueError, match="does not generate"):
-        registry.sampling_defaults("classifier", prof)
+        registry.MODELS["classifier"].sampling(prof)
 
 
 def test_the_shipped_weights_still_match_the_cpu_profile():
     cpu = PROFILES["cpu"]
-    for name in registry.REGISTRY:
+    for name in registry.MODELS:
         tr = store.read_training(paths.weights_dir() / name)
-        assert store.config_difference(tr["config"], registry.REGISTRY[name][0](cpu)) is None, name
-        assert tr["steps"] == registry._steps_for(name, cpu), name
+        assert store.config_difference(tr["config"], registry.MODELS[name].config(cpu)) is None, name
+        assert tr["steps"] == registry.MODELS[name].steps(cpu), name
 
 
 def test_with_recipe_changes_one_recipe_and_reaches_the_model_config():
     prof = PROFILES["test"].with_recipe("denoiser", steps=3, clusters=7).with_recipe("denoiser", steps=4)
     r = denoiser.recipe_config(prof)
     assert (r.steps, r.clusters) == (4, 7) and denoiser.recipe_config(PROFILES["test"]).steps == 200
-    assert denoiser.denoiser_config(prof)["num_classes"] == 7 and registry._steps_for("denoiser", prof) == 4
+    assert denoiser.denoiser_config(prof)["num_classes"] == 7 and registry.MODELS["denoiser"].steps(prof) == 4
     assert clip.recipe_config(prof) is clip.PRESETS["test"]                  # other recipes untouched
     assert prof.to_dict()["recipe_changes"] == [["denoiser", "clusters", 7], ["denoiser", "steps", 4]]
     assert registry.with_steps("clip", PROFILES["test"], 9).recipe_changes == (("clip", "steps", 9),)

@@ -49,13 +49,14 @@ from pathlib import Path
 
 from .. import paths
 from ..config import Profile, Runtime
+from ..registry import MODELS
 from .links import lesson_paths, lesson_title, readme_lesson_rows
 
 __all__ = ["lesson_paths", "execute_lesson", "run_notebook", "LessonFailed", "cell_timeout", "render_lesson_page",
            "book_cells", "tex_to_mathml", "lesson_summary", "thumbnail", "render_index", "run_course",
            "read_manifest", "ensure_models", "course_jobs"]
 
-LESSON_MODELS = ("classifier", "denoiser", "class", "clip", "text2image")
+LESSON_MODELS = tuple(name for name, spec in MODELS.items() if spec.lesson <= "08")   # Part 1's models, trained first
 THUMB_TAG = "book-thumbnail"             # tag a code cell with it to choose the lesson's picture on the index
 THUMB_PX = (320, 180)                    # a thumbnail's largest (width, height) in pixels; shown at half size
 THUMB_COLORS = 64                        # a shrunk thumbnail's palette: a third of the bytes of full colour
@@ -530,7 +531,7 @@ ol{{list-style:none;padding:0}} li{{display:flex;gap:1rem;align-items:center;mar
 
 def ensure_models(profile: Profile, runtime: Runtime, names=LESSON_MODELS) -> dict[str, str]:
     """Use finished user checkpoints or matching shipped weights (the profile's, else its fallback's, as the
-    lessons do: ``models.find_usable``); train (resuming) only what is missing."""
+    lessons do: ``registry.find_usable``); train (resuming) only what is missing."""
     from ..registry import find_usable, train_missing
     used = {}
     for name in names:

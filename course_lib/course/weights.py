@@ -1,5 +1,7 @@
 """``make weights``: train every model for the active profile (resuming where it stopped), measure each,
 and refresh the small reference weights shipped in ``data/weights/`` with a README that documents them.
+The models and how each is measured come from the registry (``ModelSpec.measure``); the generative models
+are measured through their pipelines, with the sampling defaults their folders hold.
 
 Only what a user needs to *use* a model is shipped: ``config.json``, ``model.safetensors`` (the EMA
 weights), ``training.json`` and, for CLIP and text-to-image, the tokenizer files. The optimizer state stays
@@ -18,12 +20,12 @@ import torch
 
 from .. import paths
 from ..config import Profile, Runtime
+from ..registry import MODELS, load_pipeline
 from ..store import atomic_folder, read_training
 
 __all__ = ["make_weights", "measure", "export", "write_readme"]
 
-COMMANDS = {name: f"python -m course_lib train {name}" for name in
-            ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "autoencoder", "latent", "flow", "unclip")}
+COMMANDS = {name: f"python -m course_lib train {name}" for name in MODELS}
 
 
 def export(name: str, src: Path | None = None) -> Path:
@@ -42,69 +44,12 @@ def export(name: str, src: Path | None = None) -> Path:
 
 @torch.no_grad()
 def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
-    """One quality measure per model (what ``bench/`` reports in full)."""
-    from ..registry import REGISTRY, get_model, sampling_defaults
-    model = REGISTRY[name][2](folder, rt.device)
-    g = torch.Generator().manual_seed(0)
-    if name == "classifier":
-        from ..training.classifier import classifier_test_accuracy
-        return {"test_accuracy": round(classifier_test_accuracy(model, profile), 4)}
-    if name in ("denoiser", "class"):
-        from ..data.clusters import draw_clusters
-        from ..diffusion.guidance import guided
-        from ..diffusion.samplers import sample
-        from ..diffusion.schedules import make_schedule
-        from ..measures.metrics import evaluate_samples
-        clf = get_model("classifier", profile, rt)
-        n = profile.n_eval
-        schedule = make_schedule(profile.schedule, profile.T, rt.device)
-        d = sampling_defaults(name, profile)
-        if name == "class":                    # guided: DDIM with eta = 0
-            labels = (torch.arange(n) % 10).to(rt.device)
-            x = sample(guided(model, d["guidance"]), n, schedule, steps=d["steps"], generator=g,
-                       cond=labels, device=rt.device)
-            ev = evaluate_samples(clf, x, labels)
-            return {"confident": round(float(ev["confident"]), 4), "accuracy": round(float(ev["accuracy"]), 4),
-                    "n": n, "sampler": f"ddim-{d['steps']}", "guidance": d["guidance"]}
-        # the denoiser: a cluster drawn per sample, ancestral sampling on a respaced chain (bench/)
-        steps = 2 * d["steps"]
-        out = {"n": n, "sampler": f"ddpm-{steps}"}
-        clusters = draw_clusters(model.cluster_sizes, n, torch.Generator().manual_seed(0), rt.device)
-        for key, w in (("confident_mixture", 1.0), ("confident", d["guidance"])):
-            x = sample(guided(model, w), n, schedule, sampler="ddpm", steps=steps,
-                       generator=torch.Generator().manual_seed(0), cond=clusters, device=rt.device)
-            out[key] = round(float(evaluate_samples(clf, x)["confident"]), 4)
-        out["self_guidance"] = d["guidance"]
-        return out
-    if name == "flow":                         # lesson 12: guided Euler on the velocity
-        from ..diffusion import flow
-        from ..diffusion.guidance import guided
-        from ..measures.metrics import evaluate_samples
-        clf = get_model("classifier", profile, rt)
-        n = profile.n_eval
-        d = sampling_defaults(name, profile)
-        labels = (torch.arange(n) % 10).to(rt.device)
-        x = flow.sample(guided(model, d["guidance"]), n, steps=d["steps"], generator=g,
-                        cond=labels, device=rt.device).clamp(-1, 1)
-        ev = evaluate_samples(clf, x, labels)
-        return {"confident": round(float(ev["confident"]), 4), "accuracy": round(float(ev["accuracy"]), 4),
-                "n": n, "sampler": f"euler-{d['steps']}", "guidance": d["guidance"]}
-    if name == "clip":
-        from ..training.clip import zero_shot_accuracy
-        return {"zero_shot_accuracy": round(float(zero_shot_accuracy(model, profile, rt)), 4)}
-    if name in ("autoencoder", "latent"):
-        from ..training.latent import latent_quality, reconstruction_accuracy
-        if name == "autoencoder":
-            return {"reconstruction_accuracy": round(reconstruction_accuracy(model, profile, rt), 4)}
-        return latent_quality(model, profile, rt)
-    if name in ("text2image", "text2image-lm"):
-        from ..training.text2image import prompt_accuracy
-        return {"prompt_digit_accuracy": round(float(prompt_accuracy(model, profile, rt)), 4)}
-    if name == "unclip":
-        from ..training.text2image import prompt_accuracy
-        return {"prompt_digit_accuracy": round(float(prompt_accuracy(model, profile, rt)), 4),
-                "text_shortcut_accuracy": round(float(prompt_accuracy(model.using("text"), profile, rt)), 4)}
-    return {}
+    """One quality measure per model (what ``bench/`` reports in full): ``ModelSpec.measure`` on the model's
+    pipeline (``load_pipeline``: the folder's sampling defaults) or, for the classifier, CLIP and the
+    autoencoder, on the network."""
+    spec = MODELS[name]
+    model = load_pipeline(folder, rt.device) if spec.pipeline is not None else spec.load(folder, rt.device)
+    return spec.measure(model, profile, rt)
 
 
 def write_readme(summary: dict) -> Path:
@@ -135,16 +80,15 @@ def write_readme(summary: dict) -> Path:
     return path
 
 
-def make_weights(profile: Profile, rt: Runtime, models=tuple(COMMANDS)) -> dict:
+def make_weights(profile: Profile, rt: Runtime, models=tuple(MODELS)) -> dict:
     """Train (or resume) every model in ``models``, measure it, export it, and update the README."""
-    from ..registry import REGISTRY
     summary_path = paths.weights_dir() / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"models": {}}
     t_all = time.perf_counter()
     trained = []
     for name in models:
         t0 = time.perf_counter()
-        res = REGISTRY[name][1](profile, None, rt, None, True)
+        res = MODELS[name].train(profile, None, rt, None, True)
         if res.step > res.resumed_from:
             trained.append(name)
         folder = paths.default_checkpoint(name)

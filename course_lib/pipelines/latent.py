@@ -1,6 +1,6 @@
 """Latent diffusion (lesson 11) as a pipeline: the autoencoder and the latent UNet from their folders.
 
-    LatentDiffusion          encode / decode and ``sample``: latents sampled by the class UNet, then decoded
+    LatentDiffusion          the pipeline: latents sampled by the class UNet (guided), then decoded
     find_autoencoder, check_autoencoder_file   the autoencoder a latent model was trained on, checked by hash
     load_latent              a latent model folder in, a ``LatentDiffusion`` out
 
@@ -12,15 +12,16 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
+from safetensors.torch import save_file
 
 from .. import paths, store
 from ..config import inference_autocast
 from ..diffusion.guidance import guided
-from ..diffusion.samplers import sample
+from ..diffusion.samplers import SAMPLERS, sample
 from ..diffusion.schedules import make_schedule
 from ..networks.autoencoder import Autoencoder, load_autoencoder, weights_sha256
 from ..networks.unet import UNet, unet_from_config
+from .base import Pipeline, finish, generator
 
 __all__ = ["LatentDiffusion", "check_autoencoder_file", "find_autoencoder", "load_latent"]
 
@@ -34,26 +35,68 @@ def _config_of(folder: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- 3. sampling and loading
-class LatentDiffusion(nn.Module):
-    """The latent UNet and its autoencoder. ``model(z, t, cond)`` is the UNet (so guidance and every sampler
-    apply to it unchanged); ``generate`` samples latents and decodes them to digits."""
+class LatentDiffusion(Pipeline):
+    """The latent UNet and its autoencoder: ``pipe(labels=[3, 7], steps=25, guidance=3.0, seed=0)`` samples
+    guided latents (the UNet is ``pipe.unet``, so guidance and every sampler apply to it unchanged) and decodes
+    them to digits; ``generate`` is the same with a generator and the latents on request."""
 
-    def __init__(self, unet: UNet, autoencoder: Autoencoder, schedule: str):
-        super().__init__()
-        self.unet, self.autoencoder, self.schedule_name = unet, autoencoder, schedule
+    kinds = ("latent",)
+    example = "data/weights/latent"
+    fallback_sampling = {"sampler": "ddim", "steps": 25, "guidance": 3.0}
+
+    def __init__(self, unet: UNet, autoencoder: Autoencoder, schedule: str, config: dict | None = None,
+                 folder: Path | None = None):
+        device = next(unet.parameters()).device
+        super().__init__(config if config is not None else {"schedule": schedule, "T": unet.T}, device)
+        self.unet, self.autoencoder, self.schedule_name = unet.eval(), autoencoder.eval(), schedule
         self.T = unet.T
-        self.config = unet.config
+        self.folder = folder
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        return self.unet(z, t, cond)
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu",
+                        autoencoder: str | Path | None = None) -> "LatentDiffusion":
+        """``load_latent``: the latent model folder and the autoencoder it was trained on."""
+        return load_latent(folder, device, autoencoder)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``config.json`` (with its sampling defaults) and the latent UNet's ``model.safetensors``; the
+        autoencoder stays in its own folder, found again by the weights hash the config keeps."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()},
+                  str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps({**self.config, "sampling": self.sampling}, indent=2))
+        return folder
 
     @torch.no_grad()
-    def generate(self, n: int | None = None, labels: torch.Tensor | None = None, guidance: float = 3.0,
+    def __call__(self, labels=None, n: int | None = None, *, steps: int | None = None, guidance: float | None = None,
+                 sampler: str | None = None, eta: float | None = None, seed: int = 0, callback=None
+                 ) -> torch.Tensor:
+        """One image per label (guided with scale ``guidance``), or ``n`` unconditional ones; the defaults are
+        the folder's. Returns (n, 1, 28, 28) float32 on the CPU, in [-1, 1]."""
+        if labels is None and guidance is not None:
+            raise ValueError("guidance steers towards labels: without labels the model samples unconditionally "
+                             "and would ignore it; give labels=[...] or drop guidance")
+        steps, w, sampler = self.defaults(steps, guidance, sampler)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r} for a latent model: choose one of {', '.join(SAMPLERS)}")
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.dim() != 1 or labels.numel() == 0 or labels.is_floating_point():
+                raise ValueError(f"labels must be a non-empty list of whole numbers such as [3, 7], got {labels!r}")
+            if n is not None and n != labels.numel():
+                raise ValueError(f"n={n} but {labels.numel()} labels: give labels (one image each) or n, not both")
+        return finish(self.generate(n=n, labels=labels, guidance=w, steps=steps, sampler=sampler, eta=eta,
+                                    generator=generator(seed), callback=callback))
+
+    @torch.no_grad()
+    def generate(self, n: int | None = None, labels: torch.Tensor | None = None, guidance: float | None = None,
                  steps: int | None = None, sampler: str = "ddim", eta: float | None = None,
                  generator: torch.Generator | None = None, callback=None, return_latents: bool = False,
                  clip_x0: bool | float | None = None):
-        """Sample ``n`` digits (or one per label in ``labels``, guided with scale ``guidance``). ``clip_x0``
-        (default: the autoencoder's ``latent_bound``) is the samplers' argument; False samples unclipped.
+        """Sample ``n`` digits (or one per label in ``labels``, guided with scale ``guidance``, default the
+        folder's). ``clip_x0`` (default: the autoencoder's ``latent_bound``) is the samplers' argument; False
+        samples unclipped.
 
         Returns: images (n, 1, 28, 28) in [-1, 1]; with ``return_latents``, (images, z0 (n, C, 7, 7)).
         """
@@ -63,7 +106,8 @@ class LatentDiffusion(nn.Module):
             n = len(labels)
         if n is None:
             raise ValueError("give n (unconditional samples) or labels")
-        net = guided(self.unet, guidance) if labels is not None else self.unet
+        w = self.sampling["guidance"] if guidance is None else guidance
+        net = guided(self.unet, w) if labels is not None else self.unet
         schedule = make_schedule(self.schedule_name, self.T, device)
         z0 = sample(net, n, schedule, sampler=sampler, steps=steps, eta=eta, generator=generator, cond=labels,
                     device=device, clip_x0=(self.autoencoder.latent_bound or False) if clip_x0 is None else clip_x0,
@@ -159,4 +203,4 @@ def load_latent(path: str | Path, device: torch.device | str = "cpu", autoencode
     unet = unet_from_config(cfg)
     store.load_weights(unet, path, device=device)
     unet.T = int(cfg["T"])
-    return LatentDiffusion(unet.eval(), ae, cfg["schedule"]).eval()
+    return LatentDiffusion(unet.to(device).eval(), ae, cfg["schedule"], cfg, path)

@@ -21,28 +21,28 @@ and Stable Diffusion (Rombach et al. 2022, Sec. 3.3), at MNIST size:
 - **Classifier-free guidance** (Ho & Salimans 2022): training replaces the caption by the empty prompt with
   probability ``p_uncond``; the "no condition" at sampling is the encoding of the empty prompt
   (``<start> <end>``), padded to the same length L so both halves batch together (``guidance.Guided``).
-- **Captions are fresh every batch** in training (``course_lib.training.text2image``: ``captions.random_captions``
+- **Captions are fresh every batch** in training (``course_lib.training.text2image``: ``data.captions.random_captions``
   from measured attribute bins, the frozen encoder's outputs computed once into a ``CaptionTable``).
 
 This module is the network side and what is done with it, and knows no data and no training loop:
-``TextEncoder``, ``TextToImage`` (``from_pretrained`` / ``save_pretrained``, checked prompts, paired-noise
-sampling), the prompt sets, ``cross_attention_maps`` and ``prompt_widget``. Training and measuring on the
-digits (``train_text2image``, ``prompt_accuracy``, ``attribute_control``) are in
-``course_lib.training.text2image``. ``captions`` is used here for text only: its vocabulary and
-``parse_prompt`` (the prompt checks and the digit a prompt names).
+``TextToImage`` and ``TextToImageLM`` (``from_pretrained`` / ``save_pretrained``, checked prompts, paired-noise
+sampling), ``cross_attention_maps`` and ``prompt_widget``; the text encoders are ``networks/text_encoders.py``.
+Training and measuring on the digits (``train_text2image``, ``prompt_accuracy``, ``attribute_control``) are in
+``course_lib.training.text2image``. ``text.vocabulary`` gives the words and ``parse_prompt`` (the prompt checks
+and the digit a prompt names).
 
 A pipeline folder (``save_pretrained`` / ``from_pretrained``; also a training checkpoint folder, written by
-``fit``'s ``export`` hook, so training resumes in it):
+``fit``'s ``export`` hook, so training resumes in it; ``pipelines/base.py`` has what all pipelines share):
 
-    config.json                 the UNet config (flat, so ``models.load_unet`` reads it), T, schedule, the CLIP
-                                config it depends on, and sampling defaults
+    config.json                 the UNet config (flat, so ``networks.unet.load_unet`` reads it), T, schedule, the
+                                CLIP config it depends on, and sampling defaults (``"sampling"``)
     model.safetensors           the UNet's EMA weights
     text_encoder.safetensors    the frozen CLIP text transformer
     text_encoder_config.json    its transformers ``CLIPTextConfig``
     tokenizer.json, tokenizer_config.json   the word-level tokenizer (``course_lib.text``)
     training.json, trainer/     (training checkpoints only)
 
-Files sit side by side, not in subfolders, because ``weights.export`` ships a folder's files.
+Files sit side by side, not in subfolders, because ``course.weights.export`` ships a folder's files.
 """
 from __future__ import annotations
 
@@ -57,13 +57,14 @@ from torch import nn
 
 from .. import store
 from ..diffusion.guidance import Guided
-from ..diffusion.samplers import SAMPLERS, batched, check_finite
+from ..diffusion.samplers import SAMPLERS, batched
 from ..diffusion.schedules import Schedule, make_schedule
 from ..networks.text_encoders import HUB_ID, SHA256, LanguageEncoder, TextEncoder, check_prompt, load_language_encoder
 from ..networks.text_encoders import MAX_LENGTH as LM_MAX_LENGTH
 from ..networks.unet import TextCond, UNet, UNetConfig
 from ..text import vocabulary
 from ..text.tokenizer import SPECIAL_TOKENS, check_prompts
+from .base import Pipeline, finish, generator
 
 __all__ = ["TextToImageLM", "load_text2image_lm", "load_text_side", "TextToImage", "check_prompt_type",
            "show_prompt_grid", "write_unet", "write_pipeline", "load_text2image", "cross_attention_maps",
@@ -97,15 +98,19 @@ def _write_text_side(folder: Path, encoder: TextEncoder, tokenizer) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the pipeline
-class TextToImage:
+class TextToImage(Pipeline):
     """Prompts in, digits out: tokenizer, frozen text encoder, text-conditional UNet, schedule and sampler.
 
     ``pipe(["a thin two", "9"], n_per_prompt=4)`` returns (8, 1, 28, 28) images in [-1, 1], prompt by prompt.
     """
 
+    kinds = ("text2image",)
+    example = "data/weights/text2image"
+    fallback_sampling = {"sampler": "ddim", "steps": 50, "guidance": 3.0}
+
     def __init__(self, unet: UNet, text_encoder: TextEncoder, tokenizer, schedule: Schedule, config: dict,
                  device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
+        super().__init__(config, device)
         self.unet = unet.to(self.device).eval()
         self.text_encoder = text_encoder.to(self.device).eval()
         self.tokenizer, self.config = tokenizer, config
@@ -113,9 +118,8 @@ class TextToImage:
         self.max_length = int(config.get("max_length", LM_MAX_LENGTH))
         vocab = config.get("clip", {}).get("vocabulary")
         self.vocabulary = tuple(vocab[len(SPECIAL_TOKENS):]) if vocab else vocabulary.VOCABULARY
-        sampling = config.get("sampling", {})
-        self.default_steps = int(sampling.get("steps", 50))
-        self.default_guidance = float(sampling.get("guidance", 3.0))
+        self.default_steps = int(self.sampling["steps"])
+        self.default_guidance = float(self.sampling["guidance"])
         self._null: TextCond | None = None
 
     # ------------------------------------------------------------------ loading and saving
@@ -177,7 +181,7 @@ class TextToImage:
     # ------------------------------------------------------------------ generating
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str], n_per_prompt: int = 1, steps: int | None = None,
-                 guidance: float | None = None, sampler: str = "ddim", seed: int = 0, eta: float | None = None,
+                 guidance: float | None = None, sampler: str | None = None, seed: int = 0, eta: float | None = None,
                  clip_x0: bool | str = True, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
         """Generate ``n_per_prompt`` images for each prompt.
 
@@ -189,9 +193,10 @@ class TextToImage:
         Args:
             prompts: one prompt or a list (checked first: see ``check_prompts``).
             n_per_prompt: images per prompt (>= 1).
-            steps: sampling steps (default: the pipeline's, from the profile it was trained under).
+            steps: sampling steps (default: the pipeline's, from its folder's ``config.json``).
             guidance: classifier-free guidance scale w (0 unconditional, 1 conditional; default: the pipeline's).
-            sampler: "ddim" or "ddpm". eta: the sampler's noise (None: its default). clip_x0: see ``samplers``.
+            sampler: "ddim" or "ddpm" (default: the pipeline's). eta: the sampler's noise (None: its default).
+            clip_x0: see ``samplers``.
             seed: seeds the start noises (and any step noise).
             callback: passed to the sampler (called once per step per batch).
         Returns:
@@ -200,11 +205,11 @@ class TextToImage:
         prompts = self.check_prompts(prompts)
         if not isinstance(n_per_prompt, int) or n_per_prompt < 1:
             raise ValueError(f"n_per_prompt must be an integer >= 1, got {n_per_prompt!r}")
+        steps, guidance, sampler = self.defaults(steps, guidance, sampler)
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-        steps = self.default_steps if steps is None else steps
-        model = batched(self.guided(self.default_guidance if guidance is None else guidance), MAX_BATCH,
-                        self.device)                                       # under the device's autocast
+        generator(seed)                                                    # checks the seed
+        model = batched(self.guided(guidance), MAX_BATCH, self.device)     # under the device's autocast
         cond = self.encode(prompts)                                        # (P, L, D), ...
         run = SAMPLERS[sampler]
         kwargs = dict(steps=steps, clip_x0=clip_x0, callback=callback, **({} if eta is None else {"eta": eta}))
@@ -225,13 +230,13 @@ class TextToImage:
                 p_idx, n_idx = which[k:k + MAX_BATCH], noise[k:k + MAX_BATCH]
                 c = TextCond(*(part[p_idx.to(self.device)] for part in cond))
                 out.append(run(model, x_T[n_idx].to(self.device), self.schedule, cond=c, **kwargs).cpu())
-        return check_finite(torch.cat(out).float()).clamp(-1.0, 1.0)           # NaN is an error, not an image
+        return finish(torch.cat(out))                                      # NaN is an error, not an image
 
     def generate_with_labels(self, prompts: str | Sequence[str], n_per_prompt: int = 1, **kwargs
                              ) -> tuple[torch.Tensor, torch.Tensor]:
         """``__call__`` plus the digit each image was asked for: (images, labels (N,) long).
 
-        The label of a prompt is the digit it names (``captions.parse_prompt``); a prompt that names none
+        The label of a prompt is the digit it names (``vocabulary.parse_prompt``); a prompt that names none
         ("a thick digit") gets label -1: it is generated, but there is no right answer to score.
         """
         prompts = self.check_prompts(prompts)
@@ -387,6 +392,9 @@ class TextToImageLM(TextToImage):
         super().__init__(unet, text_encoder, tokenizer, schedule, config, device)
         self.vocabulary = None                                  # open: WordPiece splits any word into pieces
 
+    kinds = ("text2image-lm",)
+    example = "data/weights/text2image-lm"
+
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu",
                         encoder_source: str | Path | None = None) -> "TextToImageLM":
@@ -424,8 +432,9 @@ def _read_config(folder: Path) -> dict:
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no text2image-lm pipeline at {folder} (no config.json); train one with "
                                 f"`python -m course_lib train text2image-lm`")
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("model") != "text2image-lm":
+    config = store.read_json(folder / "config.json")
+    if not isinstance(config, dict) or config.get("model") != "text2image-lm":
+        config = config if isinstance(config, dict) else {}
         raise ValueError(f"{folder} holds a {config.get('model', 'non-text-to-image')!r} model, not one trained "
                          f"with the language model: load it with --model {config.get('model', 'text2image')} "
                          f"(or train text2image-lm)")

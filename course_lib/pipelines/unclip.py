@@ -18,18 +18,18 @@ diffusion prior from the CLIP *text* embedding to an image embedding, and image 
   (CLIP's loss only ranks them), so a decoder that learned from image embeddings is fed a vector it never saw
   when given a text embedding directly.
 
-This module is the networks and what is done with them, and knows no data and no training loop: ``PriorConfig``,
-``DiffusionPrior``, ``prior_loss``, ``prior_sample``, ``UnCLIP`` (``from_pretrained`` / ``save_pretrained``,
-checked prompts and images, paired-noise sampling, ``variations``), ``nearest_embeddings``. Training and
-measuring are in ``course_lib.training.unclip``.
+This module is the pipeline, and knows no data and no training loop: ``prior_sample``, ``UnCLIP``
+(``from_pretrained`` / ``save_pretrained``, checked prompts and images, paired-noise sampling, ``variations``),
+``nearest_embeddings``. The prior network is ``networks/prior.py``; training it (``prior_loss``) and measuring
+are in ``course_lib.training.unclip``; what all pipelines share is ``pipelines/base.py``.
 
 A pipeline folder (``save_pretrained``; also what ``train_unclip`` writes, sub-checkpoints resuming in place):
 
     config.json          {"model": "unclip", the decoder, prior and CLIP configs, sampling defaults}
-    training.json        the finished run (what ``models.find_matching`` reads)
-    decoder/             config.json (a UNet's, flat: ``models.load_unet`` reads it) + model.safetensors
+    training.json        the finished run (what ``registry.find_matching`` reads)
+    decoder/             config.json (a UNet's, flat: ``networks.unet.load_unet`` reads it) + model.safetensors
     prior/               config.json (``PriorConfig`` + T, schedule) + model.safetensors
-    clip/                the frozen course CLIP it was trained on (``clip.save_clip``), with its tokenizer
+    clip/                the frozen course CLIP it was trained on (``networks.clip.save_clip``), with its tokenizer
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ from ..networks.prior import DiffusionPrior, PriorConfig
 from ..networks.unet import UNet
 from ..text import vocabulary
 from ..text.tokenizer import MAX_LENGTH, SPECIAL_TOKENS, check_prompts
+from .base import Pipeline, generator
 from .text_to_image import check_prompt_type
 
 __all__ = ["PARTS", "SOURCES", "prior_sample", "nearest_embeddings", "check_images", "UnCLIP", "load_unclip"]
@@ -144,16 +145,20 @@ def _null_embed(cond: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(cond)            # an all-zero row: the decoder's learned "no embedding"
 
 
-class UnCLIP:
+class UnCLIP(Pipeline):
     """Prompts (or digits) in, digits out: the course CLIP, the diffusion prior and the embedding decoder.
 
     ``pipe(["a thin two", "9"], n_per_prompt=4)`` returns (8, 1, 28, 28) images in [-1, 1], prompt by prompt;
     ``pipe.variations(digit, 8)`` eight new digits from one digit's image embedding.
     """
 
+    kinds = ("unclip",)
+    example = "data/weights/unclip"
+    fallback_sampling = {"sampler": "ddim", "steps": 25, "guidance": 3.0, "prior_steps": 25, "prior_guidance": 1.0}
+
     def __init__(self, decoder: UNet, prior: DiffusionPrior, clip, tokenizer, schedule: Schedule, config: dict,
                  device: torch.device | str = "cpu"):
-        self.device = torch.device(device)
+        super().__init__(config, device)
         self.decoder = decoder.to(self.device).eval()
         self.prior = prior.to(self.device).eval()
         self.clip = clip.to(self.device).eval()
@@ -164,11 +169,10 @@ class UnCLIP:
         vocab = config.get("clip", {}).get("vocabulary")
         self.vocabulary = tuple(vocab[len(SPECIAL_TOKENS):]) if vocab else vocabulary.VOCABULARY
         self.max_length = int(config.get("clip", {}).get("max_length", MAX_LENGTH))
-        sampling = config.get("sampling", {})
-        self.default_steps = int(sampling.get("steps", 25))
-        self.default_guidance = float(sampling.get("guidance", 3.0))
-        self.default_prior_steps = int(sampling.get("prior_steps", 25))
-        self.default_prior_guidance = float(sampling.get("prior_guidance", 1.0))
+        self.default_steps = int(self.sampling["steps"])
+        self.default_guidance = float(self.sampling["guidance"])
+        self.default_prior_steps = int(self.sampling["prior_steps"])
+        self.default_prior_guidance = float(self.sampling["prior_guidance"])
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -217,7 +221,7 @@ class UnCLIP:
     # ------------------------------------------------------------------ embeddings
     def check_prompts(self, prompts: str | Sequence[str]) -> list[str]:
         """The prompts as a list, after the course CLIP's checks (``text.validate_prompt``: known words, length;
-        ``captions.parse_prompt``: one digit, no opposite words); nothing is computed before this passes.
+        ``vocabulary.parse_prompt``: one digit, no opposite words); nothing is computed before this passes.
         ``None`` or anything but a string or a list of strings is a one-line ValueError, not a TypeError."""
         return check_prompts(check_prompt_type(prompts), self.max_length, self.vocabulary)
 
@@ -245,7 +249,7 @@ class UnCLIP:
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
     def decode(self, embeds: torch.Tensor, n_per_embed: int = 1, steps: int | None = None,
-               guidance: float | None = None, sampler: str = "ddim", seed: int = 0, eta: float | None = None,
+               guidance: float | None = None, sampler: str | None = None, seed: int = 0, eta: float | None = None,
                clip_x0: bool | str = True, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
         """Draw ``n_per_embed`` images from each image embedding (E, D): (E * n, 1, 28, 28) in [-1, 1].
 
@@ -256,6 +260,7 @@ class UnCLIP:
         if not isinstance(embeds, torch.Tensor) or embeds.dim() != 2 or embeds.shape[1] != self.embed_dim:
             raise ValueError(f"embeddings must be a (E, {self.embed_dim}) tensor, got "
                              f"{tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__}")
+        sampler = self.defaults(sampler=sampler)[2]
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
         n, E = _check_n(n_per_embed), len(embeds)
@@ -283,7 +288,7 @@ class UnCLIP:
 
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str], n_per_prompt: int = 1, steps: int | None = None,
-                 guidance: float | None = None, sampler: str = "ddim", seed: int = 0, eta: float | None = None,
+                 guidance: float | None = None, sampler: str | None = None, seed: int = 0, eta: float | None = None,
                  clip_x0: bool | str = True, callback: Callable[[dict], None] | None = None, source: str = "prior",
                  prior_guidance: float | None = None, prior_steps: int | None = None) -> torch.Tensor:
         """Generate ``n_per_prompt`` images for each prompt: text -> image embedding -> decoder.
@@ -298,6 +303,7 @@ class UnCLIP:
         """
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}: choose one of {', '.join(SOURCES)}")
+        sampler = self.defaults(sampler=sampler)[2]
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
         prompts = self.check_prompts(prompts)
@@ -311,13 +317,14 @@ class UnCLIP:
 
     @torch.no_grad()
     def decode_paired(self, embeds: torch.Tensor, steps: int | None = None, guidance: float | None = None,
-                      sampler: str = "ddim", seed: int = 0, eta: float | None = None, clip_x0: bool | str = True,
+                      sampler: str | None = None, seed: int = 0, eta: float | None = None, clip_x0: bool | str = True,
                       callback: Callable[[dict], None] | None = None) -> torch.Tensor:
         """Image i from embedding i of (n, D) and start noise i of ``seed``: (n, 1, 28, 28) in [-1, 1] (what
         ``__call__`` does for each prompt's n prior samples, so other embeddings compare on the same noises)."""
+        sampler = self.defaults(sampler=sampler)[2]
         model = batched(Guided(self.decoder, self.default_guidance if guidance is None else guidance,
                                null_cond=_null_embed), MAX_BATCH, self.device)
-        g = torch.Generator().manual_seed(seed)
+        g = generator(seed)
         x_T = torch.randn(len(embeds), 1, 28, 28, generator=g).to(self.device)
         stochastic = sampler == "ddpm" or (eta or 0.0) > 0
         x = SAMPLERS[sampler](model, x_T, self.schedule, steps=self.default_steps if steps is None else steps,

@@ -142,6 +142,15 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def export_config(config: dict) -> Callable[[torch.nn.Module, Path], None]:
+    """A ``fit`` export hook: the EMA weights as ``model.safetensors`` and ``config`` as ``config.json`` (the
+    model's config with its ``"sampling"`` defaults, which the pipelines read)."""
+    def export(inner: torch.nn.Module, folder: Path) -> None:
+        save_file(_state_dict_cpu(inner), str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return export
+
+
 def _state_dict_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
 

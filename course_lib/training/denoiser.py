@@ -2,7 +2,7 @@
 
     DenoiserRecipe, PRESETS              their sizes and steps per profile (the UNet's sizes serve the
                                          text, flow and unCLIP models too); ``recipe_config(profile)``
-    sampling_defaults                    how each samples by default (steps, guidance)
+    sampling_defaults                    how each samples by default (written into its folder's config.json)
     unet_config                          the UNet size a profile asks for
     denoiser_config, class_config        the UNet configs, from the profile
     train_denoiser, train_class_model    one run each through ``loop.fit`` (L_simple, labels dropped for
@@ -25,6 +25,7 @@ from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.forward import simple_loss
 from ..diffusion.schedules import make_schedule
 from ..networks.unet import UNetConfig, unet_from_config
+from .checkpoints import export_config
 from .loop import GuideSnapshot, LossByT, ProgressBar, TrainResult, fit
 
 __all__ = ["DenoiserRecipe", "PRESETS", "recipe_config", "sampling_defaults", "unet_config", "drop_labels",
@@ -81,8 +82,7 @@ def recipe_config(profile: Profile) -> DenoiserRecipe:
 def sampling_defaults(profile: Profile) -> dict[str, dict]:
     """How each model of this recipe samples by default: {model name: {sampler, steps, guidance, ...}}."""
     r = recipe_config(profile)
-    return {"denoiser": {"sampler": "ddim", "steps": profile.sample_steps, "guidance": r.self_guidance,
-                         "autoguidance": r.autoguidance},
+    return {"denoiser": {"sampler": "ddim", "steps": profile.sample_steps, "guidance": r.self_guidance},
             "class": {"sampler": "ddim", "steps": profile.sample_steps, "guidance": r.guidance}}
 
 
@@ -119,7 +119,7 @@ def class_config(profile: Profile) -> dict:
 
 # --------------------------------------------------------------------------- training
 def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime, progress, stop_after,
-                seed: int = 0, guide_step: int | None = None) -> TrainResult:
+                seed: int = 0, guide_step: int | None = None, sampling: dict | None = None) -> TrainResult:
     """Train a UNet on (image, condition) pairs, the condition dropped to "none" with probability
     ``cfg["p_uncond"]``: the label for the class model, the k-means cluster for the denoiser."""
     rt = runtime or get_runtime()
@@ -152,7 +152,8 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
                  batch_size=batch_size, ema_decay=profile.ema_decay, config=cfg, meta=meta, out=out,
                  checkpoint_every=profile.checkpoint_every, runtime=rt, stop_after=stop_after, seed=seed,
                  hooks=[ProgressBar(f"train {name}", progress), LossByT(profile.T)]
-                 + ([GuideSnapshot(guide_step)] if guide_step is not None else []), rng_device=rt.device)
+                 + ([GuideSnapshot(guide_step)] if guide_step is not None else []), rng_device=rt.device,
+                 export=export_config({**cfg, "sampling": sampling}) if sampling else None)
     if "cluster_sizes" in meta:                # as load_unet gives them, so the result samples the same way
         result.model.cluster_sizes = result.ema_model.cluster_sizes = torch.tensor(meta["cluster_sizes"])
     return result
@@ -173,7 +174,7 @@ def train_denoiser(profile: Profile, out=None, runtime: Runtime | None = None, s
     steps = steps or r.steps
     guide_step = r.guide_step if r.guide_step < steps else None
     return _train_unet("denoiser", denoiser_config(profile), profile, steps, out,
-                       runtime, progress, stop_after, guide_step=guide_step)
+                       runtime, progress, stop_after, guide_step=guide_step, sampling=sampling_defaults(profile)["denoiser"])
 
 
 def train_class_model(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
@@ -181,4 +182,4 @@ def train_class_model(profile: Profile, out=None, runtime: Runtime | None = None
     """Train the class-conditional denoiser, dropping labels with probability ``profile.p_uncond``
     (``steps`` defaults to the recipe's ``class_steps``)."""
     return _train_unet("class", class_config(profile), profile, steps or recipe_config(profile).class_steps, out,
-                       runtime, progress, stop_after)
+                       runtime, progress, stop_after, sampling=sampling_defaults(profile)["class"])

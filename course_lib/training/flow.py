@@ -22,6 +22,7 @@ from ..networks.toy import ToyDenoiser
 from ..networks.unet import UNet, load_unet, unet_from_config
 from . import toy
 from .denoiser import drop_labels, unet_config
+from .checkpoints import export_config
 from .loop import LossByT, ProgressBar, TrainResult, fit
 
 __all__ = ["FlowRecipe", "PRESETS", "recipe_config", "sampling_defaults", "flow_config", "train_flow", "load_flow",
@@ -90,7 +91,7 @@ def train_flow(profile: Profile, out=None, runtime: Runtime | None = None, steps
                warmup_steps=profile.warmup_steps, batch_size=profile.batch_size, ema_decay=profile.ema_decay,
                config=cfg, meta=meta, out=out, checkpoint_every=profile.checkpoint_every, runtime=rt,
                stop_after=stop_after, seed=seed, hooks=[ProgressBar("train flow", progress), LossByT(int(TIME_SCALE))],
-               rng_device=rt.device)
+               rng_device=rt.device, export=export_config({**cfg, "sampling": sampling_defaults(profile)["flow"]}))
 
 
 def load_flow(path: str | Path, device: torch.device | str = "cpu") -> UNet:

@@ -276,7 +276,8 @@ def train_latent(profile: Profile, out=None, runtime: Runtime | None = None, ste
     def export(inner: UNet, folder: Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()},
                   str(folder / "model.safetensors"))
-        (folder / "config.json").write_text(json.dumps({**cfg, "autoencoder_sha256": sha}, indent=2))
+        (folder / "config.json").write_text(json.dumps({**cfg, "autoencoder_sha256": sha,
+                                                        "sampling": sampling_defaults(profile)["latent"]}, indent=2))
 
     meta = {"kind": "latent", "profile": profile.name, "data": f"MNIST train, {len(x)} images, encoded",
             "autoencoder_sha256": sha, "scaling_factor": s,
