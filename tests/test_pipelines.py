@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from course_lib import load_pipeline, registry
+from course_lib.config import get_profile
 from course_lib.__main__ import MODEL_NAMES, build_parser, main
 from course_lib.pipelines.base import Pipeline
 from course_lib.store import CheckpointError
@@ -167,7 +168,12 @@ def test_the_registry_is_the_only_list_of_model_names():
     assert set(registry.GENERATIVE) == set(CALLS) == set(registry.SAMPLEABLE) | set(registry.TEXT_TO_IMAGE)
     for spec in registry.MODELS.values():                # each names what it builds on, and it is registered
         assert set(spec.needs) <= set(names) and spec.lesson.isdigit()
-        assert (spec.pipeline is None) == (spec.sampling is None) == (spec.takes is None)
+        assert (spec.pipeline is None) == (spec.takes is None)
+        if spec.pipeline is None:                         # only generative models have sampling defaults
+            with pytest.raises(ValueError, match="does not generate"):
+                spec.sampling(get_profile("test"))
+        else:
+            assert {"sampler", "steps", "guidance"} <= set(spec.sampling(get_profile("test")))
 
 
 def test_make_weights_measures_a_model_through_its_pipeline_with_the_folders_defaults():

@@ -72,7 +72,7 @@ def test_with_recipe_changes_one_recipe_and_reaches_the_model_config():
     assert denoiser.denoiser_config(prof)["num_classes"] == 7 and registry.MODELS["denoiser"].steps(prof) == 4
     assert clip.recipe_config(prof) is clip.PRESETS["test"]                  # other recipes untouched
     assert prof.to_dict()["recipe_changes"] == [["denoiser", "clusters", 7], ["denoiser", "steps", 4]]
-    assert registry.with_steps("clip", PROFILES["test"], 9).recipe_changes == (("clip", "steps", 9),)
+    assert registry.MODELS["clip"].with_steps(PROFILES["test"], 9).recipe_changes == (("clip", "steps", 9),)
 
 
 def test_a_wrong_field_or_a_profile_without_a_preset_is_a_one_line_error():
