@@ -52,9 +52,9 @@ from ..config import inference_autocast
 from .forward import extract, q_posterior
 from .schedules import Schedule, snr
 
-__all__ = ["check_finite", "check_model_inputs", "check_labels", "timesteps", "respace", "dynamic_threshold",
-           "PREDICTIONS", "prediction_of", "predict_x0_eps", "denoise", "ddim_step", "ddpm_sample", "ddim_sample",
-           "sample", "batched", "base_model", "SAMPLERS", "DDIM_DEFAULT_STEPS", "DYNAMIC_PERCENTILE", "SAMPLE_BATCH"]
+__all__ = ["check_finite", "check_model_inputs", "timesteps", "respace", "dynamic_threshold", "PREDICTIONS",
+           "prediction_of", "predict_x0_eps", "denoise", "ddim_step", "ddpm_sample", "ddim_sample", "sample",
+           "batched", "SAMPLERS", "DDIM_DEFAULT_STEPS", "DYNAMIC_PERCENTILE", "SAMPLE_BATCH"]
 
 DDIM_DEFAULT_STEPS = 50         # Song et al. 2021, Table 1 reports S in {10, 20, 50, 100}: 50 is close to 1000
 DYNAMIC_PERCENTILE = 0.995      # Saharia et al. 2022 (Imagen), Sec. 2.3 and Appendix E: p = 99.5 %
