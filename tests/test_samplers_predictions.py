@@ -157,6 +157,7 @@ def test_the_prior_samples_with_the_one_ddim(prior, steps):
     torch.testing.assert_close(z, _prior_by_hand(model, cond, schedule, steps or schedule.T, 2.0, z_T),
                                atol=1e-6, rtol=0)
     assert len(seen) == (steps or schedule.T) and set(seen[0]) == {"i", "t", "x_t", "x0_hat"}
+    assert S.prediction_of(Guided(model, 2.0), schedule) == "x0"            # the prior says what it predicts
 
 
 # --------------------------------------------------------------------------- the shipped models keep their numbers
