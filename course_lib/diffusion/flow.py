@@ -20,13 +20,15 @@ the shape of the paths the ODE follows.
 
 The flow model is the class model's UNet with another output meaning. Its time input is continuous:
 ``model(x, t * TIME_SCALE, cond)`` with t in [0, 1], so the sinusoidal embedding sees the same range
-(0..1000) as the DDPM models' integer steps. ``velocity`` does that scaling; the samplers call it.
+(0..1000) as the DDPM models' integer steps. ``FLOW.network_time`` does that scaling; the samplers call it.
 
-Samplers (the style of ``samplers.py``: plain functions, a ``callback`` per step, deterministic for a seed):
+Sampling is ``samplers.py``'s, with ``FLOW`` (the path x_t = a_t x0 + s_t eps, a_t = 1 - t, s_t = t) as the
+schedule: its DDIM with eta = 0 *is* Euler's method, x_s = x_t + (s - t) v (``samplers.ddim_step``). The names
+lesson 12 teaches stay, each a call of it:
 
-    euler_sample(model, x_1, *, steps, cond=None, callback=None)    x_{t'} = x_t + (t' - t) v(x_t, t)
-    heun_sample(model, x_1, *, steps, cond=None, callback=None)     Karras et al. 2022, Algorithm 1
-    sample(model, n, *, sampler="euler", steps, generator, cond, device)   draws x_1 ~ N(0, I), what lessons call
+    euler_sample(model, x_1, *, steps, cond=None, callback=None)    samplers.ddim_sample on FLOW, prediction "v"
+    heun_sample(model, x_1, *, steps, cond=None, callback=None)     Karras et al. 2022, Algorithm 1 (2nd order)
+    sample(model, n, *, sampler="euler", steps, generator, cond, device)   samplers.sample on FLOW
 
 Classifier-free guidance is ``guidance.guided`` around the model, unchanged: its rule
 v_uncond + w (v_cond - v_uncond) is linear in the prediction, and v is linear in eps and x0 at a given
@@ -40,12 +42,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .samplers import SAMPLE_BATCH, _base_model, batched, check_labels
+from .samplers import DDIM_DEFAULT_STEPS, SAMPLE_BATCH, ddim_sample, ddim_step, denoise, prediction_of
+from .samplers import sample as _sample
 
-__all__ = ["TIME_SCALE", "TIMES", "FLOW_SAMPLERS", "check_t", "flow_path", "velocity_target", "sample_time",
-           "flow_loss", "x0_from_v", "eps_from_v", "v_from_eps", "v_from_x0", "ddpm_to_flow", "velocity",
-           "flow_times", "euler_sample", "heun_sample", "check_flow_model", "sample", "nfe", "straightness",
-           "reflow_pairs"]
+__all__ = ["TIME_SCALE", "TIMES", "FLOW", "FlowSchedule", "FLOW_SAMPLERS", "check_t", "flow_path", "velocity_target",
+           "sample_time", "flow_loss", "x0_from_v", "eps_from_v", "v_from_eps", "v_from_x0", "ddpm_to_flow",
+           "flow_times", "euler_sample", "heun_sample", "sample", "nfe", "straightness", "reflow_pairs"]
 
 TIME_SCALE = 1000.0          # the network sees t * 1000: the range of the DDPM models' integer steps
 TIMES = ("uniform", "logit-normal")
@@ -178,15 +180,6 @@ def ddpm_to_flow(x_ddpm: torch.Tensor, alpha_bar) -> tuple[torch.Tensor, torch.T
 
 
 # --------------------------------------------------------------------------- sampling: the ODE dx/dt = v
-def velocity(model: Callable, x: torch.Tensor, t: float, cond=None) -> torch.Tensor:
-    """v_theta(x, t): the network called at time ``t`` in [0, 1] (it sees t * TIME_SCALE). Returns float32."""
-    tt = torch.full((x.shape[0],), float(t) * TIME_SCALE, device=x.device)
-    v = model(x, tt, cond).float()
-    if v.shape != x.shape:
-        raise ValueError(f"the model returned shape {tuple(v.shape)} for x of shape {tuple(x.shape)}")
-    return v
-
-
 def _times(steps: int) -> list[float]:
     """``flow_times`` as Python floats (doubles on the host: the samplers send no float64 to the device)."""
     if not (isinstance(steps, numbers.Integral) and not isinstance(steps, bool) and steps >= 1):
@@ -200,16 +193,51 @@ def flow_times(steps: int) -> torch.Tensor:
     return torch.tensor(_times(steps), dtype=torch.float64)
 
 
-def _check_times(times: torch.Tensor | None, steps) -> list[float]:
-    if times is None:
-        return _times(steps)
-    if isinstance(times, torch.Tensor):
-        times = times.detach().cpu().tolist()
-    times = np.asarray(times, dtype=np.float64).flatten()
-    check_t(times)
-    if times.size < 2 or not bool((times[1:] < times[:-1]).all()):
-        raise ValueError(f"times must decrease strictly (from noise towards data), got {times.tolist()}")
-    return times.tolist()
+class FlowSchedule:
+    """The flow path as ``samplers.py``'s samplers see it (the role a ``Schedule`` plays for the DDPM chain):
+
+        x_t = a_t x0 + s_t eps,   a_t = 1 - t,   s_t = t,   t in [0, 1]    (``flow_path``)
+
+    a network that predicts v = eps - x0 (``prediction``), called at ``t * TIME_SCALE``, and its samplers:
+    "euler" (``samplers.ddim_sample``: DDIM with eta = 0 on this path is Euler's method) and "heun".
+    ``FLOW`` is the one instance.
+    """
+    name = "flow"
+    prediction = "v"
+
+    @staticmethod
+    def scales(t: float) -> tuple[float, float]:
+        """(a_t, s_t) = (1 - t, t), as Python floats."""
+        return 1.0 - t, t
+
+    @staticmethod
+    def network_time(t: float, x: torch.Tensor) -> torch.Tensor:
+        """What the network sees at time t for x (B, ...): (B,) float32 t * TIME_SCALE on x's device."""
+        return torch.full((x.shape[0],), float(t) * TIME_SCALE, device=x.device)
+
+    @staticmethod
+    def times(steps) -> list[float]:
+        """The times visited, from noise towards data, end included: an int S gives t_i = 1 - i / S
+        (``flow_times``); a sequence is taken as given (strictly decreasing, in [0, 1])."""
+        if isinstance(steps, numbers.Integral) or steps is None:
+            return _times(steps)
+        if isinstance(steps, torch.Tensor):
+            steps = steps.detach().cpu().tolist()
+        times = np.asarray(steps, dtype=np.float64).flatten()
+        check_t(times)
+        if times.size < 2 or not bool((times[1:] < times[:-1]).all()):
+            raise ValueError(f"times must decrease strictly (from noise towards data), got {times.tolist()}")
+        return times.tolist()
+
+    @property
+    def samplers(self) -> dict[str, Callable[..., torch.Tensor]]:
+        return FLOW_SAMPLERS
+
+    def __repr__(self) -> str:
+        return "FLOW"
+
+
+FLOW = FlowSchedule()
 
 
 @torch.no_grad()
@@ -219,8 +247,9 @@ def euler_sample(model: Callable, x_1: torch.Tensor, *, steps: int = 10, times: 
 
         x_{t_{i+1}} = x_{t_i} + (t_{i+1} - t_i) v_theta(x_{t_i}, t_i)        one network call per step
 
-    On exactly straight paths (v constant along each one) a single step is exact; the more the learned
-    paths bend, the more steps it needs.
+    which is DDIM with eta = 0 on the flow path (``samplers.ddim_step``), so this is
+    ``samplers.ddim_sample(model, x_1, FLOW, prediction="v", clip_x0=False)``. On exactly straight paths
+    (v constant along each one) a single step is exact; the more the learned paths bend, the more steps it needs.
 
     Args:
         model: ``model(x, t * TIME_SCALE, cond)`` -> v (a guidance wrapper works unchanged).
@@ -230,38 +259,47 @@ def euler_sample(model: Callable, x_1: torch.Tensor, *, steps: int = 10, times: 
     Returns:
         (B, C, H, W) float32 samples at the last time (t = 0 for ``steps``).
     """
-    ts = _check_times(times, steps)
-    x = x_1.float()
-    for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
-        v = velocity(model, x, t, cond)
-        if callback is not None:
-            callback({"i": i, "t": t, "x_t": x, "x0_hat": x0_from_v(x, t, v), "v": v})
-        x = x + (t_next - t) * v
-    return x
+    return ddim_sample(model, x_1, FLOW, steps=steps if times is None else times, clip_x0=False, cond=cond,
+                       callback=callback, prediction="v")
 
 
 @torch.no_grad()
-def heun_sample(model: Callable, x_1: torch.Tensor, *, steps: int = 10, times: torch.Tensor | None = None,
-                cond=None, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+def heun_sample(model: Callable, x_1: torch.Tensor, schedule: FlowSchedule = FLOW, *, steps: int | None = 10,
+                times: torch.Tensor | None = None, cond=None, callback: Callable[[dict], None] | None = None,
+                clip_x0: bool | float | str = False, generator: torch.Generator | None = None,
+                prediction: str | None = "v") -> torch.Tensor:
     """Heun's second-order method (Karras et al. 2022, Algorithm 1) on dx/dt = v_theta(x, t):
 
-        x'        = x_t + (t' - t) v(x_t, t)                       an Euler step
+        x'        = x_t + (t' - t) v(x_t, t)                       an Euler step (``samplers.ddim_step``)
         x_{t'}    = x_t + (t' - t) (v(x_t, t) + v(x', t')) / 2     corrected by the slope at its end
 
     except on a last step that ends at t = 0, which stays Euler as in Karras et al. So S steps cost
-    2 S - 1 network calls (``nfe``). Arguments and returns as ``euler_sample``.
+    2 S - 1 network calls (``nfe``). Each v is the slope eps_hat - x0_hat of the network's prediction,
+    converted as the DDIM sampler converts it (``samplers.denoise``). Arguments and returns as
+    ``euler_sample``; ``schedule``, ``clip_x0``, ``generator`` (unused: Heun is deterministic) and ``prediction``
+    make it callable as ``samplers.sample`` calls every sampler.
     """
-    ts = _check_times(times, steps)
+    if schedule is not FLOW:
+        raise ValueError("heun integrates the flow path: pass flow.FLOW as the schedule")
+    prediction = prediction_of(model, FLOW, prediction)
+    if times is None:
+        times = DDIM_DEFAULT_STEPS if steps is None else steps      # None: as ddim_sample
+    ts = FLOW.times(times)
     x = x_1.float()
+
+    def slope(x: torch.Tensor, t: float):
+        x0_hat, eps_hat = denoise(model, x, t, FLOW, cond=cond, clip_x0=clip_x0, prediction=prediction)
+        return x0_hat, eps_hat, eps_hat - x0_hat          # d x_t / dt = d(a_t)/dt x0 + d(s_t)/dt eps = eps - x0
+
     for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
-        v = velocity(model, x, t, cond)
+        x0_hat, eps_hat, v = slope(x, t)
         if callback is not None:
-            callback({"i": i, "t": t, "x_t": x, "x0_hat": x0_from_v(x, t, v), "v": v})
-        x_euler = x + (t_next - t) * v
+            callback({"i": i, "t": t, "x_t": x, "x0_hat": x0_hat, "v": v})
+        x_euler = ddim_step(x0_hat, eps_hat, FLOW.scales(t), FLOW.scales(t_next))
         if t_next == 0.0:                                         # Karras et al., Algorithm 1, line 7
             x = x_euler
         else:
-            x = x + (t_next - t) * 0.5 * (v + velocity(model, x_euler, t_next, cond))
+            x = x + (t_next - t) * 0.5 * (v + slope(x_euler, t_next)[2])
     return x
 
 
@@ -284,7 +322,7 @@ def reflow_pairs(model: Callable, n: int, *, steps: int = 100, generator: torch.
     return euler_sample(model, z, steps=steps, cond=cond), z
 
 
-FLOW_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"euler": euler_sample, "heun": heun_sample}
+FLOW_SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"euler": ddim_sample, "heun": heun_sample}
 
 
 def nfe(sampler: str, steps: int) -> int:
@@ -292,38 +330,18 @@ def nfe(sampler: str, steps: int) -> int:
     return {"euler": steps, "heun": 2 * steps - 1}[sampler]
 
 
-def check_flow_model(model: Callable, cond=None) -> None:
-    """Refuse, before sampling, a model that does not predict a velocity (``objective`` set by
-    ``models.load_unet``: a DDPM eps-model needs ``samplers.sample`` with ddim or ddpm), and labels it does
-    not know."""
-    base = _base_model(model)
-    objective = getattr(base, "objective", None)
-    if objective is not None and objective != "flow":
-        raise ValueError(f"this model was trained with the {objective!r} objective (it predicts the noise): "
-                         f"euler and heun integrate a flow model's velocity; sample it with ddim or ddpm")
-    check_labels(base, cond)
-
-
 def sample(model: Callable, n: int, *, sampler: str = "euler", steps: int = 10, generator=None, cond=None,
            device: torch.device | str = "cpu", callback: Callable[[dict], None] | None = None,
            shape: tuple[int, ...] = (1, 28, 28), batch_size: int = SAMPLE_BATCH) -> torch.Tensor:
-    """Draw x_1 ~ N(0, I) with ``generator`` (CPU by default, moved to ``device``) and integrate back to
-    t = 0 with ``FLOW_SAMPLERS[sampler]``; the network sees at most ``batch_size`` images per call, under
-    the device's autocast (``samplers.batched``). What lessons call.
+    """``samplers.sample(model, n, FLOW, ...)``: draw x_1 ~ N(0, I) with ``generator`` (CPU by default, moved
+    to ``device``) and integrate back to t = 0 with ``sampler`` ("euler" or "heun"); what lessons call.
 
     Raises:
-        ValueError: before any compute, for an unknown sampler, steps < 1, bad n, or a model that is not a
-            flow model (``check_flow_model``).
+        ValueError: before any compute, for an unknown sampler, steps < 1, bad n, a model that is not a
+            flow model, or labels it does not know (``samplers.check_model_inputs``).
     Returns: (n, *shape) float32 samples.
     """
-    if sampler not in FLOW_SAMPLERS:
-        raise ValueError(f"unknown flow sampler {sampler!r}: choose one of {', '.join(FLOW_SAMPLERS)} "
-                         f"(ddim and ddpm sample DDPM models: samplers.sample)")
-    if not (isinstance(n, numbers.Integral) and n >= 1):
-        raise ValueError(f"n must be a whole number >= 1, got {n!r}")
-    _times(steps)                                          # checks steps
-    check_flow_model(model, cond)
-    net = batched(model, batch_size, device)
-    where = generator.device if generator is not None else torch.device("cpu")
-    x_1 = torch.randn((n, *shape), generator=generator, device=where).to(device)
-    return FLOW_SAMPLERS[sampler](net, x_1, steps=steps, cond=cond, callback=callback)
+    if steps is None:
+        raise ValueError("steps must be a whole number >= 1, got None")
+    return _sample(model, n, FLOW, sampler=sampler, steps=steps, generator=generator, cond=cond, device=device,
+                   clip_x0=False, callback=callback, shape=shape, batch_size=batch_size)

@@ -66,6 +66,7 @@ class DiffusionPrior(nn.Module):
     64-d vector needs no attention). Inputs: z_t (B, D), t (B,) long, and ``cond`` the unit text embedding
     (B, D), an all-zero row meaning "no text" (replaced by the learned ``null_text``); None: no text at all.
     """
+    prediction = "x0"             # what it predicts, for the samplers (``samplers.prediction_of``)
 
     def __init__(self, config: PriorConfig | None = None, **kwargs):
         super().__init__()

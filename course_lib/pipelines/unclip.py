@@ -44,9 +44,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .. import store
-from ..diffusion.forward import predict_eps_from_x0
 from ..diffusion.guidance import Guided
-from ..diffusion.samplers import SAMPLERS, batched, check_finite, ddim_step, timesteps
+from ..diffusion.samplers import SAMPLERS, batched, check_finite, ddim_sample
 from ..diffusion.schedules import Schedule, make_schedule
 from ..networks.clip import embed_images, embed_text
 from ..networks.prior import DiffusionPrior, PriorConfig
@@ -69,17 +68,19 @@ SOURCES = ("prior", "text")                        # where ``UnCLIP.__call__`` t
 def prior_sample(model: Callable, cond: torch.Tensor, schedule: Schedule, *, steps: int | None = None,
                  guidance: float = 1.0, z_T: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  callback: Callable[[dict], None] | None = None) -> torch.Tensor:
-    """Sample image embeddings for text embeddings with deterministic DDIM (Song et al. 2021, Eq. 12).
+    """Sample image embeddings for text embeddings with deterministic DDIM (Song et al. 2021, Eq. 12): the
+    course's one DDIM, ``samplers.ddim_sample(..., prediction="x0", clip_x0=False)``.
 
-    The prior predicts z0_hat; the noise it implies is eps_hat = (z_t - sqrt(alpha_bar_t) z0_hat) /
-    sqrt(1 - alpha_bar_t) (``predict_eps_from_x0``), and ``ddim_step`` moves to the next t. Guidance mixes
-    the conditional and unconditional z0_hat (``guidance.Guided``: the mix is linear, so mixing x0 equals
-    mixing eps).
+    The prior predicts z0_hat (Ramesh et al. 2022, Sec. 2.2); the noise it implies is eps_hat = (z_t -
+    sqrt(alpha_bar_t) z0_hat) / sqrt(1 - alpha_bar_t) (``samplers.predict_x0_eps``), and ``ddim_step`` moves to
+    the next t. The embedding is not clipped (its coordinates are not pixels in [-1, 1]). Guidance mixes the
+    conditional and unconditional z0_hat (``guidance.Guided``: the mix is linear, so mixing x0 equals mixing eps).
 
     Args:
-        cond: (B, D) unit text embeddings. steps: DDIM steps (None: ``samplers.timesteps``'s default).
+        cond: (B, D) unit text embeddings. steps: DDIM steps (None: all T of ``schedule``).
         guidance: w (0 unconditional, 1 conditional, > 1 guided). z_T: (B, D) start noise (default: drawn
-            from ``generator``). callback: called with ``{"i", "t", "z_t", "z0_hat"}`` at every step.
+            from ``generator``). callback: called with ``{"i", "t", "x_t", "x0_hat"}`` at every step (x_t the
+            noisy embedding, x0_hat the prior's prediction), as every sampler calls it.
     Returns:
         (B, D) image embeddings renormalised to unit length (what the decoder trained on).
     """
@@ -90,18 +91,9 @@ def prior_sample(model: Callable, cond: torch.Tensor, schedule: Schedule, *, ste
         z_T = torch.randn(B, D, generator=generator, device=where)
     if z_T.shape != (B, D):
         raise ValueError(f"z_T must have shape {(B, D)}, got {tuple(z_T.shape)}")
-    schedule = schedule.to(device)
-    net = Guided(model, guidance, null_cond=torch.zeros_like)
-    ts = timesteps(schedule.T, steps).tolist()
-    z = z_T.to(device).float()
-    for i, t in enumerate(ts):
-        t_b = torch.full((B,), t, dtype=torch.long, device=device)
-        z0_hat = net(z, t_b, cond).float()                                        # (B, D)
-        eps_hat = predict_eps_from_x0(z, t_b, z0_hat, schedule)
-        if callback is not None:
-            callback({"i": i, "t": t, "z_t": z, "z0_hat": z0_hat})
-        alpha_bar_prev = torch.ones((), device=device) if i == len(ts) - 1 else schedule.alpha_bar[ts[i + 1]]
-        z = ddim_step(z0_hat, eps_hat, schedule.alpha_bar[t], alpha_bar_prev)     # DDIM Eq. (12), eta = 0
+    z = ddim_sample(Guided(model, guidance, null_cond=torch.zeros_like), z_T.to(device), schedule,
+                    steps=schedule.T if steps is None else steps, clip_x0=False, cond=cond, callback=callback,
+                    prediction="x0")
     return F.normalize(z, dim=-1)                                                # back on the unit sphere
 
 
