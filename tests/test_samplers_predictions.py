@@ -185,7 +185,7 @@ def test_the_shipped_models_keep_their_numbers(flow_model, prior):
         "class ddpm": S.sample(guided(model, 2.0), 4, schedule, sampler="ddpm", generator=seed(), **run),
         "flow euler": flow.sample(guided(flow_model, 2.0), 4, generator=seed(), **run),
         "flow heun": flow.sample(guided(flow_model, 2.0), 4, sampler="heun", generator=seed(), **run),
-        "latent ddim": S.sample(guided(load_latent("data/weights/latent"), 2.0), 4, make_schedule("cosine", 1000),
+        "latent ddim": S.sample(guided(load_latent("data/weights/latent").unet, 2.0), 4, make_schedule("cosine", 1000),
                                 generator=seed(), shape=(4, 7, 7), clip_x0=3.0, **run),
     }
     net, prior_schedule = prior
