@@ -15,8 +15,8 @@ from .. import paths
 from ..config import Profile, Runtime, cpu_runtime, get_runtime
 from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.flow import TIME_SCALE, flow_loss
+from ..diffusion.guidance import drop_condition
 from ..networks.unet import UNet, load_unet, unet_config_from_profile, unet_from_config
-from .denoiser import drop_labels
 from .loop import TrainResult, fit
 
 __all__ = ["flow_config", "train_flow", "load_flow", "train_toy_flow", "TIME"]
@@ -48,7 +48,7 @@ def train_flow(profile: Profile, out=None, runtime: Runtime | None = None, steps
 
     def loss_fn(m, batch, g):
         x0, labels = batch
-        cond = drop_labels(labels, cfg["p_uncond"], g)                 # Ho & Salimans 2022, Algorithm 1
+        cond = drop_condition(labels, cfg["p_uncond"], g)                 # Ho & Salimans 2022, Algorithm 1
         return flow_loss(m, x0, time=cfg["time"], generator=g, cond=cond, return_parts=True)
 
     meta = {"kind": "flow", "profile": profile.name, "data": f"MNIST train, {len(x)} images"}
