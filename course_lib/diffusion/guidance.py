@@ -25,7 +25,7 @@ from a dict of settings by ``from_settings``:
     rescale    phi        match the guided x0's std to the conditional one's, blended by phi
                           (Lin et al. 2024, Sec. 3.4)
     apg        eta, momentum, norm_threshold    the update's component parallel to the conditional x0
-                          scaled by eta, a reverse momentum, a norm cap (Sadat et al. 2024, Sec. 3, Algorithm 1)
+                          scaled by eta, a reverse momentum, a norm cap (Sadat et al. 2024, Sec. 3 and its algorithm)
     threshold  percentile Imagen's dynamic thresholding of the guided x0 (Saharia et al. 2022, Sec. 2.3)
     autoguidance          ``AutoGuided`` (Karras et al. 2024): needs a weaker model, not a "no condition"
 
@@ -186,11 +186,12 @@ def rescale_x0(x0_cfg: torch.Tensor, x0_cond: torch.Tensor, phi: float) -> torch
 
 def apg_update(d_cond: torch.Tensor, d_uncond: torch.Tensor, *, eta: float = 1.0, norm_threshold: float = math.inf,
                previous: torch.Tensor | None = None, momentum: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adaptive projected guidance's update (Sadat et al. 2024, Sec. 3, Algorithm 1) on predicted clean images:
+    """Adaptive projected guidance's update (Sadat et al. 2024, Sec. 3 and its algorithm) on predicted clean
+    images, per image:
 
-        Delta   = D_cond - D_uncond + beta Delta_prev          reverse momentum, beta = -momentum (Sec. 3.3)
-        Delta  *= min(1, r / ||Delta||)                        the norm threshold r (Sec. 3.2)
-        Delta_par  = (<Delta, D_cond> / <D_cond, D_cond>) D_cond,   Delta_perp = Delta - Delta_par   (Sec. 3.1)
+        Delta   = D_cond - D_uncond + beta Delta_prev          reverse momentum, beta = -momentum
+        Delta  *= min(1, r / ||Delta||)                        the norm threshold r
+        Delta_par  = (<Delta, D_cond> / <D_cond, D_cond>) D_cond,   Delta_perp = Delta - Delta_par
         update  = Delta_perp + eta Delta_par                   and D_guided = D_cond + (w - 1) update
 
     Returns (update, Delta before the projection: the next step's ``previous``)."""

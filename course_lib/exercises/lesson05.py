@@ -71,7 +71,7 @@ def check_guidance_combine(student_fn) -> CheckResult:
 
 # --------------------------------------------------------------------------- exercise 3: APG's projected update
 def reference_projected_update(d_cond: torch.Tensor, d_uncond: torch.Tensor, eta: float) -> torch.Tensor:
-    """APG's update without momentum or norm cap (Sadat et al. 2024, Sec. 3.1), per image:
+    """APG's update without momentum or norm cap (Sadat et al. 2024, Sec. 3), per image:
     Delta = d_cond - d_uncond, Delta_par = (<Delta, d_cond> / <d_cond, d_cond>) d_cond,
     update = (Delta - Delta_par) + eta Delta_par."""
     return apg_update(d_cond, d_uncond, eta=eta)[0]
