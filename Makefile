@@ -73,7 +73,7 @@ weights: setup
 	$(PY) -m course_lib weights
 
 bench: setup
-	@for b in throughput train_denoiser samplers guidance clip text_to_image language_encoder latent flow_matching unclip; do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
+	@for b in throughput train_denoiser samplers guidance clip text_to_image language_encoder latent flow_matching unclip guidance_methods; do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 
 lab: setup
 	@$(PY) -c "import jupyterlab" 2>/dev/null || { set -o pipefail; $(PIP) install -q -c $(VENV)/course-constraints.txt "jupyterlab>=4,<5" 2>&1 | $(QUIET_PIP); }

@@ -45,3 +45,18 @@ def test_compare_handles_numbers_and_tuples():
     assert "NaN" in compare(torch.ones(2), torch.tensor([1.0, float("nan")]), 1e-6, 0)
     r = check_function("f", lambda x: x, lambda x: x, [Case("x", (torch.ones(1),))], "h", quiet=True)
     assert r.passed
+
+
+def test_lesson05_projected_update_check(capsys):
+    from course_lib.diffusion.guidance import apg_update
+    from course_lib.exercises.lesson05 import check_projected_update
+    assert check_projected_update(lambda c, u, eta: apg_update(c, u, eta=eta)[0])
+
+    def whole_batch(c, u, eta):                                        # projects over the batch, not per image
+        delta = c - u
+        par = (delta * c).sum() / (c * c).sum() * c
+        return delta - par + eta * par
+    r = check_projected_update(whole_batch)
+    assert not r and r.attempted and "per image" in capsys.readouterr().out
+    assert not check_projected_update(lambda c, u, eta: c - u)          # ignores eta: CFG's update
+    assert not check_projected_update(lambda c, u, eta: stub(c)).attempted

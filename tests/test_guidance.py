@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from course_lib.config import get_profile, get_runtime, seed_everything
-from course_lib.diffusion.guidance import Guided, cfg_combine, guided, null_labels
+from course_lib.diffusion.guidance import Guided, cfg_combine, drop_condition, guided, null_labels
 from course_lib.diffusion.samplers import sample
 from course_lib.diffusion.schedules import make_schedule
 from course_lib.exercises.lesson05 import check_condition, check_guidance_combine, reference_condition
@@ -18,8 +18,7 @@ from course_lib.measures.metrics import evaluate_samples
 from course_lib.networks.unet import UNet, UNetConfig
 from course_lib.training import denoiser
 from course_lib.training.classifier import train_classifier
-from course_lib.training.denoiser import drop_labels, train_class_model
-from course_lib.training.denoiser import recipe_config as denoiser_recipe
+from course_lib.training.denoiser import train_class_model
 
 CPU = get_runtime("cpu")
 ENV = {**os.environ, "COURSE_PROFILE": "test", "OMP_NUM_THREADS": "1"}
@@ -94,12 +93,12 @@ def binomial_ok(k, n, p, z=5.0):
 def test_drop_rate_matches_the_profile(name):
     p = get_profile(name).p_uncond
     labels = torch.arange(100_000) % 10
-    out = drop_labels(labels, p, torch.Generator().manual_seed(0))
+    out = drop_condition(labels, p, torch.Generator().manual_seed(0))
     dropped = out == -1
     assert binomial_ok(int(dropped.sum()), len(labels), p)
     assert torch.equal(out[~dropped], labels[~dropped])                    # kept labels are unchanged
     g = torch.Generator().manual_seed(1)
-    assert (drop_labels(labels, 0.0, g) == labels).all() and (drop_labels(labels, 1.0, g) == -1).all()
+    assert (drop_condition(labels, 0.0, g) == labels).all() and (drop_condition(labels, 1.0, g) == -1).all()
 
 
 # --------------------------------------------------------------------------- a trained test-profile model
@@ -111,14 +110,14 @@ def trained(tmp_path_factory):
     seen = []
 
     def spy(labels, p_uncond, generator):
-        out = drop_labels(labels, p_uncond, generator)
+        out = drop_condition(labels, p_uncond, generator)
         seen.append(out.clone())
         return out
 
     out = tmp_path_factory.mktemp("class")
     seed_everything(0)                                  # the UNet's initial weights come from torch's global RNG
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(denoiser, "drop_labels", spy)
+        mp.setattr(denoiser, "drop_condition", spy)
         res = train_class_model(profile, out=out, runtime=CPU, progress=False)
     seed_everything(0)                                  # our own, seeded classifier: the measure is reproducible
     clf = train_classifier(profile, out=tmp_path_factory.mktemp("classifier"), runtime=CPU, progress=False)

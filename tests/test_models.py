@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from course_lib import registry
+from course_lib.diffusion.guidance import drop_condition
 from course_lib.diffusion.schedules import make_schedule
 from course_lib.networks import unet
 from course_lib.training import denoiser
@@ -14,9 +15,9 @@ class Fixed(torch.nn.Module):
         return 0.3 * x
 
 
-def test_drop_labels_marks_dropped_labels_as_no_condition():
+def test_drop_condition_marks_dropped_labels_as_no_condition():
     labels = torch.arange(10).repeat(1000)
-    dropped = denoiser.drop_labels(labels, 0.3, torch.Generator().manual_seed(0))
+    dropped = drop_condition(labels, 0.3, torch.Generator().manual_seed(0))
     kept = dropped >= 0
     assert torch.equal(dropped[kept], labels[kept]) and 0.27 < (~kept).float().mean() < 0.33
 

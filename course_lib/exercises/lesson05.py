@@ -1,15 +1,16 @@
 """Checks for lesson 05 (conditioning and classifier-free guidance): conditioning a die, and the guidance
-combination of two noise predictions."""
+combination of two noise predictions, and APG's projected update (the section "guidance, measured")."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
 
-from ..diffusion.guidance import cfg_combine
+from ..diffusion.guidance import apg_update, cfg_combine
 from . import Case, CheckResult, check_function
 
-__all__ = ["reference_condition", "check_condition", "check_guidance_combine"]
+__all__ = ["reference_condition", "check_condition", "check_guidance_combine", "reference_projected_update",
+           "check_projected_update"]
 
 
 # --------------------------------------------------------------------------- exercise 1: condition a die
@@ -66,3 +67,28 @@ def check_guidance_combine(student_fn) -> CheckResult:
                           hint="w = 0 must return eps_uncond and w = 1 eps_cond; a larger w goes *beyond* "
                                "eps_cond, further along the direction from eps_uncond to eps_cond. (If you "
                                "followed Ho & Salimans' paper: their w is ours minus 1.)")
+
+
+# --------------------------------------------------------------------------- exercise 3: APG's projected update
+def reference_projected_update(d_cond: torch.Tensor, d_uncond: torch.Tensor, eta: float) -> torch.Tensor:
+    """APG's update without momentum or norm cap (Sadat et al. 2024, Sec. 3), per image:
+    Delta = d_cond - d_uncond, Delta_par = (<Delta, d_cond> / <d_cond, d_cond>) d_cond,
+    update = (Delta - Delta_par) + eta Delta_par."""
+    return apg_update(d_cond, d_uncond, eta=eta)[0]
+
+
+def check_projected_update(student_fn) -> CheckResult:
+    """``student_fn(d_cond, d_uncond, eta)``: (B, C, H, W) predicted clean images -> APG's update."""
+    g = torch.Generator().manual_seed(7)
+    d_c, d_u = torch.randn(3, 1, 6, 6, generator=g), torch.randn(3, 1, 6, 6, generator=g)
+    cases = [
+        Case("eta = 1 (must give CFG's update d_cond - d_uncond)", (d_c, d_u, 1.0)),
+        Case("eta = 0, three random (3, 1, 6, 6) images (only the part orthogonal to d_cond)", (d_c, d_u, 0.0)),
+        Case("eta = 0.5, the same images", (d_c, d_u, 0.5)),
+        Case("eta = 0, d_uncond = 0 (Delta is parallel to d_cond: the update is 0)",
+             (d_c, torch.zeros_like(d_c), 0.0)),
+    ]
+    return check_function("projected_update", student_fn, reference_projected_update, cases, atol=1e-5, rtol=1e-4,
+                          hint="project per image, not over the whole batch: flatten each image to a vector, "
+                               "take the dot product of Delta with the *unit* vector along d_cond, and multiply "
+                               "that unit vector back. Only the parallel part is scaled by eta.")

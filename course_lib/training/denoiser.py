@@ -6,7 +6,7 @@
     unet_config                          the UNet size a profile asks for
     denoiser_config, class_config        the UNet configs, from the profile
     train_denoiser, train_class_model    one run each through ``loop.fit`` (L_simple, labels dropped for
-                                         classifier-free guidance: ``drop_labels``)
+                                         classifier-free guidance: ``guidance.drop_condition``)
 
 The UNet is ``networks/unet.py``; the registry (``registry.py``) finds, trains or loads them by name.
 """
@@ -23,12 +23,13 @@ from ..config import Profile, Runtime, get_runtime, recipe_preset
 from ..data.clusters import kmeans
 from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.forward import simple_loss
+from ..diffusion.guidance import drop_condition
 from ..diffusion.schedules import make_schedule
 from ..networks.unet import UNetConfig, unet_from_config
 from .checkpoints import export_config
 from .loop import GuideSnapshot, LossByT, ProgressBar, TrainResult, fit
 
-__all__ = ["DenoiserRecipe", "PRESETS", "recipe_config", "sampling_defaults", "unet_config", "drop_labels",
+__all__ = ["DenoiserRecipe", "PRESETS", "recipe_config", "sampling_defaults", "unet_config",
            "denoiser_config", "class_config", "train_denoiser", "train_class_model"]
 
 
@@ -93,12 +94,6 @@ def unet_config(profile: Profile, **changes) -> UNetConfig:
                       **changes)
 
 
-# --------------------------------------------------------------------------- classifier-free guidance training
-def drop_labels(labels: torch.Tensor, p_uncond: float, generator: torch.Generator) -> torch.Tensor:
-    """Classifier-free guidance training (Ho & Salimans 2022, Algorithm 1): replace each label by "no
-    condition" (-1) with probability ``p_uncond``, so one network learns p(x|y) and p(x)."""
-    drop = torch.rand(labels.shape, generator=generator, device=generator.device).to(labels.device) < p_uncond
-    return torch.where(drop, torch.full_like(labels, -1), labels)
 
 
 # --------------------------------------------------------------------------- configs
@@ -144,7 +139,7 @@ def _train_unet(name: str, cfg: dict, profile: Profile, steps: int, out, runtime
 
     def loss_fn(m, batch, g):
         x0, labels = batch
-        cond = drop_labels(labels, cfg["p_uncond"], g)
+        cond = drop_condition(labels, cfg["p_uncond"], g)
         return simple_loss(m, x0, schedule, generator=g, cond=cond, min_snr_gamma=cfg.get("min_snr_gamma"),
                            return_parts=True)                                      # DDPM Eq. (14)
 

@@ -18,10 +18,11 @@ from .. import paths
 from ..config import Profile, Runtime, cpu_runtime, get_runtime, recipe_preset
 from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.flow import TIME_SCALE, flow_loss
+from ..diffusion.guidance import drop_condition
 from ..networks.toy import ToyDenoiser
 from ..networks.unet import UNet, load_unet, unet_from_config
 from . import toy
-from .denoiser import drop_labels, unet_config
+from .denoiser import unet_config
 from .checkpoints import export_config
 from .loop import LossByT, ProgressBar, TrainResult, fit
 
@@ -83,7 +84,7 @@ def train_flow(profile: Profile, out=None, runtime: Runtime | None = None, steps
 
     def loss_fn(m, batch, g):
         x0, labels = batch
-        cond = drop_labels(labels, cfg["p_uncond"], g)                 # Ho & Salimans 2022, Algorithm 1
+        cond = drop_condition(labels, cfg["p_uncond"], g)                 # Ho & Salimans 2022, Algorithm 1
         return flow_loss(m, x0, time=cfg["time"], generator=g, cond=cond, return_parts=True)
 
     meta = {"kind": "flow", "profile": profile.name, "data": f"MNIST train, {len(x)} images"}

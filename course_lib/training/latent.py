@@ -5,7 +5,7 @@
                      and the latent bound b, the 99.9th percentile of |s * z| (the latents' range)
     2. latent model: the training set encoded once; each step draws z ~ q(z|x) for a batch, and the class UNet
                      learns DDPM's L_simple on z0 = s * z (``forward.simple_loss``), labels dropped with
-                     probability p_uncond (``models.drop_labels``) for classifier-free guidance
+                     probability p_uncond (``guidance.drop_condition``) for classifier-free guidance
     3. sampling:     z0 from ``samplers.sample(..., shape=(C, 7, 7), clip_x0=b)`` with ``guidance.guided``;
                      images = decode(z0 / s). Clipping x0_hat to [-b, b] matters: the cosine schedule ends at
                      alpha_bar_T ~ 2e-9, so at the first step x0_hat = (z_T - sqrt(1 - alpha_bar) eps_hat) /
@@ -31,7 +31,7 @@ from .. import paths, store
 from ..config import Profile, Runtime, autocast, get_runtime, inference_autocast, recipe_preset
 from ..data.mnist import batch_indices, load_mnist
 from ..diffusion.forward import simple_loss
-from ..diffusion.guidance import guided
+from ..diffusion.guidance import drop_condition, guided
 from ..diffusion.schedules import make_schedule
 from ..networks.autoencoder import (
     Autoencoder,
@@ -44,7 +44,6 @@ from ..networks.autoencoder import (
 from ..networks.unet import UNet, UNetConfig, unet_from_config
 from ..pipelines.latent import LatentDiffusion, _config_of
 from . import checkpoints
-from .denoiser import drop_labels
 from .denoiser import recipe_config as denoiser_recipe
 from .loop import LossByT, ProgressBar, TrainResult, fit
 
@@ -270,7 +269,7 @@ def train_latent(profile: Profile, out=None, runtime: Runtime | None = None, ste
 
     def loss_fn(m, batch, g):
         z0, labels = batch
-        return simple_loss(m, z0, schedule, generator=g, cond=drop_labels(labels, cfg["p_uncond"], g),
+        return simple_loss(m, z0, schedule, generator=g, cond=drop_condition(labels, cfg["p_uncond"], g),
                            return_parts=True)                           # DDPM Eq. (14), on latents
 
     def export(inner: UNet, folder: Path) -> None:
@@ -360,7 +359,7 @@ def step_costs(profile: Profile, runtime: Runtime | None = None, steps: int = 3,
     def train_step(name: str) -> None:
         with autocast(rt):
             loss = simple_loss(nets[name], x0s[name], schedule, generator=g,
-                               cond=drop_labels(labels, profile.p_uncond, g))
+                               cond=drop_condition(labels, profile.p_uncond, g))
         opts[name].zero_grad(set_to_none=True)
         loss.backward()
         opts[name].step()

@@ -33,6 +33,7 @@ from ..config import Profile, Runtime, get_runtime, recipe_preset
 from ..data import captions
 from ..data.mnist import batch_indices, load_mnist, to_device
 from ..diffusion.forward import simple_loss
+from ..diffusion.guidance import drop_condition
 from ..diffusion.schedules import make_schedule
 from ..networks.text_encoders import MAX_LENGTH as LM_MAX_LENGTH
 from ..networks.text_encoders import TEXT_LAYER, WIDTH, TextEncoder, encoder_spec, load_language_encoder
@@ -210,8 +211,7 @@ def fit_captioned(cfg: dict, profile: Profile, x: torch.Tensor, y: torch.Tensor,
         idx = batch_indices(len(labels), profile.batch_size, g)           # (B,) on the CPU
         texts, _ = captions.random_captions(labels[idx], bins[idx], g, cfg["p_mention"], templates)
         rows = table.rows(texts)
-        drop = torch.rand(len(rows), generator=g) < profile.p_uncond      # Ho & Salimans 2022, Algorithm 1
-        rows = torch.where(drop, torch.full_like(rows, table.null_row), rows)
+        rows = drop_condition(rows, profile.p_uncond, g, null=table.null_row)   # Ho & Salimans 2022, Alg. 1
         return x[to_device(idx, x.device)], to_device(rows, x.device)        # copied without waiting
 
     def loss_fn(m, batch, g):

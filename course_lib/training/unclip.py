@@ -30,6 +30,7 @@ from ..config import Profile, Runtime, get_runtime, recipe_preset
 from ..data import captions
 from ..data.mnist import batch_indices, load_mnist, to_device
 from ..diffusion.forward import q_sample, simple_loss
+from ..diffusion.guidance import drop_condition
 from ..diffusion.schedules import Schedule, make_schedule
 from ..networks.clip import embed_images, embed_text, save_clip
 from ..networks.prior import DiffusionPrior, PriorConfig, embed_scale
@@ -43,7 +44,7 @@ from .loop import LossByT, ProgressBar, TrainResult, fit
 from .text2image import P_MENTION
 
 __all__ = ["UnclipRecipe", "PRESETS", "recipe_config", "sampling_defaults", "PRIOR_GUIDANCE", "unclip_config",
-           "drop_rows", "check_unclip_target", "train_unclip", "variation_measures", "prior_loss"]
+           "check_unclip_target", "train_unclip", "variation_measures", "prior_loss"]
 
 PRIOR_GUIDANCE = 1.0     # the prior's default guidance w: plain conditional (bench/unclip.py also measures 2 and 4)
 
@@ -96,13 +97,6 @@ def unclip_config(profile: Profile, clip_config: dict | None = None) -> dict:
              "batch_size": r.prior_batch, "steps": r.prior_steps,
              "embed_scale": embed_scale(D), "prediction": "x0", "p_mention": P_MENTION}
     return {"model": "unclip", "decoder": decoder, "prior": prior, "clip": clip_cfg}
-
-
-def drop_rows(vectors: torch.Tensor, p_uncond: float, generator: torch.Generator) -> torch.Tensor:
-    """Classifier-free guidance training (Ho & Salimans 2022, Algorithm 1) for vector conditions: each row
-    becomes the all-zero "no condition" row with probability ``p_uncond``."""
-    drop = torch.rand(len(vectors), generator=generator, device=generator.device).to(vectors.device) < p_uncond
-    return torch.where(drop[:, None], torch.zeros_like(vectors), vectors)
 
 
 def _sampling(profile: Profile) -> dict:
@@ -201,7 +195,7 @@ def train_unclip(profile: Profile, out=None, runtime: Runtime | None = None, ste
 
     def decoder_loss(m, batch, g):
         x0, z = batch
-        return simple_loss(m, x0, schedule, generator=g, cond=drop_rows(z, dcfg["p_uncond"], g),
+        return simple_loss(m, x0, schedule, generator=g, cond=drop_condition(z, dcfg["p_uncond"], g, null=0.0),
                            return_parts=True)                                       # DDPM Eq. (14)
 
     dec = fit(decoder, decoder_loss, decoder_batch, steps=dcfg["steps"], lr=profile.lr,
