@@ -18,6 +18,7 @@ from course_lib.measures.metrics import evaluate_samples
 from course_lib.networks.unet import UNet, UNetConfig
 from course_lib.training import denoiser
 from course_lib.training.classifier import train_classifier
+from course_lib.training.denoiser import recipe_config as denoiser_recipe
 from course_lib.training.denoiser import train_class_model
 
 CPU = get_runtime("cpu")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .. import store
+from ..diffusion.guidance import KNOBS
 from ..diffusion.samplers import check_finite
 
 __all__ = ["Pipeline", "check_kind", "sampling_defaults", "generator", "finish", "MAX_SEED"]
@@ -73,6 +74,13 @@ class Pipeline:
         self.config = config
         self.device = torch.device(device)
         self.sampling = sampling_defaults(config, self.fallback_sampling)
+
+    def guidance_settings(self, guidance: float) -> dict:
+        """The folder's guidance method and its knobs (``guidance.from_settings``), at scale ``guidance``:
+        e.g. ``{"guidance": 3.0, "method": "interval", "interval": [500, 999]}``; plain CFG where the folder
+        names no method."""
+        keep = ("method",) + tuple(k for knobs in KNOBS.values() for k in knobs)
+        return {**{k: v for k, v in self.sampling.items() if k in keep}, "guidance": guidance}
 
     def defaults(self, steps=None, guidance=None, sampler=None) -> tuple:
         """(steps, guidance, sampler): each argument, or the folder's default where it is None."""

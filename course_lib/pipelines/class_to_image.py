@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from .. import store
 from ..data.clusters import draw_clusters
 from ..diffusion import flow
-from ..diffusion.guidance import autoguided, guided
+from ..diffusion.guidance import Prediction, autoguided, from_settings, guided
 from ..diffusion.samplers import SAMPLERS, sample
 from ..diffusion.schedules import make_schedule
 from ..networks.unet import UNet, load_unet
@@ -112,8 +112,13 @@ class ClassToImage(_UNetPipeline):
         g = generator(seed)
         model = self.unet
         if cond is not None:
-            model, cond = guided(self.unet, w), cond.to(self.device)
+            model = from_settings(self.unet, self.guidance_settings(w), prediction=self.prediction())
+            cond = cond.to(self.device)
         return finish(self._run(model, n, g, cond, steps, sampler, eta, callback))
+
+    def prediction(self) -> Prediction:
+        """What the UNet predicts, for the guidance methods that work on x0 (``guidance.Prediction``)."""
+        return Prediction("eps", self.schedule)
 
 
 class FlowToImage(ClassToImage):
@@ -122,6 +127,9 @@ class FlowToImage(ClassToImage):
     kinds = ("flow",)
     samplers = tuple(flow.FLOW_SAMPLERS)
     fallback_sampling = {"sampler": "euler", "steps": 10, "guidance": 1.5}
+
+    def prediction(self) -> Prediction:
+        return Prediction("flow", time_scale=float(self.config.get("time_scale", 1000.0)))
 
     def _run(self, model, n, g, cond, steps, sampler, eta, callback):
         if eta is not None:
