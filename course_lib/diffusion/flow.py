@@ -340,7 +340,8 @@ def logit_normal_density(t: torch.Tensor, m: float = 0.0, s: float = 1.0) -> tor
     """
     t = torch.as_tensor(t, dtype=torch.float64)
     if not bool(((t > 0) & (t < 1)).all()):
-        raise ValueError(f"t must lie strictly between 0 and 1, got values from {t.min().item():g} to {t.max().item():g}")
+        raise ValueError(f"t must lie strictly between 0 and 1, got values from {t.min().item():g} to "
+                         f"{t.max().item():g}")
     if not s > 0:
         raise ValueError(f"s must be > 0, got {s!r}")
     logit = torch.log(t / (1 - t))
