@@ -25,6 +25,15 @@ Targets (cpu profile, 2 cores; the encoder frozen):
     phrasings; held-out attribute synonyms ordered correctly in >= 80 % of pairs
 
     python bench/language_encoder.py [--profile test|cpu|gpu] [--threads K] [--n N] [--pairs K]
+    python bench/language_encoder.py --probe [--profile ...]
+
+With ``--probe`` it runs only the encoder-only probe of lesson 09 (no image model sampled), into
+``bench/results/language_encoder_probe-<profile>.json``: for each held-out synonym prompt (``probe_queries``,
+"a fat seven") and each digit-free prompt (``digit_free_prompts``, "the number after six"), the training caption
+nearest by cosine of pooled vectors among *all* the training captions (``nearest_caption_probe``); how often it
+names the asked-for digit, and for the synonyms the training word they stand for too. Encoders: the course CLIP
+of lesson 08 (given each prompt with its unknown words removed: what a closed vocabulary can do at best) and the
+frozen language model. (A larger sentence encoder would be the next row; none ships as a hash-checked package.)
 
 Writes ``bench/results/language_encoder-<profile>.json``.
 """
@@ -34,6 +43,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -47,6 +58,10 @@ from course_lib.measures.metrics import evaluate_samples, real_images  # noqa: E
 from course_lib.registry import find_matching, get_model  # noqa: E402
 from course_lib.training.text2image import attribute_control  # noqa: E402
 from course_lib.training.text2image import recipe_config as text2image_recipe  # noqa: E402
+from course_lib.text import vocabulary  # noqa: E402
+from course_lib.networks.text_encoders import load_language_encoder, sentence_vectors  # noqa: E402
+from course_lib.training.text2image import (digit_free_prompts, nearest_caption_probe, probe_queries,  # noqa: E402
+                                            training_templates)
 
 TARGETS = {"cpu": {"train_seconds": 10 * 60, "accuracy": 0.98, "held_out_accuracy": 0.95, "ordered": 0.80}}
 TRAINED_WORDS = {"thin / thick (trained)": "thickness", "left / right (trained)": "slant"}
@@ -55,6 +70,8 @@ TRAINED_WORDS = {"thin / thick (trained)": "thickness", "left / right (trained)"
 def extra(p):
     p.add_argument("--n", type=int, default=None, help="samples per accuracy measure (default: profile.n_eval)")
     p.add_argument("--pairs", type=int, default=10, help="noise pairs per digit per attribute pair (default 10)")
+    p.add_argument("--probe", action="store_true", help="only the encoder-only probe (lesson 09), into "
+                   "results/language_encoder_probe-PROFILE.json")
 
 
 def _phrasing(prompt: str) -> str:
@@ -73,10 +90,42 @@ def _cpu_model() -> str:
         return "unknown"
 
 
+def encoder_probe(profile, rt) -> dict:
+    """The encoder-only probe over every training caption, for the course CLIP and the language model."""
+    bank, _ = vocabulary.all_captions(training_templates(profile))
+    synonyms = probe_queries()
+    free, asked, _ = digit_free_prompts()
+    pipe08 = get_model("text2image", profile, rt)
+    encoder, tokenizer = load_language_encoder(rt.device)
+    known = lambda p: " ".join(w for w in vocabulary.normalize_prompt(p) if w in vocabulary.VOCABULARY)
+    encoders = {"course CLIP (lesson 08), unknown words removed":
+                lambda ts: torch.cat([pipe08.encode([known(t) for t in ts[i:i + 1000]]).pooled.cpu()
+                                      for i in range(0, len(ts), 1000)]),
+                HUB_ID.split("/")[-1]: lambda ts: torch.cat([sentence_vectors(encoder, tokenizer, ts[i:i + 1000])
+                                                             for i in range(0, len(ts), 1000)])}
+    out = {"bank": len(bank), "synonym_prompts": len(synonyms[0]), "digit_free_prompts": len(free), "encoders": {}}
+    for name, raw in encoders.items():
+        memo = {}                                      # the bank is embedded once per encoder, not per probe
+        embed = lambda ts, raw=raw, memo=memo: memo[tuple(ts)] if tuple(ts) in memo else \
+            memo.setdefault(tuple(ts), raw(list(ts)))
+        syn = nearest_caption_probe(embed, *synonyms, bank)
+        dfree = nearest_caption_probe(embed, free, asked, [{}] * len(free), bank)
+        out["encoders"][name] = {"synonyms_digit": round(syn["digit"], 4),
+                                 "synonyms_digit_and_attribute": round(syn["digit_and_attribute"], 4),
+                                 "digit_free_digit": round(dfree["digit"], 4),
+                                 "example": {synonyms[0][10]: syn["nearest"][10], free[5]: dfree["nearest"][5]}}
+    return out
+
+
 def main() -> None:
     args = common.parse_args(__doc__, extra)
     profile, rt = common.start(args)
     load_at_start = [round(v, 2) for v in os.getloadavg()]
+    if args.probe:
+        common.save("language_encoder_probe", profile, rt, {
+            "encoder": {"name": HUB_ID, "sha256": SHA256, "frozen": True}, "cpu_model": _cpu_model(),
+            **encoder_probe(profile, rt)})
+        return
     n = args.n or profile.n_eval
     trained_now = find_matching(NAME, profile) is None
     pipe = get_model(NAME, profile, rt)                                 # trains (timed in training.json) if missing

@@ -19,11 +19,25 @@ Gets the pipeline with ``get_model("unclip", ...)`` (training it when missing) a
     fid             classifier-feature FID of the prior's samples, beside the real-vs-real floor at that N
     seconds_per_image   generation time (prior + decoder, DDIM, the profile's steps)
 
+With ``--diversity`` it measures only DALL-E 2's diversity claims (lesson 10), into
+``bench/results/unclip_diversity-<profile>.json``:
+
+    per_prompt_spread   on the 60 prompts, ``--per-prompt`` images each from paired start noises: the mean pairwise
+                        RMS pixel distance among one prompt's images (``measures.comparisons.spread_per_group``),
+                        with the prior (a new image embedding per image) and with the text shortcut (one text
+                        embedding, only the noise varies), overall, bare prompts and prompts with an attribute
+                        word, beside real test digits of one class in groups of the same size; and the digit
+                        accuracy of the same images
+    decoder_guidance    the decoder's w = 1, 2, 3, 4 with everything else fixed (for the prior: the same sampled
+                        embeddings; for the shortcut: the same text embeddings), accuracy and per-prompt spread:
+                        does guiding the decoder collapse the variety (Ramesh et al. 2022, Sec. 5.3, Fig. 9)?
+
 Targets (cpu profile, 2 cores): decoder and prior together train in <= 10 min; with the prior, digit accuracy
 >= 97 % and above the text shortcut; thick/thin and left/right ordered in >= 85 % of pairs; variations keep the
 class >= 95 %.
 
     python bench/unclip.py [--profile test|cpu|gpu] [--threads K] [--n N] [--pairs K] [--variations K]
+    python bench/unclip.py --diversity [--per-prompt K] [--profile ...] [--threads K]
 
 Writes ``bench/results/unclip-<profile>.json``.
 """
@@ -31,6 +45,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -52,6 +67,7 @@ from course_lib.text.vocabulary import digit_prompts  # noqa: E402
 from course_lib.training.text2image import attribute_control, prompt_accuracy  # noqa: E402
 from course_lib.pipelines.unclip import nearest_embeddings  # noqa: E402
 from course_lib.training.unclip import variation_measures  # noqa: E402
+from course_lib.measures.comparisons import spread_per_group  # noqa: E402
 
 TARGETS = {"cpu": {"train_seconds": 10 * 60, "accuracy": 0.97, "ordered": 0.85, "class_kept": 0.95}}
 
@@ -60,6 +76,9 @@ def extra(p):
     p.add_argument("--n", type=int, default=600, help="samples per accuracy measure (default 600: 10 per prompt)")
     p.add_argument("--pairs", type=int, default=10, help="noise pairs per digit per attribute (default 10)")
     p.add_argument("--variations", type=int, default=8, help="variations per source digit (default 8)")
+    p.add_argument("--diversity", action="store_true", help="only the diversity study (lesson 10), into "
+                   "results/unclip_diversity-PROFILE.json")
+    p.add_argument("--per-prompt", type=int, default=8, help="images per prompt in the diversity study (default 8)")
 
 
 def _r(d: dict) -> dict:
@@ -85,10 +104,53 @@ def modality_gap(pipe, n: int = 1000) -> dict:
             "prior_sample_text": float((z * txt[:200]).sum(-1).mean())}
 
 
+GUIDANCE_SWEEP = (1.0, 2.0, 3.0, 4.0)     # the decoder's w in the diversity study
+
+
+@torch.no_grad()
+def diversity_study(pipe, clf, n: int) -> dict:
+    """Per-prompt spread and accuracy, prior against shortcut, at each decoder guidance w (module docstring)."""
+    prompts = vocabulary.benchmark_prompts()
+    want = torch.tensor([int(vocabulary.parse_prompt(q)[0]) for q in prompts])
+    bare = torch.tensor([len(vocabulary.parse_prompt(q)[1]) == 0 for q in prompts])
+    z_prior = pipe.prior_embeddings(prompts, n, seed=SEED).cpu()                      # (P * n, D), paired noise
+    z_text = pipe.text_embeddings(prompts).cpu()                                       # (P, D)
+    rows = {}
+    for w in GUIDANCE_SWEEP:
+        for source in ("prior", "text"):
+            if source == "prior":
+                x = torch.cat([pipe.decode_paired(z_prior[p * n:(p + 1) * n], guidance=w, seed=SEED)
+                               for p in range(len(prompts))])
+            else:
+                x = pipe.decode(z_text, n, guidance=w, seed=SEED)                      # image i from noise i too
+            spread = spread_per_group(x, n)                                            # (P,)
+            acc = (classify(clf, x)[0].argmax(1) == want.repeat_interleave(n)).float().view(-1, n).mean(1)
+            rows[f"{source} w={w:g}"] = {"source": source, "w": w, "spread": round(float(spread.mean()), 4),
+                                         "spread_bare": round(float(spread[bare].mean()), 4),
+                                         "spread_attribute": round(float(spread[~bare].mean()), 4),
+                                         "accuracy": round(float(acc.mean()), 4),
+                                         "accuracy_bare": round(float(acc[bare].mean()), 4),
+                                         "accuracy_attribute": round(float(acc[~bare].mean()), 4)}
+    x, y = load_mnist("test", n=2000, quiet=True)
+    real = torch.cat([x[(y == d).nonzero()[:n * 6, 0]] for d in range(10)])               # 6 groups of n per class
+    return {"prompts": len(prompts), "per_prompt": n, "prior_guidance": pipe.default_prior_guidance,
+            "default_decoder_guidance": pipe.default_guidance, "rows": rows,
+            "real_same_class_spread": round(float(spread_per_group(real, n).mean()), 4)}
+
+
 def main() -> None:
     args = common.parse_args(__doc__, extra)
     profile, rt = common.start(args)
     load_at_start = [round(v, 2) for v in os.getloadavg()]
+    if args.diversity:
+        pipe = get_model("unclip", profile, rt)
+        clf = get_model("classifier", profile, rt)
+        t0 = time.perf_counter()
+        study = diversity_study(pipe, clf, args.per_prompt)
+        common.save("unclip_diversity", profile, rt, {
+            "cpu_model": _cpu_model(), "load_average_at_start": load_at_start, "sample_steps": profile.sample_steps,
+            **study, "seconds": round(time.perf_counter() - t0, 1)})
+        return
     trained_now = find_matching("unclip", profile) is None
     pipe = get_model("unclip", profile, rt)
     tr = read_training(find_matching("unclip", profile))

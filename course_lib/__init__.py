@@ -51,6 +51,7 @@ Folders by role; each folder's ``__init__`` says what it may import, and ``tests
 
     measures/metrics        confident fraction, class histogram, FID with its floor
     measures/diagnostics    the checks that catch the classic diffusion bugs (appendix A1)
+    measures/comparisons    Part 2's side-by-side measures: spread per prompt, latents vs pixels, flow vs DDPM
 
     course/book             `make course`: execute every lesson and render the course book
     course/weights          `make weights`: train, measure and export the reference weights

@@ -47,7 +47,8 @@ from .samplers import sample as _sample
 
 __all__ = ["TIME_SCALE", "TIMES", "FLOW", "FlowSchedule", "FLOW_SAMPLERS", "check_t", "flow_path", "velocity_target",
            "sample_time", "flow_loss", "x0_from_v", "eps_from_v", "v_from_eps", "v_from_x0", "ddpm_to_flow",
-           "flow_times", "euler_sample", "heun_sample", "sample", "nfe", "straightness", "reflow_pairs"]
+           "velocity", "flow_times", "euler_sample", "heun_sample", "sample", "nfe", "straightness", "reflow_pairs",
+           "logit_normal_density", "marginal_velocity"]
 
 TIME_SCALE = 1000.0          # the network sees t * 1000: the range of the DDPM models' integer steps
 TIMES = ("uniform", "logit-normal")
@@ -180,6 +181,15 @@ def ddpm_to_flow(x_ddpm: torch.Tensor, alpha_bar) -> tuple[torch.Tensor, torch.T
 
 
 # --------------------------------------------------------------------------- sampling: the ODE dx/dt = v
+def velocity(model: Callable, x: torch.Tensor, t: float, cond=None) -> torch.Tensor:
+    """v_theta(x, t): the network called at time ``t`` in [0, 1] (it sees t * TIME_SCALE). Returns float32."""
+    tt = torch.full((x.shape[0],), float(t) * TIME_SCALE, device=x.device)
+    v = model(x, tt, cond).float()
+    if v.shape != x.shape:
+        raise ValueError(f"the model returned shape {tuple(v.shape)} for x of shape {tuple(x.shape)}")
+    return v
+
+
 def _times(steps: int) -> list[float]:
     """``flow_times`` as Python floats (doubles on the host: the samplers send no float64 to the device)."""
     if not (isinstance(steps, numbers.Integral) and not isinstance(steps, bool) and steps >= 1):
@@ -345,3 +355,62 @@ def sample(model: Callable, n: int, *, sampler: str = "euler", steps: int = 10, 
         raise ValueError("steps must be a whole number >= 1, got None")
     return _sample(model, n, FLOW, sampler=sampler, steps=steps, generator=generator, cond=cond, device=device,
                    clip_x0=False, callback=callback, shape=shape, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- the density of t, and the marginal field
+def logit_normal_density(t: torch.Tensor, m: float = 0.0, s: float = 1.0) -> torch.Tensor:
+    """The density of ``sample_time(..., "logit-normal")``: t = sigmoid(u), u ~ N(m, s^2) (Esser et al. 2024,
+    SD3, Sec. 3.1, Eq. 19):
+
+        pi_ln(t; m, s) = 1 / (s sqrt(2 pi)) * 1 / (t (1 - t)) * exp(-(logit(t) - m)^2 / (2 s^2))
+
+    Args: t: any shape, values in (0, 1) (a ``ValueError`` names a value outside). Returns: like t, float64.
+    """
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if not bool(((t > 0) & (t < 1)).all()):
+        raise ValueError(f"t must lie strictly between 0 and 1, got values from {t.min().item():g} to "
+                         f"{t.max().item():g}")
+    if not s > 0:
+        raise ValueError(f"s must be > 0, got {s!r}")
+    logit = torch.log(t / (1 - t))
+    return torch.exp(-(logit - m) ** 2 / (2 * s * s)) / (s * (2 * torch.pi) ** 0.5 * t * (1 - t))
+
+
+@torch.no_grad()
+def marginal_velocity(x_t: torch.Tensor, t: torch.Tensor | float, data: torch.Tensor,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The *marginal* velocity of a finite data set, in closed form: what flow matching's network learns.
+
+    Each training pair (x0, eps) moves at its own *conditional* velocity eps - x0; at a point x_t several pairs
+    pass, and the least-squares optimum is their average (Lipman et al. 2023, Sec. 3, Eq. 8; their Thm. 2: the
+    conditional loss has the same gradients as the loss against this marginal field). With our convention
+    x_t = (1 - t) x0 + t eps and data points d_k:
+
+        p(d_k | x_t) ~ w_k N(x_t; (1 - t) d_k, t^2 I)        E[eps - x0 | x_t] = (x_t - E[x0 | x_t]) / t
+
+    At t = 1 this is x_1 - mean(data): the velocity a sampler's first step needs is simple.
+
+    Args:
+        x_t: (B, ...) points. t: a float or (B,) in (0, 1]. data: (K, ...) the data set (same trailing shape).
+        weights: (K,) probabilities of the points (default uniform).
+    Returns: (B, ...) float32, E[eps - x0 | x_t].
+    """
+    if data.dim() != x_t.dim() or data.shape[1:] != x_t.shape[1:]:
+        raise ValueError(f"data must be (K, {', '.join(map(str, x_t.shape[1:]))}) like x_t's points, got "
+                         f"{tuple(data.shape)}")
+    x = x_t.detach().cpu().double().flatten(1)                               # (B, D), on the host: no float64
+    t = t.detach().cpu() if isinstance(t, torch.Tensor) else t
+    tt = _t(t, x).flatten()                                                   # (B,)
+    if not bool((tt > 0).all()) or not bool((tt <= 1).all()):
+        raise ValueError(f"t must lie in (0, 1] (at t = 0 the field is not defined), got {tt.min().item():g}")
+    K = data.shape[0]
+    w = torch.full((K,), 1.0 / K, dtype=torch.float64) if weights is None else weights.detach().cpu().double()
+    if w.shape != (K,) or bool((w < 0).any()):
+        raise ValueError(f"weights must be ({K},) and non-negative, got {tuple(w.shape)}")
+    d = data.detach().cpu().double().flatten(1)                               # (K, D)
+    tc = tt[:, None]                                                          # (B, 1)
+    sq = ((x[:, None, :] - (1 - tc)[:, :, None] * d[None]) ** 2).sum(-1)    # (B, K): |x_t - (1 - t) d_k|^2
+    log_post = torch.log(w.clamp(min=1e-300))[None] - sq / (2 * tc ** 2)
+    post = torch.softmax(log_post, dim=1)                                     # (B, K): p(d_k | x_t)
+    x0_mean = post @ d                                                        # (B, D)
+    return ((x - x0_mean) / tc).view(x_t.shape).float().to(x_t.device)

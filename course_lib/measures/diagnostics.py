@@ -12,6 +12,10 @@ message that says what was measured and, when it fails, what the usual cause is.
     check_eval_mode           no layer is left in training mode                         (dropout while sampling)
     effective_guidance_scale  the w a guided prediction really applies
     check_guidance_direction  ... is the w you asked for, and not negative             (flipped guidance sign)
+    check_flow_oracle         a flow sampler driven by the exact velocity of one image returns that image
+                                                                                      (flipped time convention)
+    check_embedding_region    embeddings fed to a decoder lie among the ones it was trained on
+                                                                                      (text embedding to unCLIP)
 
 ``Finding.raise_if_failed()`` turns a failed check into a ``ValueError``, for scripts and training loops.
 """
@@ -346,3 +350,73 @@ def check_guidance_direction(guided_model: Callable, model: Callable, x_t: torch
                        f"w = {expected_w:g} you asked for (Ho & Salimans' w is ours minus 1).", values)
     return Finding("guidance direction", True, f"the guided prediction applies w = {w:.3g}, towards the "
                    f"condition.", values)
+
+
+# --------------------------------------------------------------------------- Part 2's bugs (appendix A1, section 6)
+def check_flow_oracle(sampler: Callable[..., torch.Tensor], x0: torch.Tensor, atol: float = ORACLE_ATOL,
+                      seed: int = 0) -> Finding:
+    """Run a flow sampler with the *exact* velocity of a data set made of one image x0, in the course's
+    convention (x_t = (1 - t) x0 + t eps, t = 0 data, t = 1 noise; ``diffusion.flow``):
+
+        v*(x_t, t) = (x_t - x0) / t          (``flow.marginal_velocity`` with one data point)
+
+    Every path is then a straight line into x0, so a correct sampler started from noise at t = 1 must return x0,
+    even with one Euler step. A sampler written in the other convention (noise at t = 0, t increasing: Liu et
+    al. 2023, Lipman et al. 2023, MIT 6.S184) walks away from it. No trained network is involved.
+
+    Args:
+        sampler: ``sampler(model, x_1) -> x_0`` where ``model(x, t * 1000, cond)`` returns v, e.g.
+            ``functools.partial(flow.euler_sample, steps=5)``.
+        x0: ``(1, C, H, W)`` one image in [-1, 1]. atol: the largest error allowed. seed: seeds x_1 (4 copies).
+    Returns:
+        a ``Finding`` with ``values`` ``max_error``.
+    """
+    from ..diffusion.flow import TIME_SCALE
+    if x0.dim() != 4 or x0.shape[0] != 1:
+        raise ValueError(f"x0 must be one image (1, C, H, W), got shape {tuple(x0.shape)}")
+    x0 = x0.detach().float()
+
+    def oracle(x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        tt = (torch.as_tensor(t, dtype=torch.float32).to(x.device) / TIME_SCALE).reshape(-1, *[1] * (x.dim() - 1))
+        return (x - x0.to(x.device)) / tt.clamp(min=1e-6)            # at t = 0 the exact field is infinite
+
+    x_1 = torch.randn((4, *x0.shape[1:]), generator=torch.Generator().manual_seed(seed))
+    out = sampler(oracle, x_1)
+    err = (out.float().cpu() - x0).abs().max().item()
+    if not math.isfinite(err) or err > atol:
+        return Finding("flow oracle", False, f"the exact velocity of one image was integrated into something "
+                       f"else: max error {err:.3g} (allowed {atol:g}). Check the time convention: the course's "
+                       f"flow starts from noise at t = 1 and ends at data at t = 0 (papers with noise at t = 0 "
+                       f"need t -> 1 - t and v -> -v).", {"max_error": err})
+    return Finding("flow oracle", True, f"the exact velocity of one image is integrated into that image "
+                   f"(max error {err:.2g}).", {"max_error": err})
+
+
+def check_embedding_region(z: torch.Tensor, bank: torch.Tensor, quantile: float = 0.01) -> Finding:
+    """An embedding fed to a decoder must lie where its training embeddings lie. For each row of ``z``, the
+    cosine with its nearest neighbour in ``bank`` (the image embeddings the decoder was trained on) is compared
+    with the bank's own nearest-neighbour cosines (each to another bank row): a row below the bank's
+    ``quantile`` is off the region. CLIP's text embeddings fail it (the modality gap, Liang et al. 2022), which
+    is why unCLIP needs a prior (lesson 10).
+
+    Args: z: (N, D) embeddings to feed. bank: (M, D) training embeddings, M >= 2 (normalised here).
+    Returns: a ``Finding`` with ``values`` ``nearest_cosine`` (the median over z), ``bank_floor`` and
+        ``off_region`` (the fraction of z below it).
+    """
+    import torch.nn.functional as F
+    if z.dim() != 2 or bank.dim() != 2 or z.shape[1] != bank.shape[1] or len(bank) < 2:
+        raise ValueError(f"z must be (N, D) and bank (M >= 2, D) with the same D, got {tuple(z.shape)} and "
+                         f"{tuple(bank.shape)}")
+    z, bank = F.normalize(z.float().cpu(), dim=-1), F.normalize(bank.float().cpu(), dim=-1)
+    own = bank @ bank.T
+    own.fill_diagonal_(-2.0)                                            # each bank row's nearest *other* row
+    floor = torch.quantile(own.max(1).values, quantile).item()
+    near = (z @ bank.T).max(1).values
+    off = (near < floor).float().mean().item()
+    values = {"nearest_cosine": near.median().item(), "bank_floor": floor, "off_region": off}
+    if off > 0.5:
+        return Finding("embedding region", False, f"{off:.0%} of the embeddings lie off the decoder's training "
+                       f"region (median nearest cosine {values['nearest_cosine']:.2f} against a floor of "
+                       f"{floor:.2f}): are these text embeddings fed to an image-embedding decoder?", values)
+    return Finding("embedding region", True, f"{1 - off:.0%} of the embeddings lie among the training ones "
+                   f"(median nearest cosine {values['nearest_cosine']:.2f}, floor {floor:.2f}).", values)

@@ -379,3 +379,43 @@ def load_unclip(path: str | Path, device: torch.device | str = "cpu") -> UnCLIP:
     """The registry's loader: ``UnCLIP.from_pretrained(path, device)``."""
     return UnCLIP.from_pretrained(path, device)
 
+
+
+# --------------------------------------------------------------------------- editing in embedding space (lesson 10)
+def slerp(a: torch.Tensor, b: torch.Tensor, theta: float | torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between unit vectors: the point at fraction ``theta`` of the great-circle arc from
+    ``a`` to ``b`` (Shoemake 1985; Ramesh et al. 2022 interpolate CLIP embeddings this way, Sec. 3.2-3.3).
+
+    Args: a, b: (D,) or (B, D), normalised here. theta: a float or (K,) fractions (0 gives a, 1 gives b).
+    Returns: (K, D) for a (K,) theta and (D,) vectors, else the broadcast shape; unit length.
+    """
+    a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+    theta = torch.as_tensor(theta, dtype=torch.float32)
+    if theta.dim() == 1:
+        theta = theta[:, None]                                        # (K, 1): one row per fraction
+    omega = torch.arccos((a * b).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))   # the angle between them
+    out = (torch.sin((1 - theta) * omega) * a + torch.sin(theta * omega) * b) / torch.sin(omega)
+    return F.normalize(out, dim=-1)
+
+
+def text_diff(z_image: torch.Tensor, z_text_from: torch.Tensor, z_text_to: torch.Tensor,
+              thetas: Sequence[float]) -> torch.Tensor:
+    """DALL-E 2's *text diffs* (Ramesh et al. 2022, Sec. 3.3): edit an image's CLIP embedding towards a new
+    caption. The direction is z_d = norm(z_text_to - z_text_from), the difference of the new caption's text
+    embedding and one describing the image now; the image embedding is rotated towards it,
+    z_theta = slerp(z_image, z_d, theta), for a few growing theta (the paper: up to 0.25-0.5), and each z_theta is
+    decoded from the same start noise (the paper keeps the DDIM-inverted noise of the source; we keep a fresh one).
+
+    Args: z_image: (D,) a unit image embedding. z_text_from, z_text_to: (D,) unit text embeddings.
+        thetas: K fractions in [0, 1].
+    Returns: (K, D) unit embeddings, the first being z_image itself when thetas[0] = 0.
+    """
+    for name, z in (("z_image", z_image), ("z_text_from", z_text_from), ("z_text_to", z_text_to)):
+        if not isinstance(z, torch.Tensor) or z.dim() != 1:
+            raise ValueError(f"{name} must be one (D,) embedding, got "
+                             f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+    thetas = torch.as_tensor(list(thetas), dtype=torch.float32)
+    if thetas.dim() != 1 or not len(thetas) or bool((thetas < 0).any() | (thetas > 1).any()):
+        raise ValueError(f"thetas must be fractions in [0, 1], got {thetas.tolist()}")
+    direction = F.normalize((z_text_to - z_text_from).float(), dim=-1)
+    return slerp(z_image.float().cpu(), direction.cpu(), thetas)
