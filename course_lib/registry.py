@@ -12,6 +12,8 @@
                  prior from text embeddings (DALL-E 2's recipe)
     autoencoder  KL autoencoder, 28x28x1 <-> 7x7xC latents          11
     latent       class-conditional UNet on the autoencoder's latents  11
+    mini-sd3     MMDiT, flow matching on the autoencoder's latents,  13
+                 the frozen language model reading the prompt
 
 ``get_model(name, profile)`` is what lessons call: the user's checkpoint if it matches the profile's config
 and finished training, else the shipped reference weights if they match, else (``find_usable``) the finished
@@ -69,10 +71,15 @@ REGISTRY: dict[str, tuple[Callable, Callable, Callable]] = {
                     _lazy("networks.autoencoder", "load_autoencoder")),
     "latent": (_lazy("training.latent", "latent_config"), _lazy("training.latent", "train_latent"),
                _lazy("pipelines.latent", "load_latent")),
+    "mini-sd3": (_lazy("training.mini_sd3", "mini_sd3_config"), _lazy("training.mini_sd3", "train_mini_sd3"),
+                 _lazy("pipelines.mini_sd3", "load_mini_sd3")),
 }
 
 
 def _steps_for(name: str, profile: Profile) -> int:
+    if name == "mini-sd3":                              # its sizes live beside its recipe, not in the Profile
+        from .training.mini_sd3 import preset_for
+        return preset_for(profile).steps
     return {"classifier": profile.classifier_steps, "denoiser": profile.train_steps,
             "class": profile.class_train_steps, "clip": profile.clip_steps,
             "text2image": profile.t2i_train_steps, "text2image-lm": profile.lm_train_steps,
@@ -202,12 +209,15 @@ def get_model(name: str, profile: Profile, runtime: Runtime | None = None, train
 
 
 def load_text_to_image(path: str | Path, device: torch.device | str = "cpu") -> TextToImage:
-    """Any text-to-image pipeline, by what its ``config.json`` says (``"model"``): lesson 08's, this one, or
-    lesson 10's unCLIP."""
+    """Any text-to-image pipeline, by what its ``config.json`` says (``"model"``): lesson 08's, this one,
+    lesson 10's unCLIP or lesson 13's mini SD3."""
     path = Path(path)
     cfg_path = path / "config.json"
     model = json.loads(cfg_path.read_text()).get("model") if cfg_path.is_file() else None
     if model == "unclip":
         from .pipelines.unclip import load_unclip
         return load_unclip(path, device)
+    if model == "mini-sd3":
+        from .pipelines.mini_sd3 import load_mini_sd3
+        return load_mini_sd3(path, device)
     return load_text2image_lm(path, device) if model == "text2image-lm" else TextToImage.from_pretrained(path, device)

@@ -23,7 +23,7 @@ from ..store import atomic_folder, read_training
 __all__ = ["make_weights", "measure", "export", "write_readme"]
 
 COMMANDS = {name: f"python -m course_lib train {name}" for name in
-            ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "autoencoder", "latent", "flow", "unclip")}
+            ("classifier", "denoiser", "class", "clip", "text2image", "text2image-lm", "autoencoder", "latent", "flow", "unclip", "mini-sd3")}
 
 
 def export(name: str, src: Path | None = None) -> Path:
@@ -98,6 +98,11 @@ def measure(name: str, folder: Path, profile: Profile, rt: Runtime) -> dict:
     if name in ("text2image", "text2image-lm"):
         from ..training.text2image import prompt_accuracy
         return {"prompt_digit_accuracy": round(float(prompt_accuracy(model, profile, rt)), 4)}
+    if name == "mini-sd3":                      # its own sampling defaults (Euler steps), from its folder
+        from ..training.text2image import prompt_accuracy
+        return {"prompt_digit_accuracy": round(float(prompt_accuracy(
+            model, profile.replace(sample_steps=model.default_steps), rt)), 4),
+            "sampler": f"euler-{model.default_steps}", "guidance": model.default_guidance}
     if name == "unclip":
         from ..training.text2image import prompt_accuracy
         return {"prompt_digit_accuracy": round(float(prompt_accuracy(model, profile, rt)), 4),
