@@ -14,6 +14,8 @@ and the registry before using a finished model. How the ``cpu`` preset was chose
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,8 +37,7 @@ from .latent import encode_dataset
 from .loop import TrainResult, fit
 from .text2image import P_MENTION, CaptionTable
 
-__all__ = ["NAME", "MiniSD3Preset", "PRESETS", "preset_for", "mini_sd3_config", "train_mini_sd3",
-           "autoencoder_folder", "caption_table"]
+__all__ = ["NAME", "MiniSD3Preset", "PRESETS", "preset_for", "mini_sd3_config", "train_mini_sd3", "caption_table"]
 
 TIME = "logit-normal"        # t = sigmoid(N(0, 1)): SD3's best (Esser et al. 2024, Sec. 5.1, "rf/lognorm(0.00, 1.00)")
 
@@ -105,14 +106,6 @@ def mini_sd3_config(profile: Profile, preset: MiniSD3Preset | None = None) -> di
             "max_length": MAX_LENGTH, "templates": list(templates), "text_encoder": encoder_spec()}
 
 
-def autoencoder_folder(profile: Profile) -> Path:
-    """The frozen autoencoder the latents come from: the profile's finished one (``registry.find_usable``:
-    the user's, else the shipped one), else the shipped ``data/weights/autoencoder`` (lesson 11's)."""
-    from ..registry import find_usable
-    found = find_usable("autoencoder", profile)
-    return found[0] if found is not None else paths.weights_dir() / "autoencoder"
-
-
 _TABLES: dict[tuple, tuple[CaptionTable, int, str]] = {}   # (templates, device) -> encoded once per process
 
 
@@ -130,19 +123,22 @@ def caption_table(templates: tuple[str, ...], device) -> tuple[CaptionTable, int
 
 
 def train_mini_sd3(profile: Profile, out=None, runtime: Runtime | None = None, steps: int | None = None,
-                   progress: bool = True, stop_after: int | None = None, preset: MiniSD3Preset | None = None
-                   ) -> TrainResult:
+                   progress: bool = True, stop_after: int | None = None, preset: MiniSD3Preset | None = None,
+                   autoencoder: str | Path | None = None) -> TrainResult:
     """Train the mini SD3 for ``profile`` (resumes from ``out``, default ``checkpoints/mini-sd3``).
 
     Args:
         steps: total optimizer steps (default: the preset's). stop_after: stop (with a checkpoint) after this
             many steps in this call. preset: sizes in place of ``PRESETS[profile.name]`` (for studies).
+        autoencoder: the frozen autoencoder's folder (default: lesson 11's shipped one, ``data/weights/autoencoder``,
+            under every profile: a latent space is a choice of the data, not of the model's size).
     Returns:
         ``fit``'s ``TrainResult``; ``training.json`` records ``encode_seconds`` (the latents and the captions,
         encoded once, in the last call) beside ``train_seconds``.
     Raises:
         ValueError: ``out`` holds a run on another autoencoder, or with another config.
     """
+    cpu_start = time.process_time()                                  # CPU seconds of every thread, this call
     rt = runtime or get_runtime()
     preset = preset or preset_for(profile)
     if steps is not None:
@@ -151,7 +147,7 @@ def train_mini_sd3(profile: Profile, out=None, runtime: Runtime | None = None, s
     cfg = mini_sd3_config(profile, preset)
     checkpoints.check_training_target(out)
     saved = checkpoints.check_resumable(out, cfg, preset.steps)     # before any encoding (fit checks again)
-    ae_folder = autoencoder_folder(profile)
+    ae_folder = Path(autoencoder) if autoencoder is not None else paths.weights_dir() / "autoencoder"
     sha = weights_sha256(ae_folder)
     if saved is not None and saved.get("autoencoder_sha256") not in (None, sha):
         raise ValueError(f"{out} holds a {NAME} run on another autoencoder (weights sha256 "
@@ -198,8 +194,21 @@ def train_mini_sd3(profile: Profile, out=None, runtime: Runtime | None = None, s
             "autoencoder_sha256": sha, "text_encoder_source": source, "captions": len(texts),
             "caption_tokens": longest, "encode_seconds": round(encode_seconds, 1),
             "parameters": sum(p.numel() for p in model.parameters())}
-    return fit(model, loss_fn, get_batch, steps=preset.steps, lr=preset.lr, warmup_steps=preset.warmup_steps,
+    result = fit(model, loss_fn, get_batch, steps=preset.steps, lr=preset.lr, warmup_steps=preset.warmup_steps,
                batch_size=preset.batch_size, ema_decay=preset.ema_decay, config=cfg, meta=meta, out=out,
                checkpoint_every=preset.checkpoint_every, runtime=rt, export=export, desc=f"train {NAME}",
                progress=progress, T=int(TIME_SCALE), stop_after=stop_after, batch_rng_device="cpu",
                rng_device=rt.device)
+    # the CPU time of every call so far, encoding included: on a shared machine the wall time is only an upper bound
+    prior = float((saved or {}).get("cpu_seconds", 0.0))
+    _record(out, cpu_seconds=round(prior + time.process_time() - cpu_start, 1), threads=torch.get_num_threads())
+    return result
+
+
+def _record(folder: Path, **facts) -> None:
+    """Add ``facts`` to ``folder/training.json`` (atomically: written beside it, then renamed)."""
+    path = folder / "training.json"
+    tr = store.read_json(path)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**tr, **facts}, indent=1))
+    os.replace(tmp, path)
