@@ -12,12 +12,13 @@ For each model (its finished checkpoint or the shipped weights; trained when mis
     train         minutes of training from its training.json: the loop plus encoding the data once (captions;
                   for mini-sd3 also the latents), the CPU model, threads and the load when it was trained
     seconds_per_image, parameters (the trained network; the frozen encoder, 22.7 M, is shared)
+    euler_steps   mini-sd3 only: digit accuracy (200 digits) at 4, 6, 10 and 20 Euler steps
 
 Each model samples with its own defaults (text2image-lm: DDIM, the profile's steps; mini-sd3: the Euler steps
 and guidance its folder's ``config.json`` holds).
 
 ``--study`` instead trains short runs of MMDiT variants (width, depth, patch, learning rate) for ``--study-steps``
-steps each and records, per variant, the flow-matching loss on 1,000 test digits' latents (fixed times, noises
+steps each, on the first 10,000 training digits, and records, per variant, the flow-matching loss on 1,000 test digits' latents (fixed times, noises
 and captions), a quick digit accuracy (100 images) and the CPU seconds: ``mini_sd3_study-<profile>.json``.
 
 Targets (issue 37; cpu profile, 2 cores): training <= 10 min with encoding; digit accuracy >= 98 % on
@@ -52,6 +53,7 @@ from course_lib.training.text2image import (HELD_OUT_ATTRIBUTES, attribute_contr
 TARGETS = {"cpu": {"train_seconds": 10 * 60, "accuracy": 0.98, "held_out_accuracy": 0.97, "ordered": 0.80,
                    "fid_ratio": 3.0}}
 MODELS = ("mini-sd3", "text2image-lm")
+STUDY_N_TRAIN = 10_000       # training digits the study's short runs draw from (encoded once per variant)
 
 
 def extra(p):
@@ -110,6 +112,14 @@ def targets_met(r: dict, t: dict) -> dict:
             f"fid<={t['fid_ratio']}x_floor": r["fid"]["ratio"] <= t["fid_ratio"]}
 
 
+def steps_sweep(profile, rt, clf, n: int, steps=(4, 6, 10, 20)) -> dict:
+    """mini-sd3's digit accuracy (training-style prompts, ``n`` digits) by Euler steps at its guidance: the
+    sampling default is the fewest steps that hold the accuracy."""
+    pipe = get_model("mini-sd3", profile, rt, progress=False)
+    return {str(s): digit_accuracy(pipe, clf, profile.replace(sample_steps=s, guidance=pipe.default_guidance),
+                                   rt, n)[0]["accuracy"] for s in steps}
+
+
 # --------------------------------------------------------------------------- the study
 @torch.no_grad()
 def validation_loss(pipe, x_test: torch.Tensor, y_test: torch.Tensor) -> float:
@@ -134,6 +144,7 @@ def study(profile, rt, clf, steps: int) -> dict:
     from course_lib.text.vocabulary import DIGIT_WORDS
     from course_lib.training.mini_sd3 import preset_for, train_mini_sd3
     base = preset_for(profile)
+    profile = profile.replace(n_train=STUDY_N_TRAIN)           # short runs see fewer than 10,000 digits anyway
     variants = {"shipped recipe": {}, "patch 1 (49 tokens)": {"patch": 1}, "lr 2e-3": {"lr": 2e-3},
                 "width 96, depth 6": {"width": 96, "depth": 6}}
     x_test, y_test = load_mnist("test", n=1000, quiet=True)
@@ -154,7 +165,7 @@ def study(profile, rt, clf, steps: int) -> dict:
                           "digit_accuracy_100": round(float(right), 3),
                           "cpu_seconds_with_encoding": round(cpu, 1), "wall_seconds": round(wall, 1)}
             print(label, out[label], flush=True)
-    return {"base": dataclasses.asdict(base), "variants": out}
+    return {"base": dataclasses.asdict(base), "n_train": STUDY_N_TRAIN, "variants": out}
 
 
 def main() -> None:
@@ -169,6 +180,7 @@ def main() -> None:
     n = args.n or profile.n_eval
     cpu0 = time.process_time()
     models = {name: measure(name, profile, rt, clf, n, args.pairs) for name in MODELS}
+    models["mini-sd3"]["euler_steps"] = steps_sweep(profile, rt, clf, min(n, 200))
     t = TARGETS.get(profile.name)
     targets = {name: targets_met(r, t) for name, r in models.items()} if t else {}
     common.save("mini_sd3", profile, rt, {**head, "n": n, "pairs_per_digit": args.pairs, "models": models,
