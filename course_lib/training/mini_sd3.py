@@ -68,7 +68,7 @@ PRESETS: dict[str, MiniSD3Preset] = {
                           guidance=3.0, checkpoint_every=20),
     # the study that chose it: bench/README.md, "Mini SD3"
     "cpu": MiniSD3Preset(width=128, depth=4, heads=4, patch=2, mlp_ratio=4.0, batch_size=128, lr=1e-3,
-                         warmup_steps=100, steps=1_500, ema_decay=0.999, p_uncond=0.1, templates=6,
+                         warmup_steps=100, steps=800, ema_decay=0.999, p_uncond=0.1, templates=6,
                          sample_steps=10, guidance=3.0, checkpoint_every=250),
     "gpu": MiniSD3Preset(width=256, depth=6, heads=4, patch=1, mlp_ratio=4.0, batch_size=256, lr=5e-4,
                          warmup_steps=500, steps=10_000, ema_decay=0.9995, p_uncond=0.1, templates=6,
