@@ -24,6 +24,7 @@ Folders by role; each folder's ``__init__`` says what it may import, and ``tests
     networks/prior          DALL-E 2's diffusion prior over CLIP vectors
     networks/classifier     the course classifier
     networks/toy            the toys' networks: lesson 03's 2-D denoiser, lesson 06's word vectors
+    networks/mmdit          Stable Diffusion 3's MMDiT, small: two streams, joint attention, adaLN-Zero
 
     text/vocabulary         digit and attribute words, caption templates, prompt sets, parse_prompt
     text/tokenizer          the tokenizer; prompts checked before any compute
@@ -42,12 +43,14 @@ Folders by role; each folder's ``__init__`` says what it may import, and ``tests
     training/latent         the autoencoder and the latent model's runs; step costs
     training/flow           the flow-matching model's run
     training/toy            the 2-D toy of lesson 02; lesson 06's word vectors
+    training/mini_sd3       the mini SD3's run: latents and captions encoded once, flow matching
 
     pipelines/base          what every pipeline shares: the folder's kind, sampling defaults, seed, output
     pipelines/class_to_image  DenoiserPipeline, ClassToImage, FlowToImage (the pixel-space UNet models)
     pipelines/text_to_image TextToImage and TextToImageLM (from_pretrained, sampling; no data)
     pipelines/unclip        UnCLIP: prior + decoder, variations
     pipelines/latent        LatentDiffusion: autoencoder + latent UNet
+    pipelines/mini_sd3      MiniSD3Pipeline: MiniLM + MMDiT + autoencoder, Euler on the velocity
 
     measures/metrics        confident fraction, class histogram, FID with its floor
     measures/diagnostics    the checks that catch the classic diffusion bugs (appendix A1)

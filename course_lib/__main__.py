@@ -10,6 +10,7 @@
                     generate "a thin two" "a 9" -n 16 --guidance 3 -o grid.png
                     generate "a fat seven" --model text2image-lm -n 16 -o grid.png   (any English words)
                     generate "a thin two" --model unclip -n 8 -o grid.png
+                    generate "a fat seven" --model mini-sd3 -n 16 -o grid.png   (lesson 13's MMDiT)
     weights       train every model for the active profile and refresh data/weights/
     course        train what is missing, execute every lesson into build/, render the course book
     info          the active profile, device, precision, each model's sampling defaults and the folders
@@ -308,11 +309,9 @@ def _check_generate_options(args) -> str:
     for p in args.prompts:
         if not p.strip():
             raise CommandError(f"empty prompt {p!r}: describe a digit, e.g. 'a thin two'")
-    if args.checkpoint is None:
-        return args.model or "text2image"
+    if args.checkpoint is None or not (Path(args.checkpoint).expanduser() / "config.json").is_file():
+        return _check_generate_sampler(args, args.model or "text2image")   # paths.find_model says where it looked
     name = args.checkpoint
-    if not (Path(name).expanduser() / "config.json").is_file():
-        return args.model or "text2image"               # paths.find_model says where it looked
     _, kind, _ = _model_folder(name)
     if kind in (*SAMPLEABLE, "unet"):
         raise CommandError(f"{name} holds {_a(kind if kind != 'unet' else 'UNet')} model, which takes no prompt: "
@@ -323,6 +322,15 @@ def _check_generate_options(args) -> str:
     if args.model is not None and args.model != kind:
         raise CommandError(f"--model {args.model} and --checkpoint {name} disagree: that folder holds {_a(kind)} "
                            f"model; give one of them")
+    return _check_generate_sampler(args, kind)
+
+
+def _check_generate_sampler(args, kind: str) -> str:
+    """``--sampler`` against the model: euler / heun for the flow model mini-sd3, ddim / ddpm for the others."""
+    flow = kind == "mini-sd3"
+    if args.sampler is not None and (args.sampler in FLOW_SAMPLER_NAMES) != flow:
+        what = "a flow-matching model: use --sampler euler or heun" if flow else "a DDPM model: use ddim or ddpm"
+        raise CommandError(f"{kind} is {what}, not --sampler {args.sampler}")
     return kind
 
 
@@ -435,17 +443,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("generate", "text to image: generate digits for prompts (a .pt file holds images and labels)")
     sp.add_argument("prompts", nargs="+", help='prompts such as "a thin two" "a 9"')
     sp.add_argument("--checkpoint", default=None, metavar="DIR",
-                    help="a text2image, text2image-lm or unclip folder (default: checkpoints/MODEL if it finished "
+                    help="a text2image, text2image-lm, unclip or mini-sd3 folder (default: checkpoints/MODEL if it finished "
                          "training, else the shipped weights of --model)")
     sp.add_argument("--model", choices=TEXT_TO_IMAGE, default=None,
                     help="without --checkpoint: which model. text2image (default): the course CLIP, a closed "
                          "vocabulary; text2image-lm: a language model reads the prompt, any English words; "
-                         "unclip: a prior turns the prompt into a CLIP image embedding first")
+                         "unclip: a prior turns the prompt into a CLIP image embedding first; mini-sd3: lesson 13's "
+                         "MMDiT on latents, flow matching, any English words")
     sp.add_argument("-n", "--n", type=_positive_int, default=16, help="images per prompt (default 16)")
     sp.add_argument("--guidance", type=_scale, default=None, metavar="W",
                     help="guidance scale w (default: the model's)")
     sp.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's)")
-    sp.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="default: the model's (ddim)")
+    sp.add_argument("--sampler", choices=("ddim", "ddpm") + FLOW_SAMPLER_NAMES, default=None,
+                    help="ddim (default) or ddpm; euler (default: the model folder's) or heun for mini-sd3")
     sp.add_argument("--seed", type=_seed, default=0,
                     help="the same seed gives every prompt the same start noises (default 0)")
     sp.add_argument("-o", "--out", required=True, metavar="FILE",

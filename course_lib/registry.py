@@ -11,6 +11,7 @@
     autoencoder    KL autoencoder, 28x28x1 <-> 7x7xC latents             11     -
     latent         class-conditional UNet on the autoencoder's latents   11     LatentDiffusion
     flow           class-conditional UNet, flow matching (velocity)      12     FlowToImage
+    mini-sd3       MMDiT on the latents, flow matching, frozen MiniLM    13     MiniSD3Pipeline
 
 ``MODELS`` is read by the command line (its choices), ``make weights``, the course book, the tests and the
 benchmarks. Each ``ModelSpec`` names its recipe (config, train and sampling-defaults functions in
@@ -150,6 +151,15 @@ def measure_prompts(pipe, profile, rt) -> dict:
     return {"prompt_digit_accuracy": round(float(prompt_accuracy(pipe, profile, rt)), 4)}
 
 
+def measure_prompts_at_folder_steps(pipe, profile, rt) -> dict:
+    """A text-to-image model whose sampler differs from the profile's (mini-sd3: Euler, its folder's steps)."""
+    from .training.text2image import prompt_accuracy
+    s = pipe.sampling
+    return {"prompt_digit_accuracy": round(float(prompt_accuracy(pipe, profile.replace(sample_steps=s["steps"]),
+                                                                 rt)), 4),
+            "sampler": f"{s['sampler']}-{s['steps']}", "guidance": s["guidance"]}
+
+
 def measure_prompts_and_shortcut(pipe, profile, rt) -> dict:
     """unCLIP: prompt accuracy through the prior, and through the text-embedding shortcut."""
     from .training.text2image import prompt_accuracy
@@ -216,6 +226,11 @@ _SPECS = (
               ("unclip", "decoder_steps"), measure_prompts_and_shortcut,
               pipeline=_lazy("pipelines.unclip", "UnCLIP"),
               takes="prompts", needs=("clip",)),
+    ModelSpec("mini-sd3", "13", "a miniature Stable Diffusion 3: an MMDiT on the autoencoder's latents, flow "
+              "matching, a frozen language model reading the prompt",
+              _lazy("training.mini_sd3", "mini_sd3_config"), _lazy("training.mini_sd3", "train_mini_sd3"),
+              ("mini_sd3", "steps"), measure_prompts_at_folder_steps,
+              pipeline=_lazy("pipelines.mini_sd3", "MiniSD3Pipeline"), takes="prompts", needs=("autoencoder",)),
 )
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 GENERATIVE = tuple(name for name, spec in MODELS.items() if spec.pipeline is not None)

@@ -101,7 +101,7 @@ def model_kind(cfg: Any) -> str | None:
     ...), ``"unet"`` (an unconditional UNet without clusters), or None (no kind this course knows)."""
     if not isinstance(cfg, dict):
         return None
-    if cfg.get("model") in ("text2image", "text2image-lm", "unclip"):
+    if cfg.get("model") in ("text2image", "text2image-lm", "unclip", "mini-sd3"):
         return cfg["model"]
     if cfg.get("model_type") == "clip":
         return "clip"

@@ -4,6 +4,7 @@
     text_encoders   lesson 08's frozen ``TextEncoder`` (CLIP's text side) and lesson 09's ``LanguageEncoder``
     clip            CLIP on captioned digits: building, embedding, saving and loading it; OpenAI's CLIP
     autoencoder     lesson 11's KL autoencoder
+    mmdit           lesson 13's MMDiT (Stable Diffusion 3's backbone, small)
     prior           lesson 10's diffusion prior over CLIP vectors
     classifier      the course classifier every measure reads digits with
     toy             the toys: lesson 03's 2-D denoiser, lesson 06's word vectors

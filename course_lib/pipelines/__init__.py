@@ -5,6 +5,7 @@
     text_to_image   lessons 08-09: ``TextToImage`` and ``TextToImageLM``
     unclip          lesson 10: ``UnCLIP`` (prior + decoder, variations)
     latent          lesson 11: ``LatentDiffusion`` (autoencoder + latent UNet)
+    mini_sd3        lesson 13: ``MiniSD3Pipeline`` (MiniLM + MMDiT + autoencoder)
 
 A call takes what the model is conditioned on (``labels=``, ``prompts=`` or ``n=``) plus ``steps=``,
 ``guidance=``, ``seed=``, and returns (B, 1, 28, 28) float32 on the CPU in [-1, 1]; the defaults are the
