@@ -130,7 +130,7 @@ def flow_loss(model: Callable, x0: torch.Tensor, *, time: str = "logit-normal",
             the noise each x0 was sampled from (``reflow_pairs``).
     Returns:
         the scalar loss; with ``return_parts``, (loss, {"t": (B,) long bins of t in 0..999, "per_example": (B,)})
-        for ``train.fit``'s loss-by-t.
+        for ``training.loop.fit``'s loss-by-t.
     """
     B = x0.shape[0]
     t = sample_time(B, time, generator, x0.device)                              # (B,)

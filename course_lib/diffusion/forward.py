@@ -501,7 +501,7 @@ def simple_loss(model: Callable, x0: torch.Tensor, schedule: Schedule, t: int | 
         axis: passed to ``q_sample``; keep 0. Another axis trains with appendix A1's broadcasting bug.
         min_snr_gamma: ``None`` (every weight 1, Eq. 14) or the Min-SNR cap ``gamma`` (e.g. 5).
         return_parts: also return ``{"t": (B,), "per_example": (B,)}`` (the unweighted squared error of
-            each example), which ``train.fit`` uses to plot the loss against t.
+            each example), which ``training.loop.fit`` uses to plot the loss against t.
 
     Returns:
         a scalar (float32): the (weighted) mean squared error over the batch and every dimension; with

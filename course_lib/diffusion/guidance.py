@@ -329,7 +329,7 @@ class AutoGuided(nn.Module):
 
     Args:
         model: the trained ``model(x, t, cond)``.
-        guide: a weaker version of it with the same interface (e.g. ``models.get_guide(profile)``).
+        guide: a weaker version of it with the same interface (e.g. ``registry.get_guide(profile)``).
         w: the scale (1: the model alone, one forward pass; > 1: steer away from the guide's mistakes).
     ``cond`` is passed to both networks unchanged (None for the unconditional denoiser).
     """

@@ -14,7 +14,7 @@ for digits the pixel loss alone reconstructs well enough (``bench/latent.py`` me
 The diffusion model then works on ``scaling_factor * z``: one number, computed from the training data after
 the autoencoder is trained, that gives the latents unit variance (the noise schedule assumes data of about
 unit scale). Stable Diffusion's 0.18215 is the same idea, measured on its own data. Training lives in
-``latent_training.py``; this module knows no data and no loop.
+``training/latent.py``; this module knows no data and no loop.
 """
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ def validate_prompt(prompt: str, max_length: int = MAX_LENGTH, vocabulary=VOCABU
 
 def check_prompts(prompts, max_length: int = MAX_LENGTH, vocabulary=VOCABULARY) -> list[str]:
     """One prompt or several, as a list, after every check a text-to-image model makes before computing:
-    each prompt's words (``validate_prompt``) and its content (``captions.parse_prompt``: one digit, no two
+    each prompt's words (``validate_prompt``) and its content (``vocabulary.parse_prompt``: one digit, no two
     opposite words such as "thick thin").
 
     Raises:

@@ -1,4 +1,4 @@
-"""Training the course CLIP: its caption dataset, its loss, and the course's one loop (``train.fit``).
+"""Training the course CLIP: its caption dataset, its loss, and the course's one loop (``training.loop.fit``).
 
 Radford et al. (2021), Fig. 3: a batch of B digits and B captions, the B x B matrix of scaled cosine
 similarities read as logits, and a symmetric cross-entropy (``clip_loss``). The network is

@@ -1,11 +1,11 @@
-"""Training the class-conditional flow model (lesson 12) through ``train.fit``: the class model's UNet, data,
+"""Training the class-conditional flow model (lesson 12) through ``training.loop.fit``: the class model's UNet, data,
 batch, steps, learning rate and label dropout (lesson 05), with the flow-matching loss in place of DDPM's.
 
     FlowRecipe, PRESETS         its steps and sampling defaults per profile; ``recipe_config(profile)``,
                                 ``sampling_defaults(profile)``
     flow_config(profile)        the config saved beside the weights ("objective": "flow", "time": ...)
     train_flow(profile, out, runtime, steps, progress, stop_after)   ``python -m course_lib train flow``
-    load_flow(path, device)     the EMA model in eval mode, ``objective = "flow"`` (``models.load_unet``)
+    load_flow(path, device)     the EMA model in eval mode, ``objective = "flow"`` (``networks.unet.load_unet``)
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def sampling_defaults(profile: Profile) -> dict[str, dict]:
 
 
 def flow_config(profile: Profile) -> dict:
-    """The class model's UNet (``models.class_config``) told it predicts a velocity on the straight path."""
+    """The class model's UNet (``training.denoiser.class_config``) told it predicts a velocity on the straight path."""
     return {**unet_config(profile, num_classes=10).to_dict(), "objective": "flow", "time": TIME,
             "time_scale": TIME_SCALE, "n_train": profile.n_train, "p_uncond": profile.p_uncond}
 

@@ -14,7 +14,7 @@
                      is the course's heuristic, not a Stable Diffusion step)
 
 (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models", Sec. 3 and Appendix G.)
-Both trainings run through ``train.fit``: atomic checkpoints, EMA, resuming. The latent model records the
+Both trainings run through ``training.loop.fit``: atomic checkpoints, EMA, resuming. The latent model records the
 autoencoder's config and the SHA-256 of its weights; ``load_latent`` refuses another autoencoder.
 """
 from __future__ import annotations
@@ -311,7 +311,7 @@ def reconstruction_accuracy(model: Autoencoder, profile: Profile, runtime: Runti
 
 def latent_quality(model: LatentDiffusion, profile: Profile, runtime: Runtime | None = None) -> dict:
     """``profile.n_eval`` guided samples (labels 0-9 in turn, with the recipe's ``sampling_defaults``: DDIM
-    steps and guidance w), as ``weights.measure`` gives the pixel class model's."""
+    steps and guidance w), as ``course.weights.measure`` gives the pixel class model's."""
     from ..measures.metrics import evaluate_samples
     from ..registry import get_model
     rt = runtime or get_runtime()

@@ -34,7 +34,7 @@ from ..pipelines.mini_sd3 import NAME, write_mmdit
 from ..text import vocabulary
 from . import checkpoints
 from .latent import encode_dataset
-from .loop import TrainResult, fit
+from .loop import LossByT, ProgressBar, TrainResult, fit
 from .text2image import P_MENTION, CaptionTable
 
 __all__ = ["NAME", "MiniSD3Preset", "PRESETS", "recipe_config", "sampling_defaults", "mini_sd3_config", "train_mini_sd3", "caption_table"]
@@ -200,8 +200,8 @@ def train_mini_sd3(profile: Profile, out=None, runtime: Runtime | None = None, s
             "parameters": sum(p.numel() for p in model.parameters())}
     result = fit(model, loss_fn, get_batch, steps=preset.steps, lr=preset.lr, warmup_steps=preset.warmup_steps,
                batch_size=preset.batch_size, ema_decay=preset.ema_decay, config=cfg, meta=meta, out=out,
-               checkpoint_every=preset.checkpoint_every, runtime=rt, export=export, desc=f"train {NAME}",
-               progress=progress, T=int(TIME_SCALE), stop_after=stop_after, batch_rng_device="cpu",
+               checkpoint_every=preset.checkpoint_every, runtime=rt, export=export, stop_after=stop_after,
+               hooks=[ProgressBar(f"train {NAME}", progress), LossByT(int(TIME_SCALE))], batch_rng_device="cpu",
                rng_device=rt.device)
     # the CPU time of every call so far, encoding included: on a shared machine the wall time is only an upper bound
     prior = float((saved or {}).get("cpu_seconds", 0.0))

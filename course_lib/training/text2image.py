@@ -1,5 +1,5 @@
 """Training the text-to-image model: captioned digits, the frozen text encoder's outputs cached, and the
-course's one loop (``train.fit``) on DDPM's simple loss; then measuring whether prompts are followed.
+course's one loop (``training.loop.fit``) on DDPM's simple loss; then measuring whether prompts are followed.
 
 The pipeline itself (``TextEncoder``, ``TextToImage``) is ``course_lib.pipelines.text_to_image``'s; this module brings the data:
 
@@ -189,7 +189,7 @@ def fit_captioned(cfg: dict, profile: Profile, x: torch.Tensor, y: torch.Tensor,
                   thresholds: dict, export, meta: dict, out: Path, runtime: Runtime, steps: int, progress: bool,
                   stop_after: int | None, templates: tuple[str, ...] = vocabulary.TEMPLATES,
                   table_length: int | None = None) -> TrainResult:
-    """The text-conditional UNet on captioned digits through ``train.fit``, for any frozen text ``encoder``
+    """The text-conditional UNet on captioned digits through ``training.loop.fit``, for any frozen text ``encoder``
     (``encoder(input_ids, attention_mask) -> TextCond``): lesson 08's CLIP text side or lesson 09's language model.
 
     Every caption of ``templates`` is encoded once (``CaptionTable``, ``table_length`` tokens each, default
@@ -385,7 +385,7 @@ def train_text2image_lm(profile: Profile, out=None, runtime: Runtime | None = No
 
     Args:
         out: checkpoint folder (default ``paths.default_checkpoint("text2image-lm")``); it is also a pipeline
-            folder (``language_encoder.load_text2image_lm``): ``config.json`` and the UNet's EMA weights.
+            folder (``pipelines.text_to_image.load_text2image_lm``): ``config.json`` and the UNet's EMA weights.
         steps: total steps (default the recipe's ``lm_steps``).
         stop_after: stop (with a checkpoint) after this many steps in this call.
     Returns:

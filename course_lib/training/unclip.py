@@ -1,5 +1,5 @@
 """Training unCLIP on digits: the decoder on (digit, its own CLIP image embedding), the prior on (caption's CLIP
-text embedding, the digit's image embedding), both through the course's one loop (``train.fit``); then the
+text embedding, the digit's image embedding), both through the course's one loop (``training.loop.fit``); then the
 measures of lesson 10 (image variations; prompt accuracy and attributes reuse ``text2image_training``).
 
     UnclipRecipe, PRESETS  its steps, prior sizes and sampling defaults per profile; ``recipe_config(profile)``,
@@ -84,8 +84,8 @@ def sampling_defaults(profile: Profile) -> dict[str, dict]:
 
 
 def unclip_config(profile: Profile, clip_config: dict | None = None) -> dict:
-    """The JSON-able config (compared before resuming and by ``models.find_matching``): the decoder (a flat UNet
-    config with ``embed_dim``, so ``models.load_unet`` reads it), the prior, and the CLIP they depend on."""
+    """The JSON-able config (compared before resuming and by ``registry.find_matching``): the decoder (a flat UNet
+    config with ``embed_dim``, so ``networks.unet.load_unet`` reads it), the prior, and the CLIP they depend on."""
     clip_cfg = clip_config if clip_config is not None else clip_config_from_profile(profile)
     D = clip_cfg["embed"]
     r = recipe_config(profile)
@@ -306,7 +306,7 @@ def prior_loss(model: Callable, z0: torch.Tensor, schedule: Schedule, cond: torc
         z0: (B, D) scaled image embeddings (``embed_scale`` * unit embedding); cond: (B, D) text embeddings
             (zero rows: dropped). generator: seeds t and eps.
     Returns:
-        (the mean loss, {"t": (B,), "per_example": (B,)}) as ``train.fit`` takes them.
+        (the mean loss, {"t": (B,), "per_example": (B,)}) as ``training.loop.fit`` takes them.
     """
     B = z0.shape[0]
     where = generator.device if generator is not None else z0.device
