@@ -24,7 +24,7 @@ from .. import store
 from ..diffusion.guidance import KNOBS
 from ..diffusion.samplers import check_finite
 
-__all__ = ["Pipeline", "check_kind", "sampling_defaults", "generator", "finish", "MAX_SEED"]
+__all__ = ["Pipeline", "check_kind", "sampling_defaults", "generator", "generate_keeping_weights", "finish", "MAX_SEED"]
 
 MAX_SEED = 2 ** 63 - 1                       # what torch.Generator.manual_seed takes
 
@@ -54,6 +54,20 @@ def generator(seed) -> torch.Generator:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be a whole number from 0 to 2^63 - 1, got {seed!r}")
     return torch.Generator().manual_seed(int(seed))
+
+
+def generate_keeping_weights(pipe, modules, prompt: str, read, **call) -> torch.Tensor:
+    """One image for ``prompt`` (``pipe(prompt, 1, **call)``) with each attention module's ``keep_weights``
+    on, calling ``read()`` after every sampler step (when ``last_weights`` holds that step's weights): how
+    lessons 08 and 13 see where the image looks in the prompt. The modules are reset afterwards, even on error.
+    """
+    for m in modules:
+        m.keep_weights = True
+    try:
+        return pipe(prompt, 1, callback=lambda _: read(), **call)
+    finally:
+        for m in modules:
+            m.keep_weights, m.last_weights = False, None
 
 
 def finish(images: torch.Tensor) -> torch.Tensor:

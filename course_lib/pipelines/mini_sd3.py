@@ -38,7 +38,7 @@ from ..networks.autoencoder import Autoencoder, load_autoencoder
 from ..networks.mmdit import MMDiT, MMDiTConfig
 from ..networks.text_encoders import HUB_ID, MAX_LENGTH, SHA256, LanguageEncoder, check_prompt, load_language_encoder
 from ..networks.unet import TextCond
-from .base import Pipeline, generator
+from .base import Pipeline, generate_keeping_weights, generator
 from .latent import find_autoencoder
 from .text_to_image import _label, check_prompt_type, show_prompt_grid
 
@@ -236,7 +236,7 @@ def attention_maps(pipe: MiniSD3Pipeline, prompt: str, seed: int = 0, steps: int
     blocks = list(pipe.mmdit.blocks)
     total, count = None, 0
 
-    def grab(_):
+    def grab():
         nonlocal total, count
         for b in blocks:
             w = b.last_weights[0].float().mean(0)                   # (L + N, L + N): first (conditional) image
@@ -244,13 +244,7 @@ def attention_maps(pipe: MiniSD3Pipeline, prompt: str, seed: int = 0, steps: int
             total = part if total is None else total + part
             count += 1
 
-    for b in blocks:
-        b.keep_weights = True
-    try:
-        image = pipe(prompt, 1, steps=steps, guidance=guidance, seed=seed, callback=grab)
-    finally:
-        for b in blocks:
-            b.keep_weights, b.last_weights = False, None
+    image = generate_keeping_weights(pipe, blocks, prompt, grab, steps=steps, guidance=guidance, seed=seed)
     attn = (total / count).cpu()                                    # (N, L_real)
     g = pipe.mmdit.config.grid
     return {"tokens": pipe.tokenizer.convert_ids_to_tokens(ids), "maps": attn.T.reshape(L_real, g, g),

@@ -64,7 +64,7 @@ from ..networks.text_encoders import MAX_LENGTH as LM_MAX_LENGTH
 from ..networks.unet import TextCond, UNet, UNetConfig
 from ..text import vocabulary
 from ..text.tokenizer import SPECIAL_TOKENS, check_prompts
-from .base import Pipeline, finish, generator
+from .base import Pipeline, finish, generate_keeping_weights, generator
 
 __all__ = ["TextToImageLM", "load_text2image_lm", "load_text_side", "TextToImage", "check_prompt_type",
            "show_prompt_grid", "write_unet", "write_pipeline", "load_text2image", "cross_attention_maps",
@@ -316,20 +316,14 @@ def cross_attention_maps(pipe: TextToImage, prompt: str, seed: int = 0, steps: i
     layers = [m for m in (pipe.unet.mid_cross, pipe.unet.up1_cross) if m is not None]
     total, count = None, 0
 
-    def grab(_):
+    def grab():
         nonlocal total, count
         for m in layers:
             w = m.last_weights[:1].float().mean(1)[0]                      # (49, L): conditional half, head mean
             total = w if total is None else total + w
             count += 1
 
-    for m in layers:
-        m.keep_weights = True
-    try:
-        image = pipe(prompt, 1, steps=steps, guidance=guidance, seed=seed, callback=grab)
-    finally:
-        for m in layers:
-            m.keep_weights, m.last_weights = False, None
+    image = generate_keeping_weights(pipe, layers, prompt, grab, steps=steps, guidance=guidance, seed=seed)
     ids = pipe.tokenizer(prompt, truncation=True, max_length=pipe.max_length)["input_ids"]
     tokens = pipe.tokenizer.convert_ids_to_tokens(ids)
     attn = (total / count)[:, :len(tokens)].cpu()                          # (49, L_real)
