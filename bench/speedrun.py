@@ -247,6 +247,35 @@ def cpu_model() -> str:
     return ""
 
 
+def measure_folder(folder: Path, args, profile, rt, clf) -> int:
+    """The registered model as ``train speedrun`` left it: its pipeline, its defaults, N = ``--final-n``."""
+    from course_lib import load_pipeline, store
+    pipe = load_pipeline(folder, rt.device)
+    labels = torch.arange(args.final_n) % 10
+    t0 = time.perf_counter()
+    x = pipe(labels=labels, seed=0)
+    sample_s = time.perf_counter() - t0
+    ev = evaluate_samples(clf, x, labels, real_images(profile, args.final_n))
+    tr = store.read_training(folder)
+    ratio = ev["fid"] / ev["fid_floor"]
+    rec = {"folder": str(folder), "steps": tr["step"], "batch_size": tr["batch_size"],
+           "train_seconds": tr.get("train_seconds"), "command_wall_s": args.wall_s, "sampling": pipe.sampling,
+           "n": args.final_n, "accuracy": round(ev["accuracy"], 4), "confident": round(ev["confident"], 4),
+           "fid": round(ev["fid"], 3), "fid_floor": round(ev["fid_floor"], 3), "fid_ratio": round(ratio, 3),
+           "sampling_s": round(sample_s, 1),
+           "target_met": bool(ev["accuracy"] >= TARGET_ACCURACY and ratio <= TARGET_FID_RATIO
+                              and (args.wall_s is None or args.wall_s <= 300)),
+           "load_average": [round(v, 2) for v in os.getloadavg()]}
+    print(f"registered run: {rec}")
+    path = common.RESULTS / f"speedrun-{profile.name}.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if "machine" in old:
+        old["curves_machine"], old["curves_date"] = old.pop("machine"), old.pop("date", None)
+    old.pop("benchmark", None), old.pop("profile", None)
+    common.save("speedrun", profile, rt, {**old, "registered_run": rec})
+    return 0
+
+
 def extra(p) -> None:
     p.add_argument("--budget", type=float, default=150.0, help="training seconds per curve (default 150)")
     p.add_argument("--every", type=float, default=30.0, help="measure every this many training seconds")
@@ -259,6 +288,9 @@ def extra(p) -> None:
     p.add_argument("--rate-rounds", type=int, default=3, help="interleaved rounds of the rates (default 3)")
     p.add_argument("--no-rates", action="store_true", help="skip the speed-only levers and the FLOP limit")
     p.add_argument("--merge", action="store_true", help="keep the curves already in the JSON, replacing those run")
+    p.add_argument("--measure-folder", help="instead: measure this finished speedrun folder through its pipeline "
+                   "(load_pipeline, the folder's sampling defaults) at --final-n, and record it in the JSON")
+    p.add_argument("--wall-s", type=float, help="with --measure-folder: the wall time of the `train` command")
 
 
 def main() -> int:
@@ -276,6 +308,8 @@ def main() -> int:
     if args.n < 2 or args.final_n < 2 or args.budget <= 0 or args.every <= 0:
         raise SystemExit("error: --n and --final-n must be >= 2, --budget and --every > 0")
     clf = get_model("classifier", profile, rt, progress=False)
+    if args.measure_folder:
+        return measure_folder(Path(args.measure_folder), args, profile, rt, clf)
     ae = None
     if any(curves_all[c].space == "latent" for c in names):
         ae = get_model("autoencoder", profile, rt, progress=False)
@@ -312,6 +346,8 @@ def main() -> int:
         print(f"limit: {result['limit']}", flush=True)
     elif "limit" in old:
         result["speed_levers"], result["limit"] = old.get("speed_levers"), old["limit"]
+    if "registered_run" in old:
+        result["registered_run"] = old["registered_run"]
     common.save("speedrun", profile, rt, result)
     plot(curves, common.RESULTS / f"speedrun-{profile.name}.png")
     return 0

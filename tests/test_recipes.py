@@ -36,7 +36,7 @@ def test_every_models_config_and_steps_are_those_recorded_before_the_move(profil
     """tests/data/core_before/recipes_before.json was written by main's code (e47df83, its record.py)."""
     prof = PROFILES[profile]
     models = {k: v for k, v in BEFORE[profile].items() if not k.startswith("_")}
-    assert set(models) == set(registry.MODELS)
+    assert set(models) == set(registry.MODELS) - {"speedrun"}        # the speedrun (issue 38) came after the move
     for name, want in models.items():
         got = {"config": registry.MODELS[name].config(prof), "steps": registry.MODELS[name].steps(prof)}
         assert json.loads(json.dumps(got)) == want, name

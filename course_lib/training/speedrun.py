@@ -78,7 +78,7 @@ PRESETS: dict[str, SpeedrunRecipe] = {
     # bench/speedrun.py's winner on 2 cores (bench/README.md, "bench/speedrun.py")
     "cpu": SpeedrunRecipe(space="pixel", objective="flow", time="logit-normal", min_snr_gamma=None,
                           channels=(32, 64), blocks=1, time_dim=128, steps=3_000, batch=64, lr=4e-3, warmup=50,
-                          ema_decay=0.999, channels_last=False, compile=False, sample_steps=10, guidance=1.5),
+                          ema_decay=0.999, channels_last=True, compile=False, sample_steps=10, guidance=1.5),
     "gpu": SpeedrunRecipe(space="pixel", objective="flow", time="logit-normal", min_snr_gamma=None,
                           channels=(64, 128), blocks=1, time_dim=128, steps=3_000, batch=256, lr=2e-3, warmup=100,
                           ema_decay=0.999, channels_last=False, compile=False, sample_steps=10, guidance=1.5),
