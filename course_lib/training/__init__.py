@@ -14,6 +14,7 @@ with the profile's ``with_recipe`` changes); a generative recipe adds ``sampling
     unclip        lesson 10: the decoder and the prior, with the prior's loss
     latent        lesson 11: the autoencoder and the latent model; step costs
     flow          lesson 12: the flow-matching model
+    speedrun      lesson 12's speedrun (issue 38): a small flow model against the clock, and the study's levers
     toy           lesson 02's 2-D toy (points, a tiny denoiser); lesson 06's word vectors
 
 May import: ``diffusion/``, ``networks/``, ``data/``, ``text/``, ``pipelines/`` (an export writes a pipeline
