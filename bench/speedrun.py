@@ -147,18 +147,21 @@ def conv_rate(recipe, profile, batch: int, seconds: float = 0.5) -> dict:
     for h in hooks:
         h.remove()
     total_flops = total_s = 0.0
+    fmt = torch.channels_last if recipe.channels_last else torch.contiguous_format
     with torch.no_grad():
         for m, in_shape, out_numel in shapes:
-            x = torch.randn(in_shape)
+            x = torch.randn(in_shape).contiguous(memory_format=fmt)
+            w = m.weight.contiguous(memory_format=fmt)
             flops = 2 * out_numel * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-            F.conv2d(x, m.weight, m.bias, m.stride, m.padding)
+            F.conv2d(x, w, m.bias, m.stride, m.padding)
             n, t0 = 0, time.perf_counter()
             while time.perf_counter() - t0 < seconds / len(shapes) or n < 3:
-                F.conv2d(x, m.weight, m.bias, m.stride, m.padding)
+                F.conv2d(x, w, m.bias, m.stride, m.padding)
                 n += 1
             total_s += (time.perf_counter() - t0) / n
             total_flops += flops
-    return {"convs": len(shapes), "flops_per_forward_batch": total_flops, "gflops_per_s": round(total_flops / total_s / 1e9, 2)}
+    return {"convs": len(shapes), "memory_format": "channels_last" if recipe.channels_last else "contiguous",
+            "flops_per_forward_batch": total_flops, "gflops_per_s": round(total_flops / total_s / 1e9, 2)}
 
 
 def matmul_rate(size: int = 1024, seconds: float = 1.0) -> float:
@@ -266,6 +269,16 @@ def measure_folder(folder: Path, args, profile, rt, clf) -> int:
            "target_met": bool(ev["accuracy"] >= TARGET_ACCURACY and ratio <= TARGET_FID_RATIO
                               and (args.wall_s is None or args.wall_s <= 300)),
            "load_average": [round(v, 2) for v in os.getloadavg()]}
+    base = speedrun.recipe_config(profile)                 # the limit of the recipe just trained, on this machine
+    flops = speedrun.flops_per_image(base, profile)["total"]
+    convs, mm = conv_rate(base, profile, base.batch), matmul_rate()
+    achieved = flops * tr["step"] * tr["batch_size"] / tr["train_seconds"] / 1e9 if tr.get("train_seconds") else None
+    rec["limit"] = {"flops_per_training_image": flops, "conv_gflops_per_s": convs["gflops_per_s"],
+                    "conv_memory_format": convs["memory_format"], "matmul_1024_gflops_per_s": mm,
+                    "training_gflops_per_s": round(achieved, 2) if achieved else None,
+                    "fraction_of_conv_rate": round(achieved / convs["gflops_per_s"], 3) if achieved else None,
+                    "fraction_of_matmul_rate": round(achieved / mm, 3) if achieved else None,
+                    "threads": torch.get_num_threads()}
     print(f"registered run: {rec}")
     path = common.RESULTS / f"speedrun-{profile.name}.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
