@@ -75,12 +75,13 @@ PRESETS: dict[str, SpeedrunRecipe] = {
     "test": SpeedrunRecipe(space="pixel", objective="flow", time="logit-normal", min_snr_gamma=None,
                            channels=(16, 32), blocks=1, time_dim=64, steps=60, batch=32, lr=4e-3, warmup=10,
                            ema_decay=0.99, channels_last=False, compile=False, sample_steps=5, guidance=1.5),
-    # bench/speedrun.py (bench/README.md, "bench/speedrun.py"): lesson 12's flow model with half its batch at twice
-    # its learning rate and a quarter of its warm-up (ahead of lesson 12's own recipe at every 30 s of the study),
-    # channels_last (1.35x the training rate on this project's CPU, same arithmetic); 1,000 steps: about 4 minutes
-    # on 1 thread of these shared 2 cores, so that `train speedrun` fits in 5 minutes with its start-up
+    # bench/speedrun.py (bench/README.md, "bench/speedrun.py"): lesson 12's flow model with a quarter of its batch
+    # at twice its learning rate and half its warm-up (batch 32 beat 64, and 64 beat lesson 12's 128, at every
+    # 30 s of the study), channels_last (1.35x the training rate on this project's CPU, the same arithmetic);
+    # 2,200 steps: about 3.5 minutes on 1 thread of the shared 2 cores, so that `train speedrun` fits in 5 with
+    # its start-up
     "cpu": SpeedrunRecipe(space="pixel", objective="flow", time="logit-normal", min_snr_gamma=None,
-                          channels=(32, 64), blocks=1, time_dim=128, steps=1_000, batch=64, lr=4e-3, warmup=50,
+                          channels=(32, 64), blocks=1, time_dim=128, steps=2_200, batch=32, lr=4e-3, warmup=50,
                           ema_decay=0.999, channels_last=True, compile=False, sample_steps=10, guidance=1.5),
     "gpu": SpeedrunRecipe(space="pixel", objective="flow", time="logit-normal", min_snr_gamma=None,
                           channels=(64, 128), blocks=1, time_dim=128, steps=3_000, batch=256, lr=2e-3, warmup=100,
