@@ -357,10 +357,9 @@ def main() -> int:
                            "fraction_of_matmul_rate": round(achieved / mm, 3),
                            "load_average": [round(v, 2) for v in os.getloadavg()]}
         print(f"limit: {result['limit']}", flush=True)
-    elif "limit" in old:
-        result["speed_levers"], result["limit"] = old.get("speed_levers"), old["limit"]
-    if "registered_run" in old:
-        result["registered_run"] = old["registered_run"]
+    for key, value in old.items():                      # --merge: what this run did not measure is kept
+        if key not in ("benchmark", "profile", "date", "machine"):
+            result.setdefault(key, value)
     common.save("speedrun", profile, rt, result)
     plot(curves, common.RESULTS / f"speedrun-{profile.name}.png")
     return 0
