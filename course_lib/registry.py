@@ -25,7 +25,7 @@ model of the profile's ``fallback`` (the ``gpu`` profile's is ``cpu``: its shipp
 note, so a fresh Colab runtime does not retrain in every lesson what the lesson only uses), else it trains
 (resuming any partial checkpoint). It returns the pipeline for text2image, text2image-lm, unclip and latent,
 and the network for the others (the denoiser, class and flow UNets, which lessons 03-05 and 12 sample step by
-step). ``load_pipeline(name_or_folder)`` returns the pipeline of any of the seven generative models.
+step). ``load_pipeline(name_or_folder)`` returns the pipeline of any of the generative models (eight with the speedrun).
 """
 from __future__ import annotations
 
