@@ -42,6 +42,7 @@ Folders by role; each folder's ``__init__`` says what it may import, and ``tests
     training/unclip         the decoder and the prior's runs; variation measures
     training/latent         the autoencoder and the latent model's runs; step costs
     training/flow           the flow-matching model's run
+    training/speedrun       the speedrun: the fastest recipe to good digits on 2 CPU cores, every lever a field
     training/toy            the 2-D toy of lesson 02; lesson 06's word vectors
     training/mini_sd3       the mini SD3's run: latents and captions encoded once, flow matching
 

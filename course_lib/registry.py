@@ -12,6 +12,7 @@
     latent         class-conditional UNet on the autoencoder's latents   11     LatentDiffusion
     flow           class-conditional UNet, flow matching (velocity)      12     FlowToImage
     mini-sd3       MMDiT on the latents, flow matching, frozen MiniLM    13     MiniSD3Pipeline
+    speedrun       the fastest recipe to good digits on 2 CPU cores      12     FlowToImage
 
 ``MODELS`` is read by the command line (its choices), ``make weights``, the course book, the tests and the
 benchmarks. Each ``ModelSpec`` names its recipe (config, train and sampling-defaults functions in
@@ -25,7 +26,7 @@ model of the profile's ``fallback`` (the ``gpu`` profile's is ``cpu``: its shipp
 note, so a fresh Colab runtime does not retrain in every lesson what the lesson only uses), else it trains
 (resuming any partial checkpoint). It returns the pipeline for text2image, text2image-lm, unclip and latent,
 and the network for the others (the denoiser, class and flow UNets, which lessons 03-05 and 12 sample step by
-step). ``load_pipeline(name_or_folder)`` returns the pipeline of any of the seven generative models.
+step). ``load_pipeline(name_or_folder)`` returns the pipeline of any of the generative models (eight with the speedrun).
 """
 from __future__ import annotations
 
@@ -231,6 +232,10 @@ _SPECS = (
               _lazy("training.mini_sd3", "mini_sd3_config"), _lazy("training.mini_sd3", "train_mini_sd3"),
               ("mini_sd3", "steps"), measure_prompts_at_folder_steps,
               pipeline=_lazy("pipelines.mini_sd3", "MiniSD3Pipeline"), takes="prompts", needs=("autoencoder",)),
+    ModelSpec("speedrun", "12", "the fastest recipe to good digits on a laptop CPU: a small pixel flow model",
+              _lazy("training.speedrun", "speedrun_config_from_profile"), _lazy("training.speedrun", "train_speedrun"),
+              ("speedrun", "steps"), measure_labels, pipeline=_lazy("pipelines.class_to_image", "FlowToImage"),
+              takes="labels", network=_lazy("training.flow", "load_flow")),
 )
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 GENERATIVE = tuple(name for name, spec in MODELS.items() if spec.pipeline is not None)

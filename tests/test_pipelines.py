@@ -27,7 +27,8 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "weights"
 # what each model is asked for: two labels, two prompts, or n=2 for the unconditional denoiser
 CALLS = {"denoiser": {"n": 2}, "class": {"labels": [3, 7]}, "flow": {"labels": [3, 7]}, "latent": {"labels": [3, 7]},
          "text2image": {"prompts": ["a thin two", "a 9"]}, "text2image-lm": {"prompts": ["a thin two", "a 9"]},
-         "unclip": {"prompts": ["a thin two", "a 9"]}, "mini-sd3": {"prompts": ["a thin two", "a 9"]}}
+         "unclip": {"prompts": ["a thin two", "a 9"]}, "mini-sd3": {"prompts": ["a thin two", "a 9"]},
+         "speedrun": {"labels": [3, 7]}}
 
 # the fingerprint of the images before the change (see the module docstring)
 BEFORE = {
@@ -55,7 +56,7 @@ def cli_args(name: str, out: Path) -> list[str]:
     common = ["--steps", "5", "--seed", "0", "-o", str(out)]
     if name == "denoiser":
         return ["sample", "--checkpoint", str(WEIGHTS / name), "-n", "2", *common]
-    if name in ("class", "flow", "latent"):
+    if name in ("class", "flow", "latent", "speedrun"):
         return ["sample", "--checkpoint", str(WEIGHTS / name), "--labels", "3,7", "-n", "2", *common]
     return ["generate", "a thin two", "a 9", "--checkpoint", str(WEIGHTS / name), "-n", "1", *common]
 
@@ -97,7 +98,7 @@ def test_every_generative_model_loads_and_samples_one_way(name, pipes, tmp_path,
     assert not torch.equal(pipe(**CALLS[name], steps=5, seed=1), x)                   # the seed matters
     # the shipped weights keep their numbers: the images of the command line before this change, with plain
     # CFG (the class folder now names issue 36's measured guidance method, which changes its images on purpose)
-    # (mini-sd3 came after the move: it has no "before")
+    # (mini-sd3 and the speedrun came after the move: they have no "before")
     plain = x if "method" not in pipe.sampling else plain_cfg(pipe)(**CALLS[name], steps=5, seed=0)
     if name in BEFORE:
         torch.testing.assert_close(fingerprint(plain), torch.tensor(BEFORE[name]), atol=2e-4, rtol=0)

@@ -15,6 +15,7 @@ with the profile's ``with_recipe`` changes); a generative recipe adds ``sampling
     latent        lesson 11: the autoencoder and the latent model; step costs
     flow          lesson 12: the flow-matching model
     mini_sd3      lesson 13: the mini SD3 (its presets, latents and captions encoded once, flow matching)
+    speedrun      lesson 12's speedrun: a small flow model against the clock, and the study's levers
     toy           lesson 02's 2-D toy (points, a tiny denoiser); lesson 06's word vectors
 
 May import: ``diffusion/``, ``networks/``, ``data/``, ``text/``, ``pipelines/`` (an export writes a pipeline
