@@ -35,12 +35,11 @@ from ..config import Profile, Runtime, get_runtime, recipe_preset
 from ..data.mnist import batch_indices, load_mnist
 from ..diffusion import flow
 from ..diffusion.forward import simple_loss
-from ..diffusion.guidance import guided
+from ..diffusion.guidance import drop_condition, guided
 from ..diffusion.samplers import sample as ddpm_sample
 from ..diffusion.schedules import make_schedule
 from ..networks.unet import UNetConfig, unet_from_config
 from .checkpoints import export_config
-from .denoiser import drop_labels
 from .loop import Hook, LossByT, ProgressBar, Run, TrainResult, fit
 
 __all__ = ["SpeedrunRecipe", "PRESETS", "STUDY_BASES", "recipe_config", "sampling_defaults", "check_recipe",
@@ -218,7 +217,7 @@ def build_run(r: SpeedrunRecipe, profile: Profile, rt: Runtime | None = None, au
 
     def loss_fn(m, batch, g):
         x0, labels = batch
-        cond = drop_labels(labels, profile.p_uncond, g)             # Ho & Salimans 2022, Algorithm 1
+        cond = drop_condition(labels, profile.p_uncond, g)          # Ho & Salimans 2022, Algorithm 1
         if r.objective == "flow":
             return flow_loss_parts(forward, x0, r.time, g, cond, weight)
         return simple_loss(forward, x0, schedule, generator=g, cond=cond, min_snr_gamma=r.min_snr_gamma,
